@@ -1,0 +1,871 @@
+//! gateway.toml: raw serde structs, then validation into checked types.
+//!
+//! Every error names the file, the line and the key, so a bad config is refused
+//! at startup with something a person can act on.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::routes::{Route, RouteTable, Upstream};
+use crate::scope::{ScopeSet, is_valid_scope_token};
+
+/// A config error: where it is and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based line, when the error points into the file.
+    pub line: Option<usize>,
+    /// The key, as a dotted path (`routes[1].upstream`).
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, ": key `{key}`")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+// ---------------------------------------------------------------- raw structs
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    server: Spanned<RawServer>,
+    #[serde(default)]
+    oauth: Option<Spanned<RawOAuth>>,
+    #[serde(default)]
+    store: Option<Spanned<RawStore>>,
+    #[serde(default)]
+    users: Vec<Spanned<RawUser>>,
+    #[serde(default)]
+    clients: Vec<Spanned<RawClient>>,
+    #[serde(default)]
+    routes: Vec<Spanned<RawRoute>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Spanned<String>,
+    header_read_timeout: Option<Spanned<String>>,
+    shutdown_timeout: Option<Spanned<String>>,
+    max_header_bytes: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawOAuth {
+    issuer: Option<Spanned<String>>,
+    token_path: Option<Spanned<String>>,
+    access_token_ttl: Option<Spanned<String>>,
+    refresh_token_ttl: Option<Spanned<String>>,
+    default_client: Option<Spanned<String>>,
+    password_workers: Option<Spanned<i64>>,
+    password_queue: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    backend: Option<Spanned<String>>,
+    redis_url: Option<Spanned<String>>,
+    sweep_interval: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    name: Spanned<String>,
+    password_hash: Spanned<String>,
+    scopes: Option<Spanned<Vec<String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClient {
+    id: Spanned<String>,
+    secret_hash: Option<Spanned<String>>,
+    grants: Spanned<Vec<String>>,
+    scopes: Option<Spanned<Vec<String>>>,
+    redirect_uris: Option<Spanned<Vec<String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawUpstreams {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    prefix: Spanned<String>,
+    upstream: Option<Spanned<RawUpstreams>>,
+    #[serde(default)]
+    strip_prefix: bool,
+    scopes: Option<Spanned<Vec<String>>>,
+    methods: Option<Spanned<Vec<String>>>,
+    auth: Option<bool>,
+    timeout: Option<Spanned<String>>,
+}
+
+// ------------------------------------------------------------ checked types
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub file: PathBuf,
+    pub server: ServerConfig,
+    pub oauth: OAuthConfig,
+    pub store: StoreConfig,
+    pub users: HashMap<String, Arc<User>>,
+    pub clients: HashMap<String, Arc<Client>>,
+    pub routes: Arc<RouteTable>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// How long a client may take to send a request's headers.
+    pub header_read_timeout: Duration,
+    /// How long requests in flight may run on after SIGTERM/SIGINT.
+    pub shutdown_timeout: Duration,
+    /// Upper bound on the bytes of a request head.
+    pub max_header_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct OAuthConfig {
+    pub issuer: String,
+    pub token_path: String,
+    pub access_token_ttl: Duration,
+    pub refresh_token_ttl: Duration,
+    pub default_client: Option<String>,
+    /// Threads verifying passwords (at the lowest CPU priority).
+    pub password_workers: usize,
+    /// Password checks that may wait for a worker before logins get 503.
+    pub password_queue: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub backend: StoreBackend,
+    pub sweep_interval: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreBackend {
+    Memory,
+}
+
+#[derive(Debug, Clone)]
+pub struct User {
+    pub name: Arc<str>,
+    pub password_hash: String,
+    pub scopes: ScopeSet,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GrantType {
+    Password,
+    ClientCredentials,
+    RefreshToken,
+    AuthorizationCode,
+}
+
+impl GrantType {
+    pub fn parse(s: &str) -> Option<GrantType> {
+        match s {
+            "password" => Some(GrantType::Password),
+            "client_credentials" => Some(GrantType::ClientCredentials),
+            "refresh_token" => Some(GrantType::RefreshToken),
+            "authorization_code" => Some(GrantType::AuthorizationCode),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrantType::Password => "password",
+            GrantType::ClientCredentials => "client_credentials",
+            GrantType::RefreshToken => "refresh_token",
+            GrantType::AuthorizationCode => "authorization_code",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub id: Arc<str>,
+    /// `None`: a public client.
+    pub secret_hash: Option<String>,
+    pub grants: Vec<GrantType>,
+    pub scopes: ScopeSet,
+    pub redirect_uris: Vec<String>,
+}
+
+impl Client {
+    pub fn is_public(&self) -> bool {
+        self.secret_hash.is_none()
+    }
+
+    pub fn allows(&self, grant: GrantType) -> bool {
+        self.grants.contains(&grant)
+    }
+}
+
+// ----------------------------------------------------------------- loading
+
+const DEFAULT_TOKEN_PATH: &str = "/auth/access_token";
+const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            line: None,
+            key: None,
+            message: format!("cannot read the file: {e}"),
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Validates config text; `file` is only used in error messages.
+    pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        let v = Validator { text, file };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| v.toml_error(&e))?;
+        v.validate(raw)
+    }
+
+    /// A short human summary, printed by `whosthat check-config`.
+    pub fn summary(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(s, "config {} is valid", self.file.display());
+        let _ = writeln!(s, "listeners:");
+        let _ = writeln!(s, "  http  {}", self.server.listen);
+        let _ = writeln!(
+            s,
+            "token endpoint: {} (issuer {})",
+            self.oauth.token_path, self.oauth.issuer
+        );
+        let _ = writeln!(s, "store: {:?}", self.store.backend);
+        let _ = writeln!(s, "routes ({}):", self.routes.routes().len());
+        for r in self.routes.routes() {
+            let ups: Vec<String> = r.upstreams.iter().map(|u| u.to_string()).collect();
+            let auth = if r.auth {
+                if r.scopes.is_empty() {
+                    "token".to_string()
+                } else {
+                    format!("token with scopes [{}]", r.scopes)
+                }
+            } else {
+                "public".to_string()
+            };
+            let methods = if r.methods.is_empty() {
+                "*".to_string()
+            } else {
+                r.methods
+                    .iter()
+                    .map(|m| m.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            let _ = writeln!(
+                s,
+                "  {:<20} {:<8} {} -> {}{}",
+                r.prefix,
+                methods,
+                auth,
+                ups.join(", "),
+                if r.strip_prefix { " (prefix stripped)" } else { "" }
+            );
+        }
+        let mut users: Vec<_> = self.users.values().collect();
+        users.sort_by(|a, b| a.name.cmp(&b.name));
+        let _ = writeln!(s, "users ({}):", users.len());
+        for u in users {
+            let _ = writeln!(s, "  {:<20} scopes [{}]", u.name, u.scopes);
+        }
+        let mut clients: Vec<_> = self.clients.values().collect();
+        clients.sort_by(|a, b| a.id.cmp(&b.id));
+        let _ = writeln!(s, "clients ({}):", clients.len());
+        for c in clients {
+            let grants: Vec<&str> = c.grants.iter().map(|g| g.as_str()).collect();
+            let _ = writeln!(
+                s,
+                "  {:<20} {:<12} grants [{}] scopes [{}]",
+                c.id,
+                if c.is_public() {
+                    "public"
+                } else {
+                    "confidential"
+                },
+                grants.join(","),
+                c.scopes
+            );
+        }
+        s
+    }
+}
+
+/// The items of an optional spanned list, each with the list's span.
+fn spanned_items(v: &Option<Spanned<Vec<String>>>) -> impl Iterator<Item = (&String, Range<usize>)> {
+    v.iter().flat_map(|l| l.get_ref().iter().map(move |item| (item, l.span())))
+}
+
+struct Validator<'a> {
+    text: &'a str,
+    file: &'a Path,
+}
+
+impl Validator<'_> {
+    fn line_of(&self, offset: usize) -> usize {
+        let offset = offset.min(self.text.len());
+        self.text.as_bytes()[..offset]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count()
+            + 1
+    }
+
+    fn err(&self, span: Range<usize>, key: impl Into<String>, msg: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.to_path_buf(),
+            line: Some(self.line_of(span.start)),
+            key: Some(key.into()),
+            message: msg.into(),
+        }
+    }
+
+    /// Turns a toml/serde error into one naming file, line and key.
+    fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
+        let (line, key) = match e.span() {
+            Some(span) => {
+                let line = self.line_of(span.start);
+                let key = self
+                    .text
+                    .lines()
+                    .nth(line - 1)
+                    .and_then(|l| l.split_once('='))
+                    .map(|(k, _)| k.trim().trim_matches('"').to_string())
+                    .filter(|k| !k.is_empty() && !k.starts_with('['));
+                (Some(line), key)
+            }
+            None => (None, None),
+        };
+        ConfigError {
+            file: self.file.to_path_buf(),
+            line,
+            key,
+            message: e.message().trim().to_string(),
+        }
+    }
+
+    fn duration(&self, v: &Spanned<String>, key: &str) -> Result<Duration, ConfigError> {
+        let d = humantime::parse_duration(v.get_ref().trim()).map_err(|e| {
+            self.err(
+                v.span(),
+                key,
+                format!("`{}` is not a duration like \"90s\", \"15m\", \"1h\" or \"14d\": {e}", v.get_ref()),
+            )
+        })?;
+        if d.is_zero() {
+            return Err(self.err(v.span(), key, "must be longer than zero"));
+        }
+        Ok(d)
+    }
+
+    fn opt_duration(
+        &self,
+        v: &Option<Spanned<String>>,
+        key: &str,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        match v {
+            Some(v) => self.duration(v, key),
+            None => Ok(default),
+        }
+    }
+
+    fn positive(
+        &self,
+        v: &Option<Spanned<i64>>,
+        key: &str,
+        min: usize,
+        max: usize,
+        default: usize,
+    ) -> Result<usize, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(n) => {
+                let val = *n.get_ref();
+                if val < min as i64 || val > max as i64 {
+                    Err(self.err(n.span(), key, format!("must be between {min} and {max}")))
+                } else {
+                    Ok(val as usize)
+                }
+            }
+        }
+    }
+
+    fn scopes(&self, v: &Option<Spanned<Vec<String>>>, key: &str) -> Result<ScopeSet, ConfigError> {
+        let Some(v) = v else {
+            return Ok(ScopeSet::default());
+        };
+        for s in v.get_ref() {
+            if !is_valid_scope_token(s) {
+                return Err(self.err(
+                    v.span(),
+                    key,
+                    format!("`{s}` is not a valid scope (RFC 6749 section 3.3: printable ASCII, no space, `\"` or `\\`)"),
+                ));
+            }
+        }
+        Ok(ScopeSet::from_iter(v.get_ref().iter().map(String::as_str)))
+    }
+
+    fn phc(&self, v: &Spanned<String>, key: &str) -> Result<String, ConfigError> {
+        crate::password::check_phc(v.get_ref()).map_err(|why| {
+            self.err(
+                v.span(),
+                key,
+                format!("not an argon2 PHC string ({why}); make one with `whosthat hash-password`"),
+            )
+        })?;
+        Ok(v.get_ref().clone())
+    }
+
+    fn validate(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        // [server]
+        let server_raw = raw.server.get_ref();
+        let listen: SocketAddr = server_raw.listen.get_ref().parse().map_err(|_| {
+            self.err(
+                server_raw.listen.span(),
+                "server.listen",
+                format!("`{}` is not an address like \"127.0.0.1:8080\"", server_raw.listen.get_ref()),
+            )
+        })?;
+        let server = ServerConfig {
+            listen,
+            header_read_timeout: self.opt_duration(
+                &server_raw.header_read_timeout,
+                "server.header_read_timeout",
+                Duration::from_secs(10),
+            )?,
+            shutdown_timeout: self.opt_duration(
+                &server_raw.shutdown_timeout,
+                "server.shutdown_timeout",
+                Duration::from_secs(10),
+            )?,
+            max_header_bytes: self.positive(
+                &server_raw.max_header_bytes,
+                "server.max_header_bytes",
+                8192,
+                1 << 20,
+                DEFAULT_MAX_HEADER_BYTES,
+            )?,
+        };
+
+        // [oauth]
+        let oauth_default = RawOAuth::default();
+        let oauth_raw = raw.oauth.as_ref().map(|o| o.get_ref()).unwrap_or(&oauth_default);
+        let token_path = match &oauth_raw.token_path {
+            Some(p) => {
+                let path = p.get_ref();
+                if !path.starts_with('/')
+                    || path.len() < 2
+                    || crate::routes::normalize_path(path).ok().as_deref() != Some(path.as_str())
+                {
+                    return Err(self.err(
+                        p.span(),
+                        "oauth.token_path",
+                        format!("`{path}` must be a plain absolute path like \"/auth/access_token\""),
+                    ));
+                }
+                path.clone()
+            }
+            None => DEFAULT_TOKEN_PATH.to_string(),
+        };
+        let issuer = match &oauth_raw.issuer {
+            Some(i) => {
+                let uri: http::Uri = i.get_ref().parse().map_err(|_| {
+                    self.err(i.span(), "oauth.issuer", format!("`{}` is not a URL", i.get_ref()))
+                })?;
+                if !matches!(uri.scheme_str(), Some("http" | "https"))
+                    || uri.authority().is_none()
+                    || uri.query().is_some()
+                {
+                    return Err(self.err(
+                        i.span(),
+                        "oauth.issuer",
+                        "must be an http(s) URL with a host and no query (RFC 8414 section 2)",
+                    ));
+                }
+                i.get_ref().trim_end_matches('/').to_string()
+            }
+            None => format!("http://{listen}"),
+        };
+        let workers_default = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let mut oauth = OAuthConfig {
+            issuer,
+            token_path,
+            access_token_ttl: self.opt_duration(
+                &oauth_raw.access_token_ttl,
+                "oauth.access_token_ttl",
+                Duration::from_secs(3600),
+            )?,
+            refresh_token_ttl: self.opt_duration(
+                &oauth_raw.refresh_token_ttl,
+                "oauth.refresh_token_ttl",
+                Duration::from_secs(14 * 86400),
+            )?,
+            default_client: None,
+            password_workers: self.positive(
+                &oauth_raw.password_workers,
+                "oauth.password_workers",
+                1,
+                256,
+                workers_default,
+            )?,
+            password_queue: self.positive(&oauth_raw.password_queue, "oauth.password_queue", 1, 100_000, 256)?,
+        };
+
+        // [store]
+        let store = match &raw.store {
+            None => StoreConfig {
+                backend: StoreBackend::Memory,
+                sweep_interval: Duration::from_secs(30),
+            },
+            Some(s) => {
+                let s = s.get_ref();
+                let backend = match &s.backend {
+                    None => StoreBackend::Memory,
+                    Some(b) if b.get_ref() == "memory" => StoreBackend::Memory,
+                    Some(b) if b.get_ref() == "redis" => {
+                        return Err(self.err(
+                            b.span(),
+                            "store.backend",
+                            "the redis backend is not available in this version yet; use \"memory\"",
+                        ));
+                    }
+                    Some(b) => {
+                        return Err(self.err(
+                            b.span(),
+                            "store.backend",
+                            format!("`{}` is not a backend: use \"memory\" or \"redis\"", b.get_ref()),
+                        ));
+                    }
+                };
+                if let Some(url) = &s.redis_url {
+                    return Err(self.err(
+                        url.span(),
+                        "store.redis_url",
+                        "only used with store.backend = \"redis\"",
+                    ));
+                }
+                StoreConfig {
+                    backend,
+                    sweep_interval: self.opt_duration(
+                        &s.sweep_interval,
+                        "store.sweep_interval",
+                        Duration::from_secs(30),
+                    )?,
+                }
+            }
+        };
+
+        // [[users]]
+        let mut users = HashMap::new();
+        for (i, u) in raw.users.iter().enumerate() {
+            let u = u.get_ref();
+            let key = |k: &str| format!("users[{i}].{k}");
+            let name = u.name.get_ref();
+            if name.is_empty() || name.chars().any(|c| c.is_control()) {
+                return Err(self.err(u.name.span(), key("name"), "must be a non-empty name without control characters"));
+            }
+            let user = User {
+                name: Arc::from(name.as_str()),
+                password_hash: self.phc(&u.password_hash, &key("password_hash"))?,
+                scopes: self.scopes(&u.scopes, &key("scopes"))?,
+            };
+            if users.insert(name.clone(), Arc::new(user)).is_some() {
+                return Err(self.err(u.name.span(), key("name"), format!("user `{name}` is defined twice")));
+            }
+        }
+
+        // [[clients]]
+        let mut clients = HashMap::new();
+        for (i, c) in raw.clients.iter().enumerate() {
+            let c = c.get_ref();
+            let key = |k: &str| format!("clients[{i}].{k}");
+            let id = c.id.get_ref();
+            if id.is_empty() || id.chars().any(|ch| ch.is_control()) {
+                return Err(self.err(c.id.span(), key("id"), "must be a non-empty id without control characters"));
+            }
+            let mut grants = Vec::new();
+            for g in c.grants.get_ref() {
+                let grant = GrantType::parse(g).ok_or_else(|| {
+                    self.err(
+                        c.grants.span(),
+                        key("grants"),
+                        format!("`{g}` is not a grant: use password, client_credentials, refresh_token or authorization_code"),
+                    )
+                })?;
+                if !grants.contains(&grant) {
+                    grants.push(grant);
+                }
+            }
+            let secret_hash = match &c.secret_hash {
+                Some(h) => Some(self.phc(h, &key("secret_hash"))?),
+                None => None,
+            };
+            if secret_hash.is_none() && grants.contains(&GrantType::ClientCredentials) {
+                return Err(self.err(
+                    c.grants.span(),
+                    key("grants"),
+                    "client_credentials needs a confidential client (set secret_hash)",
+                ));
+            }
+            let mut redirect_uris = Vec::new();
+            for (r, span) in spanned_items(&c.redirect_uris) {
+                let uri: http::Uri = r
+                    .parse()
+                    .map_err(|_| self.err(span.clone(), key("redirect_uris"), format!("`{r}` is not a URL")))?;
+                if uri.scheme().is_none() || r.contains('#') {
+                    return Err(self.err(
+                        span,
+                        key("redirect_uris"),
+                        format!("`{r}` must be an absolute URL without a fragment"),
+                    ));
+                }
+                redirect_uris.push(r.clone());
+            }
+            let client = Client {
+                id: Arc::from(id.as_str()),
+                secret_hash,
+                grants,
+                scopes: self.scopes(&c.scopes, &key("scopes"))?,
+                redirect_uris,
+            };
+            if clients.insert(id.clone(), Arc::new(client)).is_some() {
+                return Err(self.err(c.id.span(), key("id"), format!("client `{id}` is defined twice")));
+            }
+        }
+        if let Some(dc) = &oauth_raw.default_client {
+            match clients.get(dc.get_ref()) {
+                None => {
+                    return Err(self.err(
+                        dc.span(),
+                        "oauth.default_client",
+                        format!("no [[clients]] entry has id `{}`", dc.get_ref()),
+                    ));
+                }
+                Some(c) if !c.is_public() => {
+                    return Err(self.err(
+                        dc.span(),
+                        "oauth.default_client",
+                        format!("client `{}` is confidential; the default client must be public", dc.get_ref()),
+                    ));
+                }
+                Some(_) => oauth.default_client = Some(dc.get_ref().clone()),
+            }
+        }
+
+        // [[routes]]
+        let mut routes = Vec::new();
+        let mut prefixes: HashSet<String> = HashSet::new();
+        for (i, r) in raw.routes.iter().enumerate() {
+            let span = r.span();
+            let r = r.get_ref();
+            let key = |k: &str| format!("routes[{i}].{k}");
+            let raw_prefix = r.prefix.get_ref();
+            let prefix = crate::routes::normalize_prefix(raw_prefix)
+                .map_err(|why| self.err(r.prefix.span(), key("prefix"), format!("`{raw_prefix}` {why}")))?;
+            if prefix == oauth.token_path {
+                return Err(self.err(
+                    r.prefix.span(),
+                    key("prefix"),
+                    "is the token endpoint's path (oauth.token_path)",
+                ));
+            }
+            if !prefixes.insert(prefix.clone()) {
+                return Err(self.err(
+                    r.prefix.span(),
+                    key("prefix"),
+                    format!("another route already has prefix `{prefix}`"),
+                ));
+            }
+            let ups = r.upstream.as_ref().ok_or_else(|| {
+                self.err(span.clone(), key("upstream"), "a route needs an upstream URL")
+            })?;
+            let list: Vec<&String> = match ups.get_ref() {
+                RawUpstreams::One(u) => vec![u],
+                RawUpstreams::Many(v) => v.iter().collect(),
+            };
+            if list.is_empty() {
+                return Err(self.err(ups.span(), key("upstream"), "a route needs at least one upstream URL"));
+            }
+            let mut upstreams = Vec::new();
+            for u in list {
+                upstreams.push(
+                    Upstream::parse(u)
+                        .map_err(|why| self.err(ups.span(), key("upstream"), format!("`{u}` {why}")))?,
+                );
+            }
+            let mut methods = Vec::new();
+            for (m, span) in spanned_items(&r.methods) {
+                let method = http::Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+                    .map_err(|_| self.err(span, key("methods"), format!("`{m}` is not an HTTP method")))?;
+                methods.push(method);
+            }
+            let auth = r.auth.unwrap_or(true);
+            let scopes = self.scopes(&r.scopes, &key("scopes"))?;
+            if !auth && !scopes.is_empty() {
+                return Err(self.err(
+                    r.scopes.as_ref().map_or(span.clone(), |s| s.span()),
+                    key("scopes"),
+                    "a public route (auth = false) cannot require scopes",
+                ));
+            }
+            routes.push(Route {
+                prefix,
+                upstreams,
+                strip_prefix: r.strip_prefix,
+                scopes,
+                methods,
+                auth,
+                timeout: self.opt_duration(&r.timeout, &key("timeout"), Duration::from_secs(30))?,
+                next_upstream: Default::default(),
+            });
+        }
+
+        Ok(Config {
+            file: self.file.to_path_buf(),
+            server,
+            oauth,
+            store,
+            users,
+            clients,
+            routes: Arc::new(RouteTable::new(routes)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$Ckw0KX5ivcbTIRZv6y2QOwF0P5pjSyCGbaXWfGKmCqE";
+
+    fn base() -> String {
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+
+[[users]]
+name = "alice"
+password_hash = "{HASH}"
+scopes = ["read"]
+
+[[clients]]
+id = "cli"
+grants = ["password", "refresh_token"]
+scopes = ["read"]
+
+[[routes]]
+prefix = "/api/"
+upstream = "http://127.0.0.1:9000"
+"#
+        )
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("gw.toml"))
+    }
+
+    #[test]
+    fn base_config_is_valid() {
+        let c = parse(&base()).unwrap();
+        assert_eq!(c.oauth.token_path, "/auth/access_token");
+        assert_eq!(c.routes.routes().len(), 1);
+        assert!(c.routes.routes()[0].auth);
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let text = base().replace("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:0\"\nlisten_port = 3");
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.line, Some(4));
+        assert_eq!(e.key.as_deref(), Some("listen_port"));
+        assert!(e.to_string().starts_with("gw.toml:4: key `listen_port`"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_is_refused() {
+        let text = base() + "timeout = \"soon\"\n";
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("routes[0].timeout"));
+        assert_eq!(e.line, Some(text.lines().count()));
+    }
+
+    #[test]
+    fn bad_upstream_url_is_refused() {
+        let text = base().replace("http://127.0.0.1:9000", "ftp://x");
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("routes[0].upstream"));
+    }
+
+    #[test]
+    fn route_without_upstream_is_refused() {
+        let text = base() + "\n[[routes]]\nprefix = \"/b\"\n";
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("routes[1].upstream"));
+    }
+
+    #[test]
+    fn duplicate_names_and_prefixes_are_refused() {
+        let dup_user = base() + &format!("\n[[users]]\nname = \"alice\"\npassword_hash = \"{HASH}\"\n");
+        assert_eq!(parse(&dup_user).unwrap_err().key.as_deref(), Some("users[1].name"));
+        let dup_client = base() + "\n[[clients]]\nid = \"cli\"\ngrants = []\n";
+        assert_eq!(parse(&dup_client).unwrap_err().key.as_deref(), Some("clients[1].id"));
+        // "/api" and "/api/" are the same prefix once normalised.
+        let dup_route = base() + "\n[[routes]]\nprefix = \"/api\"\nupstream = \"http://127.0.0.1:1\"\n";
+        let e = parse(&dup_route).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("routes[1].prefix"));
+    }
+
+    #[test]
+    fn bad_hash_and_scope_are_refused() {
+        let text = base().replace(HASH, "plaintext");
+        assert_eq!(parse(&text).unwrap_err().key.as_deref(), Some("users[0].password_hash"));
+        let text = base().replace("scopes = [\"read\"]\n\n[[clients]]", "scopes = [\"a b\"]\n\n[[clients]]");
+        assert_eq!(parse(&text).unwrap_err().key.as_deref(), Some("users[0].scopes"));
+    }
+
+    #[test]
+    fn default_client_must_exist() {
+        let text = base() + "\n[oauth]\ndefault_client = \"nope\"\n";
+        assert_eq!(parse(&text).unwrap_err().key.as_deref(), Some("oauth.default_client"));
+    }
+}

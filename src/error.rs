@@ -1,0 +1,205 @@
+//! The one place where a rejection becomes an HTTP response, so every rejection
+//! has the same shape (RFC 6749 section 5.2 at the token endpoint, RFC 6750
+//! section 3 on proxied requests) and none leaks internals.
+
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue, PRAGMA, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+
+/// The body type of every response the gateway sends.
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+}
+
+pub fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+pub const REALM: &str = "whosthat";
+
+/// RFC 6749 section 5.2 error codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OAuthCode {
+    InvalidRequest,
+    InvalidClient,
+    InvalidGrant,
+    UnauthorizedClient,
+    UnsupportedGrantType,
+    InvalidScope,
+}
+
+impl OAuthCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OAuthCode::InvalidRequest => "invalid_request",
+            OAuthCode::InvalidClient => "invalid_client",
+            OAuthCode::InvalidGrant => "invalid_grant",
+            OAuthCode::UnauthorizedClient => "unauthorized_client",
+            OAuthCode::UnsupportedGrantType => "unsupported_grant_type",
+            OAuthCode::InvalidScope => "invalid_scope",
+        }
+    }
+}
+
+/// Everything the gateway may refuse, by where it comes from.
+/// Descriptions are fixed strings: they never carry request data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GatewayError {
+    // -- token endpoint (downstream, RFC 6749)
+    OAuth(OAuthCode, &'static str),
+    /// The token endpoint only takes POST.
+    TokenMethod,
+    // -- bearer authentication (downstream, RFC 6750)
+    NoToken,
+    InvalidToken(&'static str),
+    /// Carries the scopes the route requires.
+    InsufficientScope(String),
+    MalformedBearer(&'static str),
+    // -- routing (downstream)
+    BadPath(&'static str),
+    NoRoute,
+    MethodNotAllowed(String),
+    PayloadTooLarge,
+    // -- upstream
+    UpstreamUnreachable,
+    UpstreamTimeout,
+    // -- internal, transient
+    PasswordBusy,
+    StoreUnavailable,
+}
+
+impl GatewayError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::OAuth(OAuthCode::InvalidClient, _) => StatusCode::UNAUTHORIZED,
+            GatewayError::OAuth(..) | GatewayError::MalformedBearer(_) | GatewayError::BadPath(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            GatewayError::TokenMethod | GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            GatewayError::NoToken | GatewayError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
+            GatewayError::InsufficientScope(_) => StatusCode::FORBIDDEN,
+            GatewayError::NoRoute => StatusCode::NOT_FOUND,
+            GatewayError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
+            GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::PasswordBusy | GatewayError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The `error` and `error_description` of the JSON body.
+    fn code_and_description(&self) -> (&'static str, &str) {
+        match self {
+            GatewayError::OAuth(code, d) => (code.as_str(), d),
+            GatewayError::TokenMethod => ("invalid_request", "the token endpoint only accepts POST"),
+            GatewayError::NoToken => ("unauthorized", "a bearer token is required"),
+            GatewayError::InvalidToken(d) => ("invalid_token", d),
+            GatewayError::InsufficientScope(_) => ("insufficient_scope", "the token lacks a scope this route requires"),
+            GatewayError::MalformedBearer(d) => ("invalid_request", d),
+            GatewayError::BadPath(d) => ("invalid_request", d),
+            GatewayError::NoRoute => ("not_found", "no route matches this path"),
+            GatewayError::MethodNotAllowed(_) => ("method_not_allowed", "this route does not accept the method"),
+            GatewayError::PayloadTooLarge => ("invalid_request", "the request body is too large"),
+            GatewayError::UpstreamUnreachable => ("bad_gateway", "the upstream could not be reached"),
+            GatewayError::UpstreamTimeout => ("gateway_timeout", "the upstream did not answer in time"),
+            GatewayError::PasswordBusy => ("temporarily_unavailable", "too many logins at once; retry shortly"),
+            GatewayError::StoreUnavailable => ("temporarily_unavailable", "the token store is unavailable"),
+        }
+    }
+
+    /// A short reason for the access log and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            GatewayError::OAuth(code, _) => code.as_str(),
+            other => other.code_and_description().0,
+        }
+    }
+
+    pub fn into_response(self) -> Response<Body> {
+        let (code, description) = self.code_and_description();
+        let body = serde_json::json!({ "error": code, "error_description": description });
+        let mut resp = Response::new(full(body.to_string()));
+        *resp.status_mut() = self.status();
+        let h = resp.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        match &self {
+            GatewayError::OAuth(c, _) => {
+                h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                h.insert(PRAGMA, HeaderValue::from_static("no-cache"));
+                if *c == OAuthCode::InvalidClient {
+                    h.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"whosthat\""));
+                }
+            }
+            GatewayError::TokenMethod => {
+                h.insert(http::header::ALLOW, HeaderValue::from_static("POST"));
+            }
+            GatewayError::NoToken => {
+                h.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"whosthat\""));
+            }
+            GatewayError::InvalidToken(d) | GatewayError::MalformedBearer(d) => {
+                let v = format!("Bearer realm=\"{REALM}\", error=\"{code}\", error_description=\"{d}\"");
+                h.insert(WWW_AUTHENTICATE, header_value(v));
+            }
+            GatewayError::InsufficientScope(scope) => {
+                let v = format!("Bearer realm=\"{REALM}\", error=\"insufficient_scope\", scope=\"{scope}\"");
+                h.insert(WWW_AUTHENTICATE, header_value(v));
+            }
+            GatewayError::MethodNotAllowed(allow) => {
+                h.insert(http::header::ALLOW, header_value(allow.clone()));
+            }
+            GatewayError::PasswordBusy | GatewayError::StoreUnavailable => {
+                h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        resp
+    }
+}
+
+fn header_value(s: String) -> HeaderValue {
+    // Only built from config values and fixed strings, which are printable ASCII.
+    HeaderValue::try_from(s).unwrap_or_else(|_| HeaderValue::from_static("Bearer realm=\"whosthat\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptions_use_only_allowed_characters() {
+        // RFC 6749 section 5.2: %x20-21 / %x23-5B / %x5D-7E
+        let all = [
+            GatewayError::TokenMethod,
+            GatewayError::NoToken,
+            GatewayError::NoRoute,
+            GatewayError::PayloadTooLarge,
+            GatewayError::UpstreamUnreachable,
+            GatewayError::UpstreamTimeout,
+            GatewayError::PasswordBusy,
+            GatewayError::StoreUnavailable,
+            GatewayError::InsufficientScope("a".into()),
+            GatewayError::MethodNotAllowed("GET".into()),
+        ];
+        for e in all {
+            let (_, d) = e.code_and_description();
+            assert!(d.bytes().all(|b| b == 0x20 || b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b)), "{d}");
+        }
+    }
+
+    #[test]
+    fn invalid_client_is_401_with_basic_challenge() {
+        let r = GatewayError::OAuth(OAuthCode::InvalidClient, "x").into_response();
+        assert_eq!(r.status(), 401);
+        assert_eq!(r.headers()[WWW_AUTHENTICATE], "Basic realm=\"whosthat\"");
+        assert_eq!(r.headers()[CACHE_CONTROL], "no-store");
+    }
+
+    #[test]
+    fn no_token_challenge_has_no_error_attribute() {
+        let r = GatewayError::NoToken.into_response();
+        assert_eq!(r.headers()[WWW_AUTHENTICATE], "Bearer realm=\"whosthat\"");
+    }
+}

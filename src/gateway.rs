@@ -1,0 +1,193 @@
+//! The per-request pipeline: normalise the path, route, authenticate, forward,
+//! log. `handle` wraps `handle_inner`: the inner returns `Result`, the outer
+//! turns errors into responses and writes the access-log line.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::{AUTHORIZATION, HOST};
+use http::{HeaderMap, Request, Response};
+use hyper::body::Incoming;
+
+use crate::config::Config;
+use crate::error::{Body, GatewayError};
+use crate::oauth::{OAuthContext, token_endpoint};
+use crate::password::PasswordPool;
+use crate::proxy::{ForwardInfo, UpstreamClient, forward, new_client};
+use crate::routes::normalize_path;
+use crate::store::{MemoryStore, TokenHash, TokenStore};
+
+/// Everything a request needs, shared by all connections.
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Arc<dyn TokenStore>,
+    pub passwords: PasswordPool,
+    pub upstream: UpstreamClient,
+}
+
+impl AppState {
+    pub fn new(config: Arc<Config>) -> AppState {
+        let passwords = PasswordPool::new(
+            config.oauth.password_workers,
+            config.oauth.password_queue,
+            Duration::from_secs(10),
+        );
+        AppState {
+            store: Arc::new(MemoryStore::new()),
+            passwords,
+            upstream: new_client(),
+            config,
+        }
+    }
+}
+
+/// What the access log says about a request.
+#[derive(Default)]
+struct LogContext {
+    route: Option<String>,
+    user: Option<Arc<str>>,
+    reason: Option<&'static str>,
+}
+
+pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let start = Instant::now();
+    let method = req.method().clone();
+    // The path only: queries can carry secrets.
+    let path = req.uri().path().to_string();
+    let mut log = LogContext::default();
+    let resp = match handle_inner(&state, req, peer, &mut log).await {
+        Ok(r) => r,
+        Err(e) => {
+            log.reason = Some(e.reason());
+            e.into_response()
+        }
+    };
+    tracing::info!(
+        target: "whosthat::access",
+        method = %method,
+        path = %path,
+        route = log.route.as_deref().unwrap_or("-"),
+        status = resp.status().as_u16(),
+        user = log.user.as_deref().unwrap_or("-"),
+        reason = log.reason.unwrap_or("-"),
+        latency_us = start.elapsed().as_micros() as u64,
+        "request"
+    );
+    resp
+}
+
+async fn handle_inner(
+    state: &AppState,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    log: &mut LogContext,
+) -> Result<Response<Body>, GatewayError> {
+    let config = &state.config;
+    let path = normalize_path(req.uri().path()).map_err(GatewayError::BadPath)?;
+
+    if path == config.oauth.token_path {
+        log.route = Some(config.oauth.token_path.clone());
+        let ctx = OAuthContext {
+            config,
+            store: state.store.as_ref(),
+            passwords: &state.passwords,
+        };
+        return token_endpoint(&ctx, req).await;
+    }
+
+    let route = config.routes.find(&path).ok_or(GatewayError::NoRoute)?;
+    log.route = Some(route.prefix.clone());
+    if !route.allows_method(req.method()) {
+        let allow: Vec<&str> = route.methods.iter().map(|m| m.as_str()).collect();
+        return Err(GatewayError::MethodNotAllowed(allow.join(", ")));
+    }
+
+    let record = if route.auth {
+        let token = bearer_token(req.headers())?.ok_or(GatewayError::NoToken)?;
+        let record = state
+            .store
+            .get_access(TokenHash::of(token))
+            .await
+            .map_err(|_| GatewayError::StoreUnavailable)?
+            .ok_or(GatewayError::InvalidToken("the access token is unknown, expired or revoked"))?;
+        log.user = Some(record.grant.user.clone().unwrap_or_else(|| record.grant.client.clone()));
+        if !route.scopes.is_subset_of(&record.grant.scope) {
+            return Err(GatewayError::InsufficientScope(route.scopes.to_string()));
+        }
+        Some(record)
+    } else {
+        None
+    };
+
+    let host = req
+        .headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .map(str::to_string);
+    let info = ForwardInfo {
+        peer_ip: peer.ip(),
+        host: host.as_deref(),
+        identity: record.as_ref().map(|r| r.grant.as_ref()),
+    };
+    let upstream = route.pick_upstream();
+    forward(&state.upstream, req, route, upstream, &path, &info).await
+}
+
+/// The bearer token of `Authorization: Bearer <token>` (RFC 6750 section 2.1).
+/// `Ok(None)`: no bearer credentials at all (no header, or another scheme).
+pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, GatewayError> {
+    let mut all = headers.get_all(AUTHORIZATION).iter();
+    let value = match (all.next(), all.next()) {
+        (None, _) => return Ok(None),
+        (Some(_), Some(_)) => return Err(GatewayError::MalformedBearer("more than one Authorization header")),
+        (Some(v), None) => v,
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| GatewayError::MalformedBearer("the Authorization header is not ASCII"))?;
+    let (scheme, token) = match value.split_once(' ') {
+        Some((s, t)) => (s, t.trim_start_matches(' ')),
+        None => (value, ""),
+    };
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Ok(None);
+    }
+    // b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
+    let body = token.trim_end_matches('=');
+    let well_formed = !body.is_empty()
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'));
+    if !well_formed {
+        return Err(GatewayError::MalformedBearer("the bearer token is malformed"));
+    }
+    Ok(Some(token))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn auth(v: &'static str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(AUTHORIZATION, HeaderValue::from_static(v));
+        h
+    }
+
+    #[test]
+    fn bearer_parsing() {
+        assert_eq!(bearer_token(&HeaderMap::new()).unwrap(), None);
+        assert_eq!(bearer_token(&auth("Bearer abc-_.~+/==")).unwrap(), Some("abc-_.~+/=="));
+        assert_eq!(bearer_token(&auth("bEaReR abc")).unwrap(), Some("abc"));
+        assert_eq!(bearer_token(&auth("Basic abc")).unwrap(), None);
+        assert!(bearer_token(&auth("Bearer")).is_err());
+        assert!(bearer_token(&auth("Bearer a b")).is_err());
+        assert!(bearer_token(&auth("Bearer a,b")).is_err());
+        let mut two = auth("Bearer a");
+        two.append(AUTHORIZATION, HeaderValue::from_static("Bearer b"));
+        assert!(bearer_token(&two).is_err());
+    }
+}

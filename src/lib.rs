@@ -1,0 +1,19 @@
+//! whosthat: an OAuth 2.0 authentication gateway.
+//!
+//! Clients get bearer tokens from the gateway's token endpoint and call private
+//! APIs through it; every proxied request is checked against the token store and
+//! the route's scopes, then forwarded with the caller's identity in headers.
+
+pub mod config;
+pub mod error;
+pub mod gateway;
+pub mod oauth;
+pub mod password;
+pub mod proxy;
+pub mod routes;
+pub mod scope;
+pub mod server;
+pub mod store;
+
+pub use config::{Config, ConfigError};
+pub use server::{serve, shutdown_signal};

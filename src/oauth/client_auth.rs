@@ -1,0 +1,204 @@
+//! Client authentication at the token endpoint (RFC 6749 section 2.3).
+//!
+//! A client names itself with HTTP Basic (client_secret_basic), with `client_id`
+//! and `client_secret` in the body (client_secret_post), with `client_id` alone
+//! (a public client), or not at all (then `oauth.default_client`). Unknown
+//! clients and wrong secrets get the same answer after the same work.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use http::HeaderMap;
+use http::header::AUTHORIZATION;
+use percent_encoding::percent_decode_str;
+
+use super::Params;
+use crate::config::{Client, Config};
+use crate::error::{GatewayError, OAuthCode};
+use crate::password::PasswordPool;
+
+/// What the request says about its client, before any check.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ClientCredentials {
+    /// HTTP Basic: id and secret, form-urldecoded.
+    Basic { id: String, secret: String },
+    /// In the body; a public client sends no secret.
+    Body { id: String, secret: Option<String> },
+    /// Nothing: the configured default client, if any.
+    None,
+}
+
+const AUTH_FAILED: GatewayError = GatewayError::OAuth(OAuthCode::InvalidClient, "client authentication failed");
+
+fn form_urldecode(s: &str) -> Option<String> {
+    let plus_decoded = s.replace('+', " ");
+    percent_decode_str(&plus_decoded).decode_utf8().ok().map(|c| c.into_owned())
+}
+
+/// Reads the client's credentials from the Authorization header and the body.
+pub fn extract(headers: &HeaderMap, params: &Params) -> Result<ClientCredentials, GatewayError> {
+    let mut auth = headers.get_all(AUTHORIZATION).iter();
+    let basic = match (auth.next(), auth.next()) {
+        (None, _) => None,
+        (Some(_), Some(_)) => {
+            return Err(GatewayError::OAuth(
+                OAuthCode::InvalidRequest,
+                "more than one Authorization header",
+            ));
+        }
+        (Some(v), None) => {
+            let v = v.to_str().map_err(|_| AUTH_FAILED)?;
+            let (scheme, rest) = v.split_once(' ').ok_or(AUTH_FAILED)?;
+            if !scheme.eq_ignore_ascii_case("basic") {
+                return Err(AUTH_FAILED);
+            }
+            let decoded = STANDARD.decode(rest.trim()).map_err(|_| AUTH_FAILED)?;
+            let decoded = String::from_utf8(decoded).map_err(|_| AUTH_FAILED)?;
+            let (id, secret) = decoded.split_once(':').ok_or(AUTH_FAILED)?;
+            Some((
+                form_urldecode(id).ok_or(AUTH_FAILED)?,
+                form_urldecode(secret).ok_or(AUTH_FAILED)?,
+            ))
+        }
+    };
+    let body_id = params.get("client_id");
+    let body_secret = params.get("client_secret");
+    match basic {
+        Some((id, secret)) => {
+            // One request, one authentication method (section 2.3).
+            if body_secret.is_some() {
+                return Err(GatewayError::OAuth(
+                    OAuthCode::InvalidRequest,
+                    "client credentials sent both in the Authorization header and in the body",
+                ));
+            }
+            if body_id.is_some_and(|b| b != id) {
+                return Err(GatewayError::OAuth(
+                    OAuthCode::InvalidRequest,
+                    "client_id differs from the client in the Authorization header",
+                ));
+            }
+            Ok(ClientCredentials::Basic { id, secret })
+        }
+        None => match (body_id, body_secret) {
+            (Some(id), secret) => Ok(ClientCredentials::Body {
+                id: id.to_string(),
+                secret: secret.map(str::to_string),
+            }),
+            (None, Some(_)) => Err(GatewayError::OAuth(
+                OAuthCode::InvalidRequest,
+                "client_secret without client_id",
+            )),
+            (None, None) => Ok(ClientCredentials::None),
+        },
+    }
+}
+
+/// The authenticated client, and whether it proved a secret (confidential).
+pub struct AuthenticatedClient {
+    pub client: Arc<Client>,
+    pub confidential: bool,
+}
+
+/// Checks the credentials against the configured clients.
+pub async fn authenticate(
+    config: &Config,
+    passwords: &PasswordPool,
+    creds: ClientCredentials,
+) -> Result<AuthenticatedClient, GatewayError> {
+    let (id, secret) = match creds {
+        ClientCredentials::Basic { id, secret } => (id, Some(secret).filter(|s| !s.is_empty())),
+        ClientCredentials::Body { id, secret } => (id, secret),
+        ClientCredentials::None => {
+            let id = config.oauth.default_client.as_ref().ok_or(AUTH_FAILED)?;
+            let client = config.clients.get(id).ok_or(AUTH_FAILED)?;
+            return Ok(AuthenticatedClient {
+                client: client.clone(),
+                confidential: false,
+            });
+        }
+    };
+    let client = config.clients.get(&id);
+    match (client, secret) {
+        (Some(c), None) if c.is_public() => Ok(AuthenticatedClient {
+            client: c.clone(),
+            confidential: false,
+        }),
+        // A confidential client that did not authenticate.
+        (Some(_), None) => Err(AUTH_FAILED),
+        (None, None) => Err(AUTH_FAILED),
+        (client, Some(secret)) => {
+            // Unknown clients and public ones (which have no secret) are checked
+            // against the dummy hash: same work, same answer as a wrong secret.
+            let hash = client.and_then(|c| c.secret_hash.as_deref()).map(Arc::from);
+            let ok = passwords
+                .verify(secret.as_bytes(), hash)
+                .await
+                .map_err(|_| GatewayError::PasswordBusy)?;
+            match client {
+                Some(c) if ok => Ok(AuthenticatedClient {
+                    client: c.clone(),
+                    confidential: true,
+                }),
+                _ => Err(AUTH_FAILED),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn params(pairs: &[(&str, &str)]) -> Params {
+        Params::from_pairs(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()).unwrap()
+    }
+
+    fn basic(raw: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        let v = format!("Basic {}", STANDARD.encode(raw));
+        h.insert(AUTHORIZATION, HeaderValue::from_str(&v).unwrap());
+        h
+    }
+
+    #[test]
+    fn basic_credentials_are_form_urldecoded() {
+        let c = extract(&basic("a%3Ab:s+%25x"), &params(&[])).unwrap();
+        assert_eq!(
+            c,
+            ClientCredentials::Basic {
+                id: "a:b".into(),
+                secret: "s %x".into()
+            }
+        );
+    }
+
+    #[test]
+    fn two_methods_at_once_is_invalid_request() {
+        let e = extract(&basic("a:b"), &params(&[("client_secret", "b")])).unwrap_err();
+        assert_eq!(e, GatewayError::OAuth(OAuthCode::InvalidRequest, "client credentials sent both in the Authorization header and in the body"));
+        assert!(extract(&basic("a:b"), &params(&[("client_id", "other")])).is_err());
+        assert!(extract(&basic("a:b"), &params(&[("client_id", "a")])).is_ok());
+    }
+
+    #[test]
+    fn body_and_default() {
+        assert_eq!(
+            extract(&HeaderMap::new(), &params(&[("client_id", "x")])).unwrap(),
+            ClientCredentials::Body { id: "x".into(), secret: None }
+        );
+        assert_eq!(extract(&HeaderMap::new(), &params(&[])).unwrap(), ClientCredentials::None);
+        assert!(extract(&HeaderMap::new(), &params(&[("client_secret", "s")])).is_err());
+    }
+
+    #[test]
+    fn malformed_basic_is_invalid_client() {
+        let mut h = HeaderMap::new();
+        h.insert(AUTHORIZATION, HeaderValue::from_static("Basic !!!"));
+        assert_eq!(extract(&h, &params(&[])).unwrap_err(), AUTH_FAILED);
+        h.insert(AUTHORIZATION, HeaderValue::from_static("Bearer abc"));
+        assert_eq!(extract(&h, &params(&[])).unwrap_err(), AUTH_FAILED);
+    }
+}

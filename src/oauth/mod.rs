@@ -1,0 +1,359 @@
+//! The OAuth 2.0 token endpoint (RFC 6749 sections 3.2, 4.3, 4.4, 5, 6).
+//!
+//! Grant rules are plain code over the [`TokenStore`] trait and the config; the
+//! HTTP side (method, content type, body limit) is in [`token_endpoint`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue, PRAGMA};
+use http::{HeaderMap, Method, Request, Response};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde::Serialize;
+
+use crate::config::{Config, GrantType};
+use crate::error::{Body, GatewayError, OAuthCode, full};
+use crate::password::PasswordPool;
+use crate::scope::ScopeSet;
+use crate::store::{Grant, TokenHash, TokenRecord, TokenStore, new_token, now_secs, random_u64};
+
+pub mod client_auth;
+
+use client_auth::AuthenticatedClient;
+
+/// Token requests are small; anything bigger is refused with 413.
+pub const MAX_TOKEN_REQUEST_BYTES: usize = 8 * 1024;
+
+fn invalid_request(d: &'static str) -> GatewayError {
+    GatewayError::OAuth(OAuthCode::InvalidRequest, d)
+}
+
+/// Form parameters of a token request: each name at most once; an empty value
+/// counts as absent (section 3.2).
+#[derive(Debug, Default)]
+pub struct Params(HashMap<String, String>);
+
+impl Params {
+    pub fn from_pairs(pairs: Vec<(String, String)>) -> Result<Params, GatewayError> {
+        let mut map = HashMap::with_capacity(pairs.len());
+        let mut seen = std::collections::HashSet::with_capacity(pairs.len());
+        for (k, v) in pairs {
+            if !seen.insert(k.clone()) {
+                return Err(invalid_request("a parameter was sent more than once"));
+            }
+            if !v.is_empty() {
+                map.insert(k, v);
+            }
+        }
+        Ok(Params(map))
+    }
+
+    pub fn parse(body: &[u8]) -> Result<Params, GatewayError> {
+        let pairs: Vec<(String, String)> =
+            serde_urlencoded::from_bytes(body).map_err(|_| invalid_request("the body is not a valid form"))?;
+        Params::from_pairs(pairs)
+    }
+
+    pub fn get(&self, k: &str) -> Option<&str> {
+        self.0.get(k).map(String::as_str)
+    }
+
+    fn require(&self, k: &str, missing: &'static str) -> Result<&str, GatewayError> {
+        self.get(k).ok_or_else(|| invalid_request(missing))
+    }
+}
+
+/// A successful token response (section 5.1).
+#[derive(Debug, Serialize)]
+pub struct TokenResponse {
+    pub access_token: String,
+    pub token_type: &'static str,
+    pub expires_in: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    pub scope: String,
+}
+
+impl TokenResponse {
+    fn into_response(self) -> Response<Body> {
+        let body = serde_json::to_vec(&self).expect("a token response serialises");
+        let mut resp = Response::new(full(body));
+        let h = resp.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        h.insert(PRAGMA, HeaderValue::from_static("no-cache"));
+        resp
+    }
+}
+
+/// What grant handling needs; borrowed from the gateway's state.
+pub struct OAuthContext<'a> {
+    pub config: &'a Config,
+    pub store: &'a dyn TokenStore,
+    pub passwords: &'a PasswordPool,
+}
+
+/// The HTTP side of the token endpoint.
+pub async fn token_endpoint(ctx: &OAuthContext<'_>, req: Request<Incoming>) -> Result<Response<Body>, GatewayError> {
+    if req.method() != Method::POST {
+        return Err(GatewayError::TokenMethod);
+    }
+    if req.uri().query().is_some() {
+        // Credentials in a URL end up in logs and histories (section 3.2, 2.3.1).
+        return Err(invalid_request("token request parameters belong in the body, not the query"));
+    }
+    let is_form = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
+    if !is_form {
+        return Err(invalid_request("the body must be application/x-www-form-urlencoded"));
+    }
+    let declared = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_TOKEN_REQUEST_BYTES as u64) {
+        return Err(GatewayError::PayloadTooLarge);
+    }
+    let (parts, body) = req.into_parts();
+    let body: Bytes = Limited::new(body, MAX_TOKEN_REQUEST_BYTES)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                GatewayError::PayloadTooLarge
+            } else {
+                invalid_request("the request body could not be read")
+            }
+        })?
+        .to_bytes();
+    let params = Params::parse(&body)?;
+    issue(ctx, &parts.headers, &params).await.map(TokenResponse::into_response)
+}
+
+/// Runs a token request: client authentication, then the grant.
+pub async fn issue(ctx: &OAuthContext<'_>, headers: &HeaderMap, params: &Params) -> Result<TokenResponse, GatewayError> {
+    let grant_type = params.require("grant_type", "grant_type is missing")?;
+    let creds = client_auth::extract(headers, params)?;
+    let grant = GrantType::parse(grant_type).ok_or(GatewayError::OAuth(
+        OAuthCode::UnsupportedGrantType,
+        "this grant_type is not supported",
+    ))?;
+    if grant == GrantType::AuthorizationCode {
+        return Err(GatewayError::OAuth(
+            OAuthCode::UnsupportedGrantType,
+            "the authorization_code grant is not available in this version",
+        ));
+    }
+    let client = client_auth::authenticate(ctx.config, ctx.passwords, creds).await?;
+    if !client.client.allows(grant) {
+        return Err(GatewayError::OAuth(
+            OAuthCode::UnauthorizedClient,
+            "this client may not use this grant_type",
+        ));
+    }
+    let requested = match params.get("scope") {
+        Some(s) => Some(ScopeSet::parse(s).ok_or(GatewayError::OAuth(
+            OAuthCode::InvalidScope,
+            "the scope parameter is malformed",
+        ))?),
+        None => None,
+    };
+    match grant {
+        GrantType::Password => password_grant(ctx, &client, params, requested).await,
+        GrantType::ClientCredentials => client_credentials_grant(ctx, &client, requested).await,
+        GrantType::RefreshToken => refresh_grant(ctx, &client, params, requested).await,
+        GrantType::AuthorizationCode => unreachable!("refused above"),
+    }
+}
+
+/// `requested` (absent: all of `allowed`), refused if it asks for more.
+fn grant_scope(requested: Option<ScopeSet>, allowed: &ScopeSet) -> Result<ScopeSet, GatewayError> {
+    match requested {
+        None => Ok(allowed.clone()),
+        Some(r) if r.is_subset_of(allowed) => Ok(r),
+        Some(_) => Err(GatewayError::OAuth(
+            OAuthCode::InvalidScope,
+            "the requested scope exceeds what may be granted",
+        )),
+    }
+}
+
+async fn password_grant(
+    ctx: &OAuthContext<'_>,
+    client: &AuthenticatedClient,
+    params: &Params,
+    requested: Option<ScopeSet>,
+) -> Result<TokenResponse, GatewayError> {
+    let username = params.require("username", "username is missing")?;
+    let password = params.require("password", "password is missing")?;
+    let user = ctx.config.users.get(username);
+    // Unknown users are checked against the dummy hash: same time, same answer.
+    let hash = user.map(|u| Arc::from(u.password_hash.as_str()));
+    let ok = ctx
+        .passwords
+        .verify(password.as_bytes(), hash)
+        .await
+        .map_err(|_| GatewayError::PasswordBusy)?;
+    let user = match user {
+        Some(u) if ok => u,
+        _ => {
+            return Err(GatewayError::OAuth(
+                OAuthCode::InvalidGrant,
+                "invalid username or password",
+            ));
+        }
+    };
+    let allowed = user.scopes.intersection(&client.client.scopes);
+    let scope = grant_scope(requested, &allowed)?;
+    let grant = Arc::new(Grant {
+        user: Some(user.name.clone()),
+        client: client.client.id.clone(),
+        scope,
+        family: random_u64(),
+    });
+    let with_refresh = client.client.allows(GrantType::RefreshToken);
+    issue_tokens(ctx, grant, with_refresh).await
+}
+
+async fn client_credentials_grant(
+    ctx: &OAuthContext<'_>,
+    client: &AuthenticatedClient,
+    requested: Option<ScopeSet>,
+) -> Result<TokenResponse, GatewayError> {
+    if !client.confidential {
+        return Err(GatewayError::OAuth(
+            OAuthCode::UnauthorizedClient,
+            "client_credentials is for confidential clients only",
+        ));
+    }
+    let scope = grant_scope(requested, &client.client.scopes)?;
+    let grant = Arc::new(Grant {
+        user: None,
+        client: client.client.id.clone(),
+        scope,
+        family: random_u64(),
+    });
+    // Section 4.4.3: a refresh token SHOULD NOT be included.
+    issue_tokens(ctx, grant, false).await
+}
+
+async fn refresh_grant(
+    ctx: &OAuthContext<'_>,
+    client: &AuthenticatedClient,
+    params: &Params,
+    requested: Option<ScopeSet>,
+) -> Result<TokenResponse, GatewayError> {
+    let presented = params.require("refresh_token", "refresh_token is missing")?;
+    let key = TokenHash::of(presented);
+    const BAD: GatewayError = GatewayError::OAuth(
+        OAuthCode::InvalidGrant,
+        "the refresh token is invalid, expired, revoked or was issued to another client",
+    );
+    let rec = ctx
+        .store
+        .get_refresh(key)
+        .await
+        .map_err(|_| GatewayError::StoreUnavailable)?
+        .ok_or(BAD)?;
+    // Checked before the token is spent, so a wrong request does not burn it.
+    if rec.grant.client != client.client.id {
+        return Err(BAD);
+    }
+    if let Some(user) = &rec.grant.user
+        && !ctx.config.users.contains_key(user.as_ref())
+    {
+        return Err(BAD);
+    }
+    let scope = grant_scope(requested, &rec.grant.scope)?;
+    // Each refresh token works once: of racing requests, only the one that takes it goes on.
+    let rec = ctx
+        .store
+        .take_refresh(key)
+        .await
+        .map_err(|_| GatewayError::StoreUnavailable)?
+        .ok_or(BAD)?;
+    let grant = if scope == rec.grant.scope {
+        rec.grant.clone()
+    } else {
+        Arc::new(Grant {
+            scope,
+            ..(*rec.grant).clone()
+        })
+    };
+    issue_tokens(ctx, grant, true).await
+}
+
+fn ttl_secs(d: Duration) -> u64 {
+    d.as_secs().max(1)
+}
+
+async fn issue_tokens(ctx: &OAuthContext<'_>, grant: Arc<Grant>, with_refresh: bool) -> Result<TokenResponse, GatewayError> {
+    let now = now_secs();
+    let access_ttl = ttl_secs(ctx.config.oauth.access_token_ttl);
+    let access = new_token();
+    let refresh = with_refresh.then(new_token);
+    let scope = grant.scope.to_string();
+    if let Some(refresh) = &refresh {
+        let rec = TokenRecord {
+            grant: grant.clone(),
+            issued_at: now,
+            expires_at: now + ttl_secs(ctx.config.oauth.refresh_token_ttl),
+        };
+        ctx.store
+            .put_refresh(TokenHash::of(refresh), rec)
+            .await
+            .map_err(|_| GatewayError::StoreUnavailable)?;
+    }
+    let rec = TokenRecord {
+        grant,
+        issued_at: now,
+        expires_at: now + access_ttl,
+    };
+    ctx.store
+        .put_access(TokenHash::of(&access), rec)
+        .await
+        .map_err(|_| GatewayError::StoreUnavailable)?;
+    Ok(TokenResponse {
+        access_token: access,
+        token_type: "Bearer",
+        expires_in: access_ttl,
+        refresh_token: refresh,
+        scope,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_parameter_is_invalid_request() {
+        let e = Params::parse(b"grant_type=password&grant_type=password").unwrap_err();
+        assert_eq!(e, invalid_request("a parameter was sent more than once"));
+    }
+
+    #[test]
+    fn empty_value_is_absent() {
+        let p = Params::parse(b"grant_type=password&scope&username=").unwrap();
+        assert_eq!(p.get("grant_type"), Some("password"));
+        assert_eq!(p.get("scope"), None);
+        assert_eq!(p.get("username"), None);
+    }
+
+    #[test]
+    fn scope_rules() {
+        let allowed = ScopeSet::parse("read write").unwrap();
+        assert_eq!(grant_scope(None, &allowed).unwrap(), allowed);
+        let r = ScopeSet::parse("read").unwrap();
+        assert_eq!(grant_scope(Some(r.clone()), &allowed).unwrap(), r);
+        assert!(grant_scope(Some(ScopeSet::parse("admin").unwrap()), &allowed).is_err());
+    }
+}

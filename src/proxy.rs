@@ -1,0 +1,252 @@
+//! Forwarding to upstreams: the pooled client, the header rules, streaming bodies.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::error::{Body, GatewayError};
+use crate::routes::{Route, Upstream};
+use crate::store::Grant;
+
+pub type UpstreamClient = Client<HttpConnector, Body>;
+
+/// One keep-alive pool shared by every route.
+pub fn new_client() -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(1024)
+        .pool_timer(TokioTimer::new())
+        .build(connector)
+}
+
+static X_AUTH_USER: HeaderName = HeaderName::from_static("x-auth-user");
+static X_AUTH_CLIENT: HeaderName = HeaderName::from_static("x-auth-client");
+static X_AUTH_SCOPE: HeaderName = HeaderName::from_static("x-auth-scope");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Hop-by-hop headers (RFC 9110 section 7.6.1), never forwarded either way.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "proxy-authorization"
+            | "proxy-authenticate"
+    )
+}
+
+/// Headers a client could use to pose as someone else, or to fake where it
+/// comes from: compared with `_` and `.` read as `-`, as many servers and
+/// frameworks (CGI, WSGI, Rack, PHP) fold them.
+pub fn is_spoofable(name: &str) -> bool {
+    let mut folded = [0u8; 32];
+    let bytes = name.as_bytes();
+    let n = bytes.len().min(folded.len());
+    for (dst, src) in folded.iter_mut().zip(&bytes[..n]) {
+        *dst = match src.to_ascii_lowercase() {
+            b'_' | b'.' => b'-',
+            c => c,
+        };
+    }
+    let folded = &folded[..n];
+    folded.starts_with(b"x-auth-")
+        || folded.starts_with(b"x-forwarded-")
+        || folded == b"forwarded"
+        || folded == b"x-real-ip"
+        || folded == b"x-client-ip"
+}
+
+/// Names listed in `Connection` (they are hop-by-hop for this message).
+fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
+    let mut out = Vec::new();
+    for v in headers.get_all(header::CONNECTION) {
+        if let Ok(v) = v.to_str() {
+            for name in v.split(',') {
+                if let Ok(n) = HeaderName::from_bytes(name.trim().as_bytes()) {
+                    out.push(n);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Removes every header (all its values) for which `drop` holds for one of its values.
+fn remove_where(headers: &mut HeaderMap, drop: impl Fn(&HeaderName, &HeaderValue) -> bool) {
+    let doomed: Vec<HeaderName> = headers
+        .iter()
+        .filter(|(n, v)| drop(n, v))
+        .map(|(n, _)| n.clone())
+        .collect();
+    for name in doomed {
+        headers.remove(&name);
+    }
+}
+
+fn is_bearer(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    b.len() >= 6 && b[..6].eq_ignore_ascii_case(b"bearer")
+}
+
+/// What the upstream gets (INTERFACE.md, "What the upstream receives").
+pub struct ForwardInfo<'a> {
+    pub peer_ip: IpAddr,
+    pub host: Option<&'a str>,
+    pub identity: Option<&'a Grant>,
+}
+
+/// Rewrites request headers in place for the upstream.
+pub fn upstream_request_headers(headers: &mut HeaderMap, version: Version, info: &ForwardInfo<'_>) {
+    let listed = connection_listed(headers);
+    let prior_via = headers.get(header::VIA).cloned();
+    remove_where(headers, |name, value| {
+        is_hop_by_hop(name)
+            || listed.contains(name)
+            || *name == header::HOST
+            || *name == header::VIA
+            || (*name == header::AUTHORIZATION && is_bearer(value))
+            || is_spoofable(name.as_str())
+    });
+    if let Ok(v) = HeaderValue::try_from(info.peer_ip.to_string()) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    if let Some(host) = info.host.and_then(|h| HeaderValue::from_str(h).ok()) {
+        headers.insert(X_FORWARDED_HOST.clone(), host);
+    }
+    let hop = match version {
+        Version::HTTP_2 => "2 whosthat",
+        Version::HTTP_10 => "1.0 whosthat",
+        _ => "1.1 whosthat",
+    };
+    let via = match prior_via.as_ref().and_then(|v| v.to_str().ok()) {
+        Some(prior) => HeaderValue::try_from(format!("{prior}, {hop}")).unwrap_or(HeaderValue::from_static(hop)),
+        None => HeaderValue::from_static(hop),
+    };
+    headers.insert(header::VIA, via);
+    if let Some(grant) = info.identity {
+        if let Some(user) = &grant.user
+            && let Ok(v) = HeaderValue::from_bytes(user.as_bytes())
+        {
+            headers.insert(X_AUTH_USER.clone(), v);
+        }
+        if let Ok(v) = HeaderValue::from_bytes(grant.client.as_bytes()) {
+            headers.insert(X_AUTH_CLIENT.clone(), v);
+        }
+        if let Ok(v) = HeaderValue::try_from(grant.scope.to_string()) {
+            headers.insert(X_AUTH_SCOPE.clone(), v);
+        }
+    }
+}
+
+/// Drops hop-by-hop headers from an upstream response.
+fn downstream_response_headers(headers: &mut HeaderMap) {
+    let listed = connection_listed(headers);
+    remove_where(headers, |name, _| is_hop_by_hop(name) || listed.contains(name));
+}
+
+/// Sends the request to `upstream` and returns its response, bodies streamed both ways.
+pub async fn forward(
+    client: &UpstreamClient,
+    req: Request<Incoming>,
+    route: &Route,
+    upstream: &Upstream,
+    path: &str,
+    info: &ForwardInfo<'_>,
+) -> Result<Response<Body>, GatewayError> {
+    let (mut parts, body) = req.into_parts();
+    let pq = route.upstream_path_and_query(upstream, path, parts.uri.query());
+    parts.uri = Uri::builder()
+        .scheme(upstream.scheme.clone())
+        .authority(upstream.authority.clone())
+        .path_and_query(pq)
+        .build()
+        .map_err(|_| GatewayError::BadPath("the path cannot be forwarded"))?;
+    upstream_request_headers(&mut parts.headers, parts.version, info);
+    parts.version = Version::HTTP_11;
+    let upstream_req = Request::from_parts(parts, body.boxed());
+    let resp = match tokio::time::timeout(route.timeout, client.request(upstream_req)).await {
+        Err(_) => return Err(GatewayError::UpstreamTimeout),
+        Ok(Err(e)) => {
+            tracing::warn!(upstream = %upstream, error = %e, "upstream request failed");
+            return Err(GatewayError::UpstreamUnreachable);
+        }
+        Ok(Ok(resp)) => resp,
+    };
+    let (mut parts, body) = resp.into_parts();
+    downstream_response_headers(&mut parts.headers);
+    Ok(Response::from_parts(parts, body.boxed()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scope::ScopeSet;
+    use std::sync::Arc;
+
+    #[test]
+    fn spoofable_names_in_any_spelling() {
+        for n in ["X-Auth-User", "x_auth_user", "X.Auth.Scope", "x-auth-anything", "X_Forwarded_For", "Forwarded", "x-real-ip"] {
+            assert!(is_spoofable(n), "{n}");
+        }
+        for n in ["x-authority", "accept", "x-request-id"] {
+            assert!(!is_spoofable(n), "{n}");
+        }
+    }
+
+    #[test]
+    fn headers_rewritten_for_upstream() {
+        let mut h = HeaderMap::new();
+        h.insert("authorization", HeaderValue::from_static("Bearer secret-token"));
+        h.insert("connection", HeaderValue::from_static("keep-alive, x-secret-hop"));
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-auth-user", HeaderValue::from_static("mallory"));
+        h.insert("x_auth_user", HeaderValue::from_static("mallory"));
+        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        h.insert("via", HeaderValue::from_static("1.1 edge"));
+        h.insert("accept", HeaderValue::from_static("*/*"));
+        let grant = Grant {
+            user: Some(Arc::from("stefano")),
+            client: Arc::from("cli"),
+            scope: ScopeSet::parse("read write").unwrap(),
+            family: 0,
+        };
+        let info = ForwardInfo {
+            peer_ip: "127.0.0.1".parse().unwrap(),
+            host: Some("gw.example"),
+            identity: Some(&grant),
+        };
+        upstream_request_headers(&mut h, Version::HTTP_11, &info);
+        assert!(h.get("authorization").is_none());
+        assert!(h.get("connection").is_none());
+        assert!(h.get("x-secret-hop").is_none());
+        assert!(h.get("keep-alive").is_none());
+        assert!(h.get("x_auth_user").is_none());
+        assert_eq!(h["x-auth-user"], "stefano");
+        assert_eq!(h["x-auth-client"], "cli");
+        assert_eq!(h["x-auth-scope"], "read write");
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+        assert_eq!(h["x-forwarded-host"], "gw.example");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["via"], "1.1 edge, 1.1 whosthat");
+        assert_eq!(h["accept"], "*/*");
+    }
+}

@@ -1,0 +1,293 @@
+//! The route table, and the one path interpretation used for matching and forwarding.
+//!
+//! A request path is normalised once ([`normalize_path`]); that exact string is what
+//! routes are matched against and what goes upstream. Anything another server could
+//! read a second way (dot segments, encoded `/` or `\`, `;` parameters, `//`) is
+//! refused instead of guessed at.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use http::Method;
+use http::uri::{Authority, Scheme};
+
+use crate::scope::ScopeSet;
+
+/// Why a path was refused (shown to the client in a 400).
+pub type PathRejection = &'static str;
+
+fn hex_val(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// Normalises a request path per RFC 3986 section 6.2.2 (percent-encoded unreserved
+/// characters decoded, hex digits upper-cased) and refuses ambiguous shapes.
+pub fn normalize_path(raw: &str) -> Result<String, PathRejection> {
+    let bytes = raw.as_bytes();
+    if bytes.first() != Some(&b'/') {
+        return Err("the path must start with /");
+    }
+    let mut out = String::with_capacity(raw.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            b'%' => {
+                let (Some(h), Some(l)) = (
+                    bytes.get(i + 1).copied().and_then(hex_val),
+                    bytes.get(i + 2).copied().and_then(hex_val),
+                ) else {
+                    return Err("the path has a malformed percent-encoding");
+                };
+                let v = h << 4 | l;
+                if is_unreserved(v) {
+                    out.push(v as char);
+                } else if matches!(v, b'/' | b'\\' | b';') {
+                    return Err("the path has an encoded '/', '\\' or ';'");
+                } else if v < 0x20 || v == 0x7f {
+                    return Err("the path has an encoded control character");
+                } else {
+                    out.push('%');
+                    out.push(char::from(b"0123456789ABCDEF"[usize::from(h)]));
+                    out.push(char::from(b"0123456789ABCDEF"[usize::from(l)]));
+                }
+                i += 3;
+            }
+            b'\\' => return Err("the path has a '\\'"),
+            b';' => return Err("the path has a ';' parameter"),
+            0..=0x20 | 0x7f..=0xff => return Err("the path has a character that must be percent-encoded"),
+            _ => {
+                out.push(b as char);
+                i += 1;
+            }
+        }
+    }
+    // Segment checks run on the decoded form, so `%2e%2e` is caught like `..`.
+    let segments: Vec<&str> = out[1..].split('/').collect();
+    let last = segments.len() - 1;
+    for (n, seg) in segments.iter().enumerate() {
+        if *seg == "." || *seg == ".." {
+            return Err("the path has a '.' or '..' segment");
+        }
+        if seg.is_empty() && n != last {
+            return Err("the path has an empty segment ('//')");
+        }
+    }
+    Ok(out)
+}
+
+/// Normalises a configured route prefix: a normalised path without a trailing `/`
+/// (except the root prefix `/`).
+pub fn normalize_prefix(raw: &str) -> Result<String, PathRejection> {
+    let p = normalize_path(raw)?;
+    let trimmed = p.trim_end_matches('/');
+    Ok(if trimmed.is_empty() {
+        "/".to_string()
+    } else {
+        trimmed.to_string()
+    })
+}
+
+/// One upstream server: `http://host:port[/base]`.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub scheme: Scheme,
+    pub authority: Authority,
+    /// Path prepended to what is forwarded, without a trailing `/` ("" for none).
+    pub base_path: String,
+}
+
+impl Upstream {
+    pub fn parse(s: &str) -> Result<Upstream, &'static str> {
+        let uri: http::Uri = s.parse().map_err(|_| "is not a URL")?;
+        let scheme = match uri.scheme_str() {
+            Some("http") => Scheme::HTTP,
+            Some("https") => return Err("uses https, which upstreams do not support yet; use http://"),
+            _ => return Err("must be an http:// URL"),
+        };
+        let authority = uri.authority().cloned().ok_or("has no host")?;
+        if authority.as_str().contains('@') {
+            return Err("must not carry credentials");
+        }
+        if uri.query().is_some() {
+            return Err("must not have a query");
+        }
+        let base = normalize_prefix(uri.path()).map_err(|_| "has a path that is not plain")?;
+        Ok(Upstream {
+            scheme,
+            authority,
+            base_path: if base == "/" { String::new() } else { base },
+        })
+    }
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}{}", self.scheme, self.authority, self.base_path)
+    }
+}
+
+#[derive(Debug)]
+pub struct Route {
+    /// Normalised prefix, no trailing `/` (except `/`).
+    pub prefix: String,
+    pub upstreams: Vec<Upstream>,
+    pub strip_prefix: bool,
+    pub scopes: ScopeSet,
+    /// Empty: every method.
+    pub methods: Vec<Method>,
+    pub auth: bool,
+    pub timeout: Duration,
+    pub next_upstream: AtomicUsize,
+}
+
+impl Route {
+    pub fn allows_method(&self, m: &Method) -> bool {
+        self.methods.is_empty() || self.methods.contains(m)
+    }
+
+    /// Spreads requests over the route's upstreams in turn.
+    pub fn pick_upstream(&self) -> &Upstream {
+        if self.upstreams.len() == 1 {
+            return &self.upstreams[0];
+        }
+        let n = self.next_upstream.fetch_add(1, Ordering::Relaxed);
+        &self.upstreams[n % self.upstreams.len()]
+    }
+
+    /// The path and query sent upstream for a normalised request path.
+    pub fn upstream_path_and_query(&self, upstream: &Upstream, path: &str, query: Option<&str>) -> String {
+        let rest = if self.strip_prefix && self.prefix != "/" {
+            &path[self.prefix.len()..]
+        } else {
+            path
+        };
+        let mut out = String::with_capacity(upstream.base_path.len() + rest.len() + query.map_or(0, |q| q.len() + 1) + 1);
+        out.push_str(&upstream.base_path);
+        if !rest.starts_with('/') {
+            out.push('/');
+        }
+        out.push_str(rest);
+        if let Some(q) = query {
+            out.push('?');
+            out.push_str(q);
+        }
+        out
+    }
+}
+
+/// Routes indexed by prefix: a match costs one hash lookup per path segment,
+/// whatever the number of routes.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+    by_prefix: HashMap<String, usize>,
+}
+
+impl RouteTable {
+    pub fn new(routes: Vec<Route>) -> RouteTable {
+        let by_prefix = routes.iter().enumerate().map(|(i, r)| (r.prefix.clone(), i)).collect();
+        RouteTable { routes, by_prefix }
+    }
+
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// The route with the longest prefix matching `path` on whole segments.
+    /// `path` must come from [`normalize_path`].
+    pub fn find(&self, path: &str) -> Option<&Route> {
+        let mut end = path.len();
+        loop {
+            let candidate = if end == 0 { "/" } else { &path[..end] };
+            if let Some(&i) = self.by_prefix.get(candidate) {
+                return Some(&self.routes[i]);
+            }
+            if end == 0 {
+                return None;
+            }
+            end = path[..end].rfind('/')?;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(prefix: &str, strip: bool) -> Route {
+        Route {
+            prefix: normalize_prefix(prefix).unwrap(),
+            upstreams: vec![Upstream::parse("http://127.0.0.1:9000").unwrap()],
+            strip_prefix: strip,
+            scopes: ScopeSet::default(),
+            methods: vec![],
+            auth: true,
+            timeout: Duration::from_secs(1),
+            next_upstream: AtomicUsize::new(0),
+        }
+    }
+
+    #[test]
+    fn normalises_unreserved_escapes_and_hex_case() {
+        assert_eq!(normalize_path("/%61pi/x%2a%7e").unwrap(), "/api/x%2A~");
+        assert_eq!(normalize_path("/a/b/").unwrap(), "/a/b/");
+        assert_eq!(normalize_path("/").unwrap(), "/");
+    }
+
+    #[test]
+    fn refuses_ambiguous_paths() {
+        for p in [
+            "/a/../b", "/a/./b", "/a/..", "/a/%2e%2e/b", "/a/%2E/b", "/a//b", "//a", "/a%2fb", "/a%2Fb",
+            "/a%5cb", "/a\\b", "/a;x=1/b", "/a%3bb", "/a%00b", "/a%zz", "/a%4", "a/b", "*",
+        ] {
+            assert!(normalize_path(p).is_err(), "{p} should be refused");
+        }
+    }
+
+    #[test]
+    fn longest_prefix_on_whole_segments() {
+        let t = RouteTable::new(vec![route("/", false), route("/api/", false), route("/api/admin", false)]);
+        assert_eq!(t.find("/api").unwrap().prefix, "/api");
+        assert_eq!(t.find("/api/").unwrap().prefix, "/api");
+        assert_eq!(t.find("/api/orders/7").unwrap().prefix, "/api");
+        assert_eq!(t.find("/api/admin/x").unwrap().prefix, "/api/admin");
+        assert_eq!(t.find("/api/administrator").unwrap().prefix, "/api");
+        assert_eq!(t.find("/apix").unwrap().prefix, "/");
+        let t = RouteTable::new(vec![route("/api", false)]);
+        assert!(t.find("/apix").is_none());
+        assert!(t.find("/").is_none());
+    }
+
+    #[test]
+    fn strip_prefix_and_base_path() {
+        let r = route("/api/", true);
+        let up = Upstream::parse("http://127.0.0.1:9000").unwrap();
+        assert_eq!(r.upstream_path_and_query(&up, "/api/orders/7", Some("a=1")), "/orders/7?a=1");
+        assert_eq!(r.upstream_path_and_query(&up, "/api", None), "/");
+        assert_eq!(r.upstream_path_and_query(&up, "/api/", None), "/");
+        let based = Upstream::parse("http://127.0.0.1:9000/v1/").unwrap();
+        assert_eq!(r.upstream_path_and_query(&based, "/api/orders", None), "/v1/orders");
+        let keep = route("/api/", false);
+        assert_eq!(keep.upstream_path_and_query(&up, "/api/orders", None), "/api/orders");
+    }
+
+    #[test]
+    fn upstream_urls() {
+        assert!(Upstream::parse("https://x").is_err());
+        assert!(Upstream::parse("127.0.0.1:9000").is_err());
+        assert!(Upstream::parse("http://u:p@h").is_err());
+        assert_eq!(Upstream::parse("http://h:1/b/").unwrap().to_string(), "http://h:1/b");
+    }
+}

@@ -1,0 +1,116 @@
+//! Where tokens live. The request path only sees the [`TokenStore`] trait, so a
+//! shared store (Redis) slots in beside the in-memory one without touching it.
+//!
+//! Stores never hold a usable token: keys are the SHA-256 of the token.
+
+use std::fmt;
+use std::future::Future;
+use std::hash::{Hash, Hasher};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use sha2::{Digest, Sha256};
+
+use crate::scope::ScopeSet;
+
+pub mod memory;
+
+pub use memory::MemoryStore;
+
+/// Random bytes in a token: 256 bits (RFC 6749 section 10.10 asks for at least 128).
+pub const TOKEN_BYTES: usize = 32;
+
+/// The SHA-256 of a token: the only form a store keeps.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct TokenHash(pub [u8; 32]);
+
+impl TokenHash {
+    pub fn of(token: &str) -> TokenHash {
+        TokenHash(Sha256::digest(token.as_bytes()).into())
+    }
+}
+
+impl Hash for TokenHash {
+    // The bytes are already a cryptographic hash: eight of them are a fine hash-table key.
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(u64::from_le_bytes(self.0[..8].try_into().expect("8 bytes")));
+    }
+}
+
+impl fmt::Debug for TokenHash {
+    // Only a prefix: enough to correlate, never the whole key.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TokenHash({:02x}{:02x}{:02x}{:02x}..)", self.0[0], self.0[1], self.0[2], self.0[3])
+    }
+}
+
+/// A fresh token from the OS random source, base64url without padding (43 characters).
+pub fn new_token() -> String {
+    let mut bytes = [0u8; TOKEN_BYTES];
+    getrandom::fill(&mut bytes).expect("the OS random source failed");
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// A random 64-bit id (grant families).
+pub fn random_u64() -> u64 {
+    getrandom::u64().expect("the OS random source failed")
+}
+
+pub fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Who a token speaks for, shared by every token of one grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// `None` for client_credentials tokens.
+    pub user: Option<Arc<str>>,
+    pub client: Arc<str>,
+    pub scope: ScopeSet,
+    /// Every token descended from one original grant shares this id.
+    pub family: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct TokenRecord {
+    pub grant: Arc<Grant>,
+    /// Unix seconds.
+    pub issued_at: u64,
+    /// Unix seconds; the token is dead from this second on.
+    pub expires_at: u64,
+}
+
+impl TokenRecord {
+    pub fn is_live(&self, now: u64) -> bool {
+        now < self.expires_at
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("token store unavailable: {0}")]
+    Unavailable(String),
+}
+
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// Access and refresh tokens, keyed by [`TokenHash`]. Every method takes `&self`:
+/// implementations do their own (fine-grained) locking.
+pub trait TokenStore: Send + Sync + 'static {
+    fn put_access(&self, key: TokenHash, rec: TokenRecord) -> StoreFuture<'_, ()>;
+    /// A live access token's record; expired ones are `None`.
+    fn get_access(&self, key: TokenHash) -> StoreFuture<'_, Option<TokenRecord>>;
+    fn put_refresh(&self, key: TokenHash, rec: TokenRecord) -> StoreFuture<'_, ()>;
+    /// A live refresh token's record, left in place.
+    fn get_refresh(&self, key: TokenHash) -> StoreFuture<'_, Option<TokenRecord>>;
+    /// Removes a live refresh token and returns its record. Of two racing callers,
+    /// exactly one gets `Some`.
+    fn take_refresh(&self, key: TokenHash) -> StoreFuture<'_, Option<TokenRecord>>;
+    /// Drops expired tokens; returns how many went.
+    fn sweep_expired(&self, now: u64) -> StoreFuture<'_, usize>;
+    /// Live (unswept) access and refresh tokens.
+    fn len(&self) -> (usize, usize);
+}

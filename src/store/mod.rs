@@ -13,6 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use crate::scope::ScopeSet;
 
@@ -24,8 +25,17 @@ pub use memory::MemoryStore;
 pub const TOKEN_BYTES: usize = 32;
 
 /// The SHA-256 of a token: the only form a store keeps.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 pub struct TokenHash(pub [u8; 32]);
+
+impl PartialEq for TokenHash {
+    // Constant time, although what leaks would only be bits of a hash of the secret.
+    fn eq(&self, other: &Self) -> bool {
+        self.0.ct_eq(&other.0).into()
+    }
+}
+
+impl Eq for TokenHash {}
 
 impl TokenHash {
     pub fn of(token: &str) -> TokenHash {

@@ -297,7 +297,11 @@ impl Config {
                 methods,
                 auth,
                 ups.join(", "),
-                if r.strip_prefix { " (prefix stripped)" } else { "" }
+                if r.strip_prefix {
+                    " (prefix stripped)"
+                } else {
+                    ""
+                }
             );
         }
         let mut users: Vec<_> = self.users.values().collect();
@@ -329,8 +333,11 @@ impl Config {
 }
 
 /// The items of an optional spanned list, each with the list's span.
-fn spanned_items(v: &Option<Spanned<Vec<String>>>) -> impl Iterator<Item = (&String, Range<usize>)> {
-    v.iter().flat_map(|l| l.get_ref().iter().map(move |item| (item, l.span())))
+fn spanned_items(
+    v: &Option<Spanned<Vec<String>>>,
+) -> impl Iterator<Item = (&String, Range<usize>)> {
+    v.iter()
+        .flat_map(|l| l.get_ref().iter().map(move |item| (item, l.span())))
 }
 
 struct Validator<'a> {
@@ -348,7 +355,12 @@ impl Validator<'_> {
             + 1
     }
 
-    fn err(&self, span: Range<usize>, key: impl Into<String>, msg: impl Into<String>) -> ConfigError {
+    fn err(
+        &self,
+        span: Range<usize>,
+        key: impl Into<String>,
+        msg: impl Into<String>,
+    ) -> ConfigError {
         ConfigError {
             file: self.file.to_path_buf(),
             line: Some(self.line_of(span.start)),
@@ -386,7 +398,10 @@ impl Validator<'_> {
             self.err(
                 v.span(),
                 key,
-                format!("`{}` is not a duration like \"90s\", \"15m\", \"1h\" or \"14d\": {e}", v.get_ref()),
+                format!(
+                    "`{}` is not a duration like \"90s\", \"15m\", \"1h\" or \"14d\": {e}",
+                    v.get_ref()
+                ),
             )
         })?;
         if d.is_zero() {
@@ -462,7 +477,10 @@ impl Validator<'_> {
             self.err(
                 server_raw.listen.span(),
                 "server.listen",
-                format!("`{}` is not an address like \"127.0.0.1:8080\"", server_raw.listen.get_ref()),
+                format!(
+                    "`{}` is not an address like \"127.0.0.1:8080\"",
+                    server_raw.listen.get_ref()
+                ),
             )
         })?;
         let server = ServerConfig {
@@ -488,7 +506,11 @@ impl Validator<'_> {
 
         // [oauth]
         let oauth_default = RawOAuth::default();
-        let oauth_raw = raw.oauth.as_ref().map(|o| o.get_ref()).unwrap_or(&oauth_default);
+        let oauth_raw = raw
+            .oauth
+            .as_ref()
+            .map(|o| o.get_ref())
+            .unwrap_or(&oauth_default);
         let token_path = match &oauth_raw.token_path {
             Some(p) => {
                 let path = p.get_ref();
@@ -499,7 +521,9 @@ impl Validator<'_> {
                     return Err(self.err(
                         p.span(),
                         "oauth.token_path",
-                        format!("`{path}` must be a plain absolute path like \"/auth/access_token\""),
+                        format!(
+                            "`{path}` must be a plain absolute path like \"/auth/access_token\""
+                        ),
                     ));
                 }
                 path.clone()
@@ -509,7 +533,11 @@ impl Validator<'_> {
         let issuer = match &oauth_raw.issuer {
             Some(i) => {
                 let uri: http::Uri = i.get_ref().parse().map_err(|_| {
-                    self.err(i.span(), "oauth.issuer", format!("`{}` is not a URL", i.get_ref()))
+                    self.err(
+                        i.span(),
+                        "oauth.issuer",
+                        format!("`{}` is not a URL", i.get_ref()),
+                    )
                 })?;
                 if !matches!(uri.scheme_str(), Some("http" | "https"))
                     || uri.authority().is_none()
@@ -525,7 +553,9 @@ impl Validator<'_> {
             }
             None => format!("http://{listen}"),
         };
-        let workers_default = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let workers_default = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
         let mut oauth = OAuthConfig {
             issuer,
             token_path,
@@ -547,7 +577,13 @@ impl Validator<'_> {
                 256,
                 workers_default,
             )?,
-            password_queue: self.positive(&oauth_raw.password_queue, "oauth.password_queue", 1, 100_000, 256)?,
+            password_queue: self.positive(
+                &oauth_raw.password_queue,
+                "oauth.password_queue",
+                1,
+                100_000,
+                256,
+            )?,
         };
 
         // [store]
@@ -572,7 +608,10 @@ impl Validator<'_> {
                         return Err(self.err(
                             b.span(),
                             "store.backend",
-                            format!("`{}` is not a backend: use \"memory\" or \"redis\"", b.get_ref()),
+                            format!(
+                                "`{}` is not a backend: use \"memory\" or \"redis\"",
+                                b.get_ref()
+                            ),
                         ));
                     }
                 };
@@ -601,7 +640,11 @@ impl Validator<'_> {
             let key = |k: &str| format!("users[{i}].{k}");
             let name = u.name.get_ref();
             if name.is_empty() || name.chars().any(|c| c.is_control()) {
-                return Err(self.err(u.name.span(), key("name"), "must be a non-empty name without control characters"));
+                return Err(self.err(
+                    u.name.span(),
+                    key("name"),
+                    "must be a non-empty name without control characters",
+                ));
             }
             let user = User {
                 name: Arc::from(name.as_str()),
@@ -609,7 +652,11 @@ impl Validator<'_> {
                 scopes: self.scopes(&u.scopes, &key("scopes"))?,
             };
             if users.insert(name.clone(), Arc::new(user)).is_some() {
-                return Err(self.err(u.name.span(), key("name"), format!("user `{name}` is defined twice")));
+                return Err(self.err(
+                    u.name.span(),
+                    key("name"),
+                    format!("user `{name}` is defined twice"),
+                ));
             }
         }
 
@@ -620,7 +667,11 @@ impl Validator<'_> {
             let key = |k: &str| format!("clients[{i}].{k}");
             let id = c.id.get_ref();
             if id.is_empty() || id.chars().any(|ch| ch.is_control()) {
-                return Err(self.err(c.id.span(), key("id"), "must be a non-empty id without control characters"));
+                return Err(self.err(
+                    c.id.span(),
+                    key("id"),
+                    "must be a non-empty id without control characters",
+                ));
             }
             let mut grants = Vec::new();
             for g in c.grants.get_ref() {
@@ -648,9 +699,13 @@ impl Validator<'_> {
             }
             let mut redirect_uris = Vec::new();
             for (r, span) in spanned_items(&c.redirect_uris) {
-                let uri: http::Uri = r
-                    .parse()
-                    .map_err(|_| self.err(span.clone(), key("redirect_uris"), format!("`{r}` is not a URL")))?;
+                let uri: http::Uri = r.parse().map_err(|_| {
+                    self.err(
+                        span.clone(),
+                        key("redirect_uris"),
+                        format!("`{r}` is not a URL"),
+                    )
+                })?;
                 if uri.scheme().is_none() || r.contains('#') {
                     return Err(self.err(
                         span,
@@ -668,7 +723,11 @@ impl Validator<'_> {
                 redirect_uris,
             };
             if clients.insert(id.clone(), Arc::new(client)).is_some() {
-                return Err(self.err(c.id.span(), key("id"), format!("client `{id}` is defined twice")));
+                return Err(self.err(
+                    c.id.span(),
+                    key("id"),
+                    format!("client `{id}` is defined twice"),
+                ));
             }
         }
         if let Some(dc) = &oauth_raw.default_client {
@@ -684,7 +743,10 @@ impl Validator<'_> {
                     return Err(self.err(
                         dc.span(),
                         "oauth.default_client",
-                        format!("client `{}` is confidential; the default client must be public", dc.get_ref()),
+                        format!(
+                            "client `{}` is confidential; the default client must be public",
+                            dc.get_ref()
+                        ),
                     ));
                 }
                 Some(_) => oauth.default_client = Some(dc.get_ref().clone()),
@@ -699,8 +761,13 @@ impl Validator<'_> {
             let r = r.get_ref();
             let key = |k: &str| format!("routes[{i}].{k}");
             let raw_prefix = r.prefix.get_ref();
-            let prefix = crate::routes::normalize_prefix(raw_prefix)
-                .map_err(|why| self.err(r.prefix.span(), key("prefix"), format!("`{raw_prefix}` {why}")))?;
+            let prefix = crate::routes::normalize_prefix(raw_prefix).map_err(|why| {
+                self.err(
+                    r.prefix.span(),
+                    key("prefix"),
+                    format!("`{raw_prefix}` {why}"),
+                )
+            })?;
             if prefix == oauth.token_path {
                 return Err(self.err(
                     r.prefix.span(),
@@ -716,26 +783,35 @@ impl Validator<'_> {
                 ));
             }
             let ups = r.upstream.as_ref().ok_or_else(|| {
-                self.err(span.clone(), key("upstream"), "a route needs an upstream URL")
+                self.err(
+                    span.clone(),
+                    key("upstream"),
+                    "a route needs an upstream URL",
+                )
             })?;
             let list: Vec<&String> = match ups.get_ref() {
                 RawUpstreams::One(u) => vec![u],
                 RawUpstreams::Many(v) => v.iter().collect(),
             };
             if list.is_empty() {
-                return Err(self.err(ups.span(), key("upstream"), "a route needs at least one upstream URL"));
+                return Err(self.err(
+                    ups.span(),
+                    key("upstream"),
+                    "a route needs at least one upstream URL",
+                ));
             }
             let mut upstreams = Vec::new();
             for u in list {
-                upstreams.push(
-                    Upstream::parse(u)
-                        .map_err(|why| self.err(ups.span(), key("upstream"), format!("`{u}` {why}")))?,
-                );
+                upstreams.push(Upstream::parse(u).map_err(|why| {
+                    self.err(ups.span(), key("upstream"), format!("`{u}` {why}"))
+                })?);
             }
             let mut methods = Vec::new();
             for (m, span) in spanned_items(&r.methods) {
-                let method = http::Method::from_bytes(m.to_ascii_uppercase().as_bytes())
-                    .map_err(|_| self.err(span, key("methods"), format!("`{m}` is not an HTTP method")))?;
+                let method =
+                    http::Method::from_bytes(m.to_ascii_uppercase().as_bytes()).map_err(|_| {
+                        self.err(span, key("methods"), format!("`{m}` is not an HTTP method"))
+                    })?;
                 methods.push(method);
             }
             let auth = r.auth.unwrap_or(true);
@@ -814,11 +890,17 @@ upstream = "http://127.0.0.1:9000"
 
     #[test]
     fn unknown_key_names_file_line_and_key() {
-        let text = base().replace("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:0\"\nlisten_port = 3");
+        let text = base().replace(
+            "listen = \"127.0.0.1:0\"",
+            "listen = \"127.0.0.1:0\"\nlisten_port = 3",
+        );
         let e = parse(&text).unwrap_err();
         assert_eq!(e.line, Some(4));
         assert_eq!(e.key.as_deref(), Some("listen_port"));
-        assert!(e.to_string().starts_with("gw.toml:4: key `listen_port`"), "{e}");
+        assert!(
+            e.to_string().starts_with("gw.toml:4: key `listen_port`"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -845,12 +927,20 @@ upstream = "http://127.0.0.1:9000"
 
     #[test]
     fn duplicate_names_and_prefixes_are_refused() {
-        let dup_user = base() + &format!("\n[[users]]\nname = \"alice\"\npassword_hash = \"{HASH}\"\n");
-        assert_eq!(parse(&dup_user).unwrap_err().key.as_deref(), Some("users[1].name"));
+        let dup_user =
+            base() + &format!("\n[[users]]\nname = \"alice\"\npassword_hash = \"{HASH}\"\n");
+        assert_eq!(
+            parse(&dup_user).unwrap_err().key.as_deref(),
+            Some("users[1].name")
+        );
         let dup_client = base() + "\n[[clients]]\nid = \"cli\"\ngrants = []\n";
-        assert_eq!(parse(&dup_client).unwrap_err().key.as_deref(), Some("clients[1].id"));
+        assert_eq!(
+            parse(&dup_client).unwrap_err().key.as_deref(),
+            Some("clients[1].id")
+        );
         // "/api" and "/api/" are the same prefix once normalised.
-        let dup_route = base() + "\n[[routes]]\nprefix = \"/api\"\nupstream = \"http://127.0.0.1:1\"\n";
+        let dup_route =
+            base() + "\n[[routes]]\nprefix = \"/api\"\nupstream = \"http://127.0.0.1:1\"\n";
         let e = parse(&dup_route).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("routes[1].prefix"));
     }
@@ -858,14 +948,26 @@ upstream = "http://127.0.0.1:9000"
     #[test]
     fn bad_hash_and_scope_are_refused() {
         let text = base().replace(HASH, "plaintext");
-        assert_eq!(parse(&text).unwrap_err().key.as_deref(), Some("users[0].password_hash"));
-        let text = base().replace("scopes = [\"read\"]\n\n[[clients]]", "scopes = [\"a b\"]\n\n[[clients]]");
-        assert_eq!(parse(&text).unwrap_err().key.as_deref(), Some("users[0].scopes"));
+        assert_eq!(
+            parse(&text).unwrap_err().key.as_deref(),
+            Some("users[0].password_hash")
+        );
+        let text = base().replace(
+            "scopes = [\"read\"]\n\n[[clients]]",
+            "scopes = [\"a b\"]\n\n[[clients]]",
+        );
+        assert_eq!(
+            parse(&text).unwrap_err().key.as_deref(),
+            Some("users[0].scopes")
+        );
     }
 
     #[test]
     fn default_client_must_exist() {
         let text = base() + "\n[oauth]\ndefault_client = \"nope\"\n";
-        assert_eq!(parse(&text).unwrap_err().key.as_deref(), Some("oauth.default_client"));
+        assert_eq!(
+            parse(&text).unwrap_err().key.as_deref(),
+            Some("oauth.default_client")
+        );
     }
 }

@@ -3,7 +3,9 @@
 //! section 3 on proxied requests) and none leaks internals.
 
 use bytes::Bytes;
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue, PRAGMA, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::header::{
+    CACHE_CONTROL, CONTENT_TYPE, HeaderValue, PRAGMA, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use http::{Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
@@ -12,7 +14,9 @@ use http_body_util::{BodyExt, Empty, Full};
 pub type Body = BoxBody<Bytes, hyper::Error>;
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 pub fn empty() -> Body {
@@ -76,17 +80,21 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
             GatewayError::OAuth(OAuthCode::InvalidClient, _) => StatusCode::UNAUTHORIZED,
-            GatewayError::OAuth(..) | GatewayError::MalformedBearer(_) | GatewayError::BadPath(_) => {
-                StatusCode::BAD_REQUEST
+            GatewayError::OAuth(..)
+            | GatewayError::MalformedBearer(_)
+            | GatewayError::BadPath(_) => StatusCode::BAD_REQUEST,
+            GatewayError::TokenMethod | GatewayError::MethodNotAllowed(_) => {
+                StatusCode::METHOD_NOT_ALLOWED
             }
-            GatewayError::TokenMethod | GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::NoToken | GatewayError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
             GatewayError::InsufficientScope(_) => StatusCode::FORBIDDEN,
             GatewayError::NoRoute => StatusCode::NOT_FOUND,
             GatewayError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            GatewayError::PasswordBusy | GatewayError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::PasswordBusy | GatewayError::StoreUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -94,19 +102,36 @@ impl GatewayError {
     fn code_and_description(&self) -> (&'static str, &str) {
         match self {
             GatewayError::OAuth(code, d) => (code.as_str(), d),
-            GatewayError::TokenMethod => ("invalid_request", "the token endpoint only accepts POST"),
+            GatewayError::TokenMethod => {
+                ("invalid_request", "the token endpoint only accepts POST")
+            }
             GatewayError::NoToken => ("unauthorized", "a bearer token is required"),
             GatewayError::InvalidToken(d) => ("invalid_token", d),
-            GatewayError::InsufficientScope(_) => ("insufficient_scope", "the token lacks a scope this route requires"),
+            GatewayError::InsufficientScope(_) => (
+                "insufficient_scope",
+                "the token lacks a scope this route requires",
+            ),
             GatewayError::MalformedBearer(d) => ("invalid_request", d),
             GatewayError::BadPath(d) => ("invalid_request", d),
             GatewayError::NoRoute => ("not_found", "no route matches this path"),
-            GatewayError::MethodNotAllowed(_) => ("method_not_allowed", "this route does not accept the method"),
+            GatewayError::MethodNotAllowed(_) => (
+                "method_not_allowed",
+                "this route does not accept the method",
+            ),
             GatewayError::PayloadTooLarge => ("invalid_request", "the request body is too large"),
-            GatewayError::UpstreamUnreachable => ("bad_gateway", "the upstream could not be reached"),
-            GatewayError::UpstreamTimeout => ("gateway_timeout", "the upstream did not answer in time"),
-            GatewayError::PasswordBusy => ("temporarily_unavailable", "too many logins at once; retry shortly"),
-            GatewayError::StoreUnavailable => ("temporarily_unavailable", "the token store is unavailable"),
+            GatewayError::UpstreamUnreachable => {
+                ("bad_gateway", "the upstream could not be reached")
+            }
+            GatewayError::UpstreamTimeout => {
+                ("gateway_timeout", "the upstream did not answer in time")
+            }
+            GatewayError::PasswordBusy => (
+                "temporarily_unavailable",
+                "too many logins at once; retry shortly",
+            ),
+            GatewayError::StoreUnavailable => {
+                ("temporarily_unavailable", "the token store is unavailable")
+            }
         }
     }
 
@@ -130,21 +155,31 @@ impl GatewayError {
                 h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
                 h.insert(PRAGMA, HeaderValue::from_static("no-cache"));
                 if *c == OAuthCode::InvalidClient {
-                    h.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"whosthat\""));
+                    h.insert(
+                        WWW_AUTHENTICATE,
+                        HeaderValue::from_static("Basic realm=\"whosthat\""),
+                    );
                 }
             }
             GatewayError::TokenMethod => {
                 h.insert(http::header::ALLOW, HeaderValue::from_static("POST"));
             }
             GatewayError::NoToken => {
-                h.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"whosthat\""));
+                h.insert(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"whosthat\""),
+                );
             }
             GatewayError::InvalidToken(d) | GatewayError::MalformedBearer(d) => {
-                let v = format!("Bearer realm=\"{REALM}\", error=\"{code}\", error_description=\"{d}\"");
+                let v = format!(
+                    "Bearer realm=\"{REALM}\", error=\"{code}\", error_description=\"{d}\""
+                );
                 h.insert(WWW_AUTHENTICATE, header_value(v));
             }
             GatewayError::InsufficientScope(scope) => {
-                let v = format!("Bearer realm=\"{REALM}\", error=\"insufficient_scope\", scope=\"{scope}\"");
+                let v = format!(
+                    "Bearer realm=\"{REALM}\", error=\"insufficient_scope\", scope=\"{scope}\""
+                );
                 h.insert(WWW_AUTHENTICATE, header_value(v));
             }
             GatewayError::MethodNotAllowed(allow) => {
@@ -161,7 +196,8 @@ impl GatewayError {
 
 fn header_value(s: String) -> HeaderValue {
     // Only built from config values and fixed strings, which are printable ASCII.
-    HeaderValue::try_from(s).unwrap_or_else(|_| HeaderValue::from_static("Bearer realm=\"whosthat\""))
+    HeaderValue::try_from(s)
+        .unwrap_or_else(|_| HeaderValue::from_static("Bearer realm=\"whosthat\""))
 }
 
 #[cfg(test)]
@@ -185,7 +221,13 @@ mod tests {
         ];
         for e in all {
             let (_, d) = e.code_and_description();
-            assert!(d.bytes().all(|b| b == 0x20 || b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b)), "{d}");
+            assert!(
+                d.bytes().all(|b| b == 0x20
+                    || b == 0x21
+                    || (0x23..=0x5B).contains(&b)
+                    || (0x5D..=0x7E).contains(&b)),
+                "{d}"
+            );
         }
     }
 

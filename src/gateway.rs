@@ -50,7 +50,11 @@ struct LogContext {
     reason: Option<&'static str>,
 }
 
-pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+pub async fn handle(
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
     let start = Instant::now();
     let method = req.method().clone();
     // The path only: queries can carry secrets.
@@ -110,8 +114,16 @@ async fn handle_inner(
             .get_access(TokenHash::of(token))
             .await
             .map_err(|_| GatewayError::StoreUnavailable)?
-            .ok_or(GatewayError::InvalidToken("the access token is unknown, expired or revoked"))?;
-        log.user = Some(record.grant.user.clone().unwrap_or_else(|| record.grant.client.clone()));
+            .ok_or(GatewayError::InvalidToken(
+                "the access token is unknown, expired or revoked",
+            ))?;
+        log.user = Some(
+            record
+                .grant
+                .user
+                .clone()
+                .unwrap_or_else(|| record.grant.client.clone()),
+        );
         if !route.scopes.is_subset_of(&record.grant.scope) {
             return Err(GatewayError::InsufficientScope(route.scopes.to_string()));
         }
@@ -141,7 +153,11 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, GatewayError> {
     let mut all = headers.get_all(AUTHORIZATION).iter();
     let value = match (all.next(), all.next()) {
         (None, _) => return Ok(None),
-        (Some(_), Some(_)) => return Err(GatewayError::MalformedBearer("more than one Authorization header")),
+        (Some(_), Some(_)) => {
+            return Err(GatewayError::MalformedBearer(
+                "more than one Authorization header",
+            ));
+        }
         (Some(v), None) => v,
     };
     let value = value
@@ -157,11 +173,13 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, GatewayError> {
     // b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
     let body = token.trim_end_matches('=');
     let well_formed = !body.is_empty()
-        && body
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'));
+        && body.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        });
     if !well_formed {
-        return Err(GatewayError::MalformedBearer("the bearer token is malformed"));
+        return Err(GatewayError::MalformedBearer(
+            "the bearer token is malformed",
+        ));
     }
     Ok(Some(token))
 }
@@ -180,7 +198,10 @@ mod tests {
     #[test]
     fn bearer_parsing() {
         assert_eq!(bearer_token(&HeaderMap::new()).unwrap(), None);
-        assert_eq!(bearer_token(&auth("Bearer abc-_.~+/==")).unwrap(), Some("abc-_.~+/=="));
+        assert_eq!(
+            bearer_token(&auth("Bearer abc-_.~+/==")).unwrap(),
+            Some("abc-_.~+/==")
+        );
         assert_eq!(bearer_token(&auth("bEaReR abc")).unwrap(), Some("abc"));
         assert_eq!(bearer_token(&auth("Basic abc")).unwrap(), None);
         assert!(bearer_token(&auth("Bearer")).is_err());

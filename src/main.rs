@@ -9,10 +9,20 @@ use clap::{Parser, Subcommand};
 use whosthat::Config;
 
 #[derive(Parser)]
-#[command(name = "whosthat", version, about = "An OAuth 2.0 authentication gateway")]
+#[command(
+    name = "whosthat",
+    version,
+    about = "An OAuth 2.0 authentication gateway"
+)]
 struct Cli {
     /// The config file.
-    #[arg(short, long, global = true, env = "WHOSTHAT_CONFIG", default_value = "gateway.toml")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "WHOSTHAT_CONFIG",
+        default_value = "gateway.toml"
+    )]
     config: PathBuf,
     #[command(subcommand)]
     command: Option<Command>,

@@ -161,7 +161,9 @@ mod tests {
         let mut tasks = Vec::new();
         for _ in 0..8 {
             let (pool, h) = (pool.clone(), h.clone());
-            tasks.push(tokio::spawn(async move { pool.verify(b"pw", Some(h)).await }));
+            tasks.push(tokio::spawn(
+                async move { pool.verify(b"pw", Some(h)).await },
+            ));
         }
         let mut busy = 0;
         for t in tasks {

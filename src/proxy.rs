@@ -115,7 +115,12 @@ pub struct ForwardInfo<'a> {
 /// Rewrites request headers in place for the upstream.
 pub fn upstream_request_headers(headers: &mut HeaderMap, version: Version, info: &ForwardInfo<'_>) {
     let listed = connection_listed(headers);
-    let prior_via = headers.get(header::VIA).cloned();
+    // Every Via line the client sent, joined: a field may be split over lines (RFC 9110 5.3).
+    let prior_via: Vec<String> = headers
+        .get_all(header::VIA)
+        .iter()
+        .filter_map(|v| v.to_str().ok().map(str::to_string))
+        .collect();
     remove_where(headers, |name, value| {
         is_hop_by_hop(name)
             || listed.contains(name)
@@ -136,9 +141,11 @@ pub fn upstream_request_headers(headers: &mut HeaderMap, version: Version, info:
         Version::HTTP_10 => "1.0 whosthat",
         _ => "1.1 whosthat",
     };
-    let via = match prior_via.as_ref().and_then(|v| v.to_str().ok()) {
-        Some(prior) => HeaderValue::try_from(format!("{prior}, {hop}")).unwrap_or(HeaderValue::from_static(hop)),
-        None => HeaderValue::from_static(hop),
+    let via = if prior_via.is_empty() {
+        HeaderValue::from_static(hop)
+    } else {
+        HeaderValue::try_from(format!("{}, {hop}", prior_via.join(", ")))
+            .unwrap_or(HeaderValue::from_static(hop))
     };
     headers.insert(header::VIA, via);
     if let Some(grant) = info.identity {
@@ -159,7 +166,9 @@ pub fn upstream_request_headers(headers: &mut HeaderMap, version: Version, info:
 /// Drops hop-by-hop headers from an upstream response.
 fn downstream_response_headers(headers: &mut HeaderMap) {
     let listed = connection_listed(headers);
-    remove_where(headers, |name, _| is_hop_by_hop(name) || listed.contains(name));
+    remove_where(headers, |name, _| {
+        is_hop_by_hop(name) || listed.contains(name)
+    });
 }
 
 /// Sends the request to `upstream` and returns its response, bodies streamed both ways.
@@ -203,7 +212,15 @@ mod tests {
 
     #[test]
     fn spoofable_names_in_any_spelling() {
-        for n in ["X-Auth-User", "x_auth_user", "X.Auth.Scope", "x-auth-anything", "X_Forwarded_For", "Forwarded", "x-real-ip"] {
+        for n in [
+            "X-Auth-User",
+            "x_auth_user",
+            "X.Auth.Scope",
+            "x-auth-anything",
+            "X_Forwarded_For",
+            "Forwarded",
+            "x-real-ip",
+        ] {
             assert!(is_spoofable(n), "{n}");
         }
         for n in ["x-authority", "accept", "x-request-id"] {
@@ -214,8 +231,14 @@ mod tests {
     #[test]
     fn headers_rewritten_for_upstream() {
         let mut h = HeaderMap::new();
-        h.insert("authorization", HeaderValue::from_static("Bearer secret-token"));
-        h.insert("connection", HeaderValue::from_static("keep-alive, x-secret-hop"));
+        h.insert(
+            "authorization",
+            HeaderValue::from_static("Bearer secret-token"),
+        );
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
         h.insert("x-secret-hop", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("x-auth-user", HeaderValue::from_static("mallory"));

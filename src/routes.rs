@@ -66,7 +66,9 @@ pub fn normalize_path(raw: &str) -> Result<String, PathRejection> {
             }
             b'\\' => return Err("the path has a '\\'"),
             b';' => return Err("the path has a ';' parameter"),
-            0..=0x20 | 0x7f..=0xff => return Err("the path has a character that must be percent-encoded"),
+            0..=0x20 | 0x7f..=0xff => {
+                return Err("the path has a character that must be percent-encoded");
+            }
             _ => {
                 out.push(b as char);
                 i += 1;
@@ -113,7 +115,9 @@ impl Upstream {
         let uri: http::Uri = s.parse().map_err(|_| "is not a URL")?;
         let scheme = match uri.scheme_str() {
             Some("http") => Scheme::HTTP,
-            Some("https") => return Err("uses https, which upstreams do not support yet; use http://"),
+            Some("https") => {
+                return Err("uses https, which upstreams do not support yet; use http://");
+            }
             _ => return Err("must be an http:// URL"),
         };
         let authority = uri.authority().cloned().ok_or("has no host")?;
@@ -167,13 +171,20 @@ impl Route {
     }
 
     /// The path and query sent upstream for a normalised request path.
-    pub fn upstream_path_and_query(&self, upstream: &Upstream, path: &str, query: Option<&str>) -> String {
+    pub fn upstream_path_and_query(
+        &self,
+        upstream: &Upstream,
+        path: &str,
+        query: Option<&str>,
+    ) -> String {
         let rest = if self.strip_prefix && self.prefix != "/" {
             &path[self.prefix.len()..]
         } else {
             path
         };
-        let mut out = String::with_capacity(upstream.base_path.len() + rest.len() + query.map_or(0, |q| q.len() + 1) + 1);
+        let mut out = String::with_capacity(
+            upstream.base_path.len() + rest.len() + query.map_or(0, |q| q.len() + 1) + 1,
+        );
         out.push_str(&upstream.base_path);
         if !rest.starts_with('/') {
             out.push('/');
@@ -197,7 +208,11 @@ pub struct RouteTable {
 
 impl RouteTable {
     pub fn new(routes: Vec<Route>) -> RouteTable {
-        let by_prefix = routes.iter().enumerate().map(|(i, r)| (r.prefix.clone(), i)).collect();
+        let by_prefix = routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.prefix.clone(), i))
+            .collect();
         RouteTable { routes, by_prefix }
     }
 
@@ -249,8 +264,24 @@ mod tests {
     #[test]
     fn refuses_ambiguous_paths() {
         for p in [
-            "/a/../b", "/a/./b", "/a/..", "/a/%2e%2e/b", "/a/%2E/b", "/a//b", "//a", "/a%2fb", "/a%2Fb",
-            "/a%5cb", "/a\\b", "/a;x=1/b", "/a%3bb", "/a%00b", "/a%zz", "/a%4", "a/b", "*",
+            "/a/../b",
+            "/a/./b",
+            "/a/..",
+            "/a/%2e%2e/b",
+            "/a/%2E/b",
+            "/a//b",
+            "//a",
+            "/a%2fb",
+            "/a%2Fb",
+            "/a%5cb",
+            "/a\\b",
+            "/a;x=1/b",
+            "/a%3bb",
+            "/a%00b",
+            "/a%zz",
+            "/a%4",
+            "a/b",
+            "*",
         ] {
             assert!(normalize_path(p).is_err(), "{p} should be refused");
         }
@@ -258,7 +289,11 @@ mod tests {
 
     #[test]
     fn longest_prefix_on_whole_segments() {
-        let t = RouteTable::new(vec![route("/", false), route("/api/", false), route("/api/admin", false)]);
+        let t = RouteTable::new(vec![
+            route("/", false),
+            route("/api/", false),
+            route("/api/admin", false),
+        ]);
         assert_eq!(t.find("/api").unwrap().prefix, "/api");
         assert_eq!(t.find("/api/").unwrap().prefix, "/api");
         assert_eq!(t.find("/api/orders/7").unwrap().prefix, "/api");
@@ -274,13 +309,22 @@ mod tests {
     fn strip_prefix_and_base_path() {
         let r = route("/api/", true);
         let up = Upstream::parse("http://127.0.0.1:9000").unwrap();
-        assert_eq!(r.upstream_path_and_query(&up, "/api/orders/7", Some("a=1")), "/orders/7?a=1");
+        assert_eq!(
+            r.upstream_path_and_query(&up, "/api/orders/7", Some("a=1")),
+            "/orders/7?a=1"
+        );
         assert_eq!(r.upstream_path_and_query(&up, "/api", None), "/");
         assert_eq!(r.upstream_path_and_query(&up, "/api/", None), "/");
         let based = Upstream::parse("http://127.0.0.1:9000/v1/").unwrap();
-        assert_eq!(r.upstream_path_and_query(&based, "/api/orders", None), "/v1/orders");
+        assert_eq!(
+            r.upstream_path_and_query(&based, "/api/orders", None),
+            "/v1/orders"
+        );
         let keep = route("/api/", false);
-        assert_eq!(keep.upstream_path_and_query(&up, "/api/orders", None), "/api/orders");
+        assert_eq!(
+            keep.upstream_path_and_query(&up, "/api/orders", None),
+            "/api/orders"
+        );
     }
 
     #[test]
@@ -288,6 +332,9 @@ mod tests {
         assert!(Upstream::parse("https://x").is_err());
         assert!(Upstream::parse("127.0.0.1:9000").is_err());
         assert!(Upstream::parse("http://u:p@h").is_err());
-        assert_eq!(Upstream::parse("http://h:1/b/").unwrap().to_string(), "http://h:1/b");
+        assert_eq!(
+            Upstream::parse("http://h:1/b/").unwrap().to_string(),
+            "http://h:1/b"
+        );
     }
 }

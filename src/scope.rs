@@ -46,7 +46,13 @@ impl ScopeSet {
     }
 
     pub fn intersection(&self, other: &ScopeSet) -> ScopeSet {
-        ScopeSet(self.0.iter().filter(|s| other.contains(s)).cloned().collect())
+        ScopeSet(
+            self.0
+                .iter()
+                .filter(|s| other.contains(s))
+                .cloned()
+                .collect(),
+        )
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &str> {
@@ -97,6 +103,10 @@ mod tests {
         let some = ScopeSet::parse("c a").unwrap();
         assert!(some.is_subset_of(&all));
         assert!(!all.is_subset_of(&some));
-        assert_eq!(all.intersection(&ScopeSet::parse("b d").unwrap()).to_string(), "b");
+        assert_eq!(
+            all.intersection(&ScopeSet::parse("b d").unwrap())
+                .to_string(),
+            "b"
+        );
     }
 }

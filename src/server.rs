@@ -52,9 +52,15 @@ pub async fn serve(
         }
     }
     drop(listener);
-    tracing::info!(connections = graceful.count(), "shutting down: no new connections, finishing requests in flight");
+    tracing::info!(
+        connections = graceful.count(),
+        "shutting down: no new connections, finishing requests in flight"
+    );
     let grace = config.server.shutdown_timeout;
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!(after = ?grace, "shutdown grace period over; dropping remaining connections");
     }
     sweeper.abort();
@@ -108,7 +114,12 @@ async fn is_http2(stream: &TcpStream, limit: Duration) -> Option<bool> {
     tokio::time::timeout(limit, detect).await.ok().flatten()
 }
 
-async fn serve_connection(stream: TcpStream, peer: SocketAddr, state: Arc<AppState>, watcher: Watcher) {
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    state: Arc<AppState>,
+    watcher: Watcher,
+) {
     let server: &ServerConfig = &state.config.server;
     let Some(h2) = is_http2(&stream, server.header_read_timeout).await else {
         return;

@@ -29,11 +29,15 @@ pub enum ClientCredentials {
     None,
 }
 
-const AUTH_FAILED: GatewayError = GatewayError::OAuth(OAuthCode::InvalidClient, "client authentication failed");
+const AUTH_FAILED: GatewayError =
+    GatewayError::OAuth(OAuthCode::InvalidClient, "client authentication failed");
 
 fn form_urldecode(s: &str) -> Option<String> {
     let plus_decoded = s.replace('+', " ");
-    percent_decode_str(&plus_decoded).decode_utf8().ok().map(|c| c.into_owned())
+    percent_decode_str(&plus_decoded)
+        .decode_utf8()
+        .ok()
+        .map(|c| c.into_owned())
 }
 
 /// Reads the client's credentials from the Authorization header and the body.
@@ -153,7 +157,13 @@ mod tests {
     use http::HeaderValue;
 
     fn params(pairs: &[(&str, &str)]) -> Params {
-        Params::from_pairs(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()).unwrap()
+        Params::from_pairs(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+        .unwrap()
     }
 
     fn basic(raw: &str) -> HeaderMap {
@@ -178,7 +188,13 @@ mod tests {
     #[test]
     fn two_methods_at_once_is_invalid_request() {
         let e = extract(&basic("a:b"), &params(&[("client_secret", "b")])).unwrap_err();
-        assert_eq!(e, GatewayError::OAuth(OAuthCode::InvalidRequest, "client credentials sent both in the Authorization header and in the body"));
+        assert_eq!(
+            e,
+            GatewayError::OAuth(
+                OAuthCode::InvalidRequest,
+                "client credentials sent both in the Authorization header and in the body"
+            )
+        );
         assert!(extract(&basic("a:b"), &params(&[("client_id", "other")])).is_err());
         assert!(extract(&basic("a:b"), &params(&[("client_id", "a")])).is_ok());
     }
@@ -187,9 +203,15 @@ mod tests {
     fn body_and_default() {
         assert_eq!(
             extract(&HeaderMap::new(), &params(&[("client_id", "x")])).unwrap(),
-            ClientCredentials::Body { id: "x".into(), secret: None }
+            ClientCredentials::Body {
+                id: "x".into(),
+                secret: None
+            }
         );
-        assert_eq!(extract(&HeaderMap::new(), &params(&[])).unwrap(), ClientCredentials::None);
+        assert_eq!(
+            extract(&HeaderMap::new(), &params(&[])).unwrap(),
+            ClientCredentials::None
+        );
         assert!(extract(&HeaderMap::new(), &params(&[("client_secret", "s")])).is_err());
     }
 

@@ -33,8 +33,15 @@ fn invalid_request(d: &'static str) -> GatewayError {
 
 /// Form parameters of a token request: each name at most once; an empty value
 /// counts as absent (section 3.2).
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Params(HashMap<String, String>);
+
+impl std::fmt::Debug for Params {
+    // Names only: values include passwords, secrets and tokens.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
 
 impl Params {
     pub fn from_pairs(pairs: Vec<(String, String)>) -> Result<Params, GatewayError> {
@@ -52,8 +59,8 @@ impl Params {
     }
 
     pub fn parse(body: &[u8]) -> Result<Params, GatewayError> {
-        let pairs: Vec<(String, String)> =
-            serde_urlencoded::from_bytes(body).map_err(|_| invalid_request("the body is not a valid form"))?;
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
+            .map_err(|_| invalid_request("the body is not a valid form"))?;
         Params::from_pairs(pairs)
     }
 
@@ -97,22 +104,32 @@ pub struct OAuthContext<'a> {
 }
 
 /// The HTTP side of the token endpoint.
-pub async fn token_endpoint(ctx: &OAuthContext<'_>, req: Request<Incoming>) -> Result<Response<Body>, GatewayError> {
+pub async fn token_endpoint(
+    ctx: &OAuthContext<'_>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, GatewayError> {
     if req.method() != Method::POST {
         return Err(GatewayError::TokenMethod);
     }
     if req.uri().query().is_some() {
         // Credentials in a URL end up in logs and histories (section 3.2, 2.3.1).
-        return Err(invalid_request("token request parameters belong in the body, not the query"));
+        return Err(invalid_request(
+            "token request parameters belong in the body, not the query",
+        ));
     }
     let is_form = req
         .headers()
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
-        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
+        .is_some_and(|m| {
+            m.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
     if !is_form {
-        return Err(invalid_request("the body must be application/x-www-form-urlencoded"));
+        return Err(invalid_request(
+            "the body must be application/x-www-form-urlencoded",
+        ));
     }
     let declared = req
         .headers()
@@ -135,11 +152,17 @@ pub async fn token_endpoint(ctx: &OAuthContext<'_>, req: Request<Incoming>) -> R
         })?
         .to_bytes();
     let params = Params::parse(&body)?;
-    issue(ctx, &parts.headers, &params).await.map(TokenResponse::into_response)
+    issue(ctx, &parts.headers, &params)
+        .await
+        .map(TokenResponse::into_response)
 }
 
 /// Runs a token request: client authentication, then the grant.
-pub async fn issue(ctx: &OAuthContext<'_>, headers: &HeaderMap, params: &Params) -> Result<TokenResponse, GatewayError> {
+pub async fn issue(
+    ctx: &OAuthContext<'_>,
+    headers: &HeaderMap,
+    params: &Params,
+) -> Result<TokenResponse, GatewayError> {
     let grant_type = params.require("grant_type", "grant_type is missing")?;
     let creds = client_auth::extract(headers, params)?;
     let grant = GrantType::parse(grant_type).ok_or(GatewayError::OAuth(
@@ -295,7 +318,11 @@ fn ttl_secs(d: Duration) -> u64 {
     d.as_secs().max(1)
 }
 
-async fn issue_tokens(ctx: &OAuthContext<'_>, grant: Arc<Grant>, with_refresh: bool) -> Result<TokenResponse, GatewayError> {
+async fn issue_tokens(
+    ctx: &OAuthContext<'_>,
+    grant: Arc<Grant>,
+    with_refresh: bool,
+) -> Result<TokenResponse, GatewayError> {
     let now = now_secs();
     let access_ttl = ttl_secs(ctx.config.oauth.access_token_ttl);
     let access = new_token();

@@ -84,7 +84,11 @@ impl TokenStore for MemoryStore {
 
     fn take_refresh(&self, key: TokenHash) -> StoreFuture<'_, Option<TokenRecord>> {
         let now = super::now_secs();
-        let r = self.refresh.remove(&key).map(|(_, r)| r).filter(|r| r.is_live(now));
+        let r = self
+            .refresh
+            .remove(&key)
+            .map(|(_, r)| r)
+            .filter(|r| r.is_live(now));
         Box::pin(std::future::ready(Ok(r)))
     }
 
@@ -97,7 +101,7 @@ impl TokenStore for MemoryStore {
         Box::pin(std::future::ready(Ok(before.saturating_sub(after))))
     }
 
-    fn len(&self) -> (usize, usize) {
+    fn token_counts(&self) -> (usize, usize) {
         (self.access.len(), self.refresh.len())
     }
 }
@@ -128,13 +132,24 @@ mod tests {
         let s = MemoryStore::new();
         let (live, dead) = (new_token(), new_token());
         assert_eq!(live.len(), 43);
-        s.put_access(TokenHash::of(&live), rec(now_secs() + 60)).await.unwrap();
-        s.put_access(TokenHash::of(&dead), rec(now_secs() - 1)).await.unwrap();
+        s.put_access(TokenHash::of(&live), rec(now_secs() + 60))
+            .await
+            .unwrap();
+        s.put_access(TokenHash::of(&dead), rec(now_secs() - 1))
+            .await
+            .unwrap();
         assert!(s.get_access(TokenHash::of(&live)).await.unwrap().is_some());
-        assert!(s.get_access(TokenHash::of("other")).await.unwrap().is_none());
-        s.put_access(TokenHash::of(&dead), rec(now_secs() - 1)).await.unwrap();
+        assert!(
+            s.get_access(TokenHash::of("other"))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        s.put_access(TokenHash::of(&dead), rec(now_secs() - 1))
+            .await
+            .unwrap();
         assert_eq!(s.sweep_expired(now_secs()).await.unwrap(), 1);
-        assert_eq!(s.len(), (1, 0));
+        assert_eq!(s.token_counts(), (1, 0));
         assert!(s.get_access(TokenHash::of(&dead)).await.unwrap().is_none());
     }
 

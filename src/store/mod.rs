@@ -53,7 +53,11 @@ impl Hash for TokenHash {
 impl fmt::Debug for TokenHash {
     // Only a prefix: enough to correlate, never the whole key.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "TokenHash({:02x}{:02x}{:02x}{:02x}..)", self.0[0], self.0[1], self.0[2], self.0[3])
+        write!(
+            f,
+            "TokenHash({:02x}{:02x}{:02x}{:02x}..)",
+            self.0[0], self.0[1], self.0[2], self.0[3]
+        )
     }
 }
 
@@ -70,7 +74,10 @@ pub fn random_u64() -> u64 {
 }
 
 pub fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Who a token speaks for, shared by every token of one grant.
@@ -122,5 +129,5 @@ pub trait TokenStore: Send + Sync + 'static {
     /// Drops expired tokens; returns how many went.
     fn sweep_expired(&self, now: u64) -> StoreFuture<'_, usize>;
     /// Live (unswept) access and refresh tokens.
-    fn len(&self) -> (usize, usize);
+    fn token_counts(&self) -> (usize, usize);
 }

@@ -171,7 +171,9 @@ pub async fn spawn_upstream() -> Upstream {
     let counter = hits.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
             let counter = counter.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
@@ -206,17 +208,34 @@ async fn upstream_answer(req: Request<Incoming>) -> Result<Response<UpBody>, Inf
     let headers: Vec<(String, String)> = req
         .headers()
         .iter()
-        .map(|(n, v)| (n.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(n, v)| {
+            (
+                n.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect();
-    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let json = serde_json::json!({
         "method": method, "uri": uri, "version": version, "headers": headers, "body_len": body.len(),
     });
-    let mut resp = Response::new(Full::new(Bytes::from(json.to_string())).map_err(|n| match n {}).boxed());
-    resp.headers_mut().insert("content-type", "application/json".parse().unwrap());
+    let mut resp = Response::new(
+        Full::new(Bytes::from(json.to_string()))
+            .map_err(|n| match n {})
+            .boxed(),
+    );
+    resp.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
     // Hop-by-hop headers the gateway must not pass back.
-    resp.headers_mut().insert("connection", "x-upstream-hop".parse().unwrap());
-    resp.headers_mut().insert("x-upstream-hop", "1".parse().unwrap());
+    resp.headers_mut()
+        .insert("connection", "x-upstream-hop".parse().unwrap());
+    resp.headers_mut()
+        .insert("x-upstream-hop", "1".parse().unwrap());
     Ok(resp)
 }
 
@@ -237,7 +256,10 @@ impl hyper::body::Body for Chunks {
             return std::task::Poll::Ready(None);
         }
         self.0 -= 1;
-        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::from(vec![b'x'; CHUNK])))))
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::from(vec![
+            b'x';
+            CHUNK
+        ])))))
     }
 }
 
@@ -305,7 +327,8 @@ impl Drop for Gateway {
 }
 
 pub async fn spawn_gateway_with(text: &str) -> Gateway {
-    let config = whosthat::Config::parse(text, Path::new("test.toml")).expect("test config is valid");
+    let config =
+        whosthat::Config::parse(text, Path::new("test.toml")).expect("test config is valid");
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = oneshot::channel::<()>();
@@ -336,12 +359,16 @@ pub struct Reply {
 
 impl Reply {
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body))
-        })
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
     }
     pub fn seen(&self) -> Seen {
-        assert_eq!(self.status, 200, "upstream reply expected: {}", String::from_utf8_lossy(&self.body));
+        assert_eq!(
+            self.status,
+            200,
+            "upstream reply expected: {}",
+            String::from_utf8_lossy(&self.body)
+        );
         Seen(self.json())
     }
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -354,7 +381,11 @@ impl Reply {
 
 fn client() -> &'static Client<HttpConnector, Full<Bytes>> {
     static C: OnceLock<Client<HttpConnector, Full<Bytes>>> = OnceLock::new();
-    C.get_or_init(|| Client::builder(TokioExecutor::new()).pool_max_idle_per_host(0).build_http())
+    C.get_or_init(|| {
+        Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
+            .build_http()
+    })
 }
 
 pub async fn send(req: Request<Full<Bytes>>) -> Reply {
@@ -397,7 +428,10 @@ pub async fn token_request(gw: &Gateway, form: &str, headers: &[(&str, &str)]) -
 }
 
 pub fn basic(id: &str, secret: &str) -> String {
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}")))
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
+    )
 }
 
 /// A password-grant token response for `user`, asserting success.
@@ -409,18 +443,25 @@ pub async fn login(gw: &Gateway, user: &str, password: &str, scope: &str) -> Val
 }
 
 pub async fn access_token(gw: &Gateway, user: &str, password: &str) -> String {
-    login(gw, user, password, "").await["access_token"].as_str().unwrap().to_string()
+    login(gw, user, password, "").await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 /// An HTTP/2 (prior knowledge, cleartext) GET.
 pub async fn get_h2(url: &str, headers: &[(&str, &str)]) -> Reply {
-    let client: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).http2_only(true).build_http();
+    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
     let mut b = Request::builder().uri(url);
     for (k, v) in headers {
         b = b.header(*k, *v);
     }
-    let resp = client.request(b.body(Full::new(Bytes::new())).unwrap()).await.expect("h2 request");
+    let resp = client
+        .request(b.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .expect("h2 request");
     let (parts, body) = resp.into_parts();
     Reply {
         status: parts.status,

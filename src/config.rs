@@ -235,6 +235,14 @@ impl Client {
 // ----------------------------------------------------------------- loading
 
 const DEFAULT_TOKEN_PATH: &str = "/auth/access_token";
+/// The gateway's endpoints at fixed paths; no route or token path may take them.
+const FIXED_ENDPOINTS: [&str; 5] = [
+    "/auth/authorize",
+    "/auth/revoke",
+    "/auth/introspect",
+    "/auth/userinfo",
+    "/.well-known/oauth-authorization-server",
+];
 const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
 
 impl Config {
@@ -526,6 +534,13 @@ impl Validator<'_> {
                         ),
                     ));
                 }
+                if FIXED_ENDPOINTS.contains(&path.as_str()) {
+                    return Err(self.err(
+                        p.span(),
+                        "oauth.token_path",
+                        format!("`{path}` is another endpoint's path"),
+                    ));
+                }
                 path.clone()
             }
             None => DEFAULT_TOKEN_PATH.to_string(),
@@ -715,6 +730,13 @@ impl Validator<'_> {
                 }
                 redirect_uris.push(r.clone());
             }
+            if grants.contains(&GrantType::AuthorizationCode) && redirect_uris.is_empty() {
+                return Err(self.err(
+                    c.grants.span(),
+                    key("redirect_uris"),
+                    "authorization_code needs at least one redirect URI",
+                ));
+            }
             let client = Client {
                 id: Arc::from(id.as_str()),
                 secret_hash,
@@ -768,11 +790,11 @@ impl Validator<'_> {
                     format!("`{raw_prefix}` {why}"),
                 )
             })?;
-            if prefix == oauth.token_path {
+            if prefix == oauth.token_path || FIXED_ENDPOINTS.contains(&prefix.as_str()) {
                 return Err(self.err(
                     r.prefix.span(),
                     key("prefix"),
-                    "is the token endpoint's path (oauth.token_path)",
+                    "is the path of one of the gateway's own endpoints",
                 ));
             }
             if !prefixes.insert(prefix.clone()) {

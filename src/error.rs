@@ -55,8 +55,10 @@ impl OAuthCode {
 pub enum GatewayError {
     // -- token endpoint (downstream, RFC 6749)
     OAuth(OAuthCode, &'static str),
-    /// The token endpoint only takes POST.
-    TokenMethod,
+    /// Form endpoints only take POST.
+    PostOnly,
+    /// Too many failed password checks: 429 with Retry-After (seconds).
+    TooManyAttempts(u64),
     // -- bearer authentication (downstream, RFC 6750)
     NoToken,
     InvalidToken(&'static str),
@@ -83,9 +85,10 @@ impl GatewayError {
             GatewayError::OAuth(..)
             | GatewayError::MalformedBearer(_)
             | GatewayError::BadPath(_) => StatusCode::BAD_REQUEST,
-            GatewayError::TokenMethod | GatewayError::MethodNotAllowed(_) => {
+            GatewayError::PostOnly | GatewayError::MethodNotAllowed(_) => {
                 StatusCode::METHOD_NOT_ALLOWED
             }
+            GatewayError::TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::NoToken | GatewayError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
             GatewayError::InsufficientScope(_) => StatusCode::FORBIDDEN,
             GatewayError::NoRoute => StatusCode::NOT_FOUND,
@@ -102,8 +105,9 @@ impl GatewayError {
     fn code_and_description(&self) -> (&'static str, &str) {
         match self {
             GatewayError::OAuth(code, d) => (code.as_str(), d),
-            GatewayError::TokenMethod => {
-                ("invalid_request", "the token endpoint only accepts POST")
+            GatewayError::PostOnly => ("invalid_request", "this endpoint only accepts POST"),
+            GatewayError::TooManyAttempts(_) => {
+                ("too_many_attempts", "too many failed attempts; retry later")
             }
             GatewayError::NoToken => ("unauthorized", "a bearer token is required"),
             GatewayError::InvalidToken(d) => ("invalid_token", d),
@@ -161,7 +165,11 @@ impl GatewayError {
                     );
                 }
             }
-            GatewayError::TokenMethod => {
+            GatewayError::TooManyAttempts(secs) => {
+                h.insert(RETRY_AFTER, HeaderValue::from(*secs));
+                h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            }
+            GatewayError::PostOnly => {
                 h.insert(http::header::ALLOW, HeaderValue::from_static("POST"));
             }
             GatewayError::NoToken => {
@@ -208,7 +216,8 @@ mod tests {
     fn descriptions_use_only_allowed_characters() {
         // RFC 6749 section 5.2: %x20-21 / %x23-5B / %x5D-7E
         let all = [
-            GatewayError::TokenMethod,
+            GatewayError::PostOnly,
+            GatewayError::TooManyAttempts(3),
             GatewayError::NoToken,
             GatewayError::NoRoute,
             GatewayError::PayloadTooLarge,

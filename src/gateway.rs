@@ -12,6 +12,9 @@ use hyper::body::Incoming;
 
 use crate::config::Config;
 use crate::error::{Body, GatewayError};
+use crate::oauth::authorize::{AUTHORIZE_PATH, Authorizer};
+use crate::oauth::endpoints::{self, INTROSPECT_PATH, METADATA_PATH, REVOKE_PATH, USERINFO_PATH};
+use crate::oauth::limiter::Limiter;
 use crate::oauth::{OAuthContext, token_endpoint};
 use crate::password::PasswordPool;
 use crate::proxy::{ForwardInfo, UpstreamClient, forward, new_client};
@@ -23,6 +26,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub store: Arc<dyn TokenStore>,
     pub passwords: PasswordPool,
+    pub limiter: Limiter,
+    pub authorizer: Authorizer,
     pub upstream: UpstreamClient,
 }
 
@@ -36,6 +41,8 @@ impl AppState {
         AppState {
             store: Arc::new(MemoryStore::new()),
             passwords,
+            limiter: Limiter::default(),
+            authorizer: Authorizer::new(),
             upstream: new_client(),
             config,
         }
@@ -90,14 +97,23 @@ async fn handle_inner(
     let config = &state.config;
     let path = normalize_path(req.uri().path()).map_err(GatewayError::BadPath)?;
 
-    if path == config.oauth.token_path {
-        log.route = Some(config.oauth.token_path.clone());
+    if let Some(endpoint) = own_endpoint(config, &path) {
+        log.route = Some(path.clone());
         let ctx = OAuthContext {
             config,
             store: state.store.as_ref(),
             passwords: &state.passwords,
+            limiter: &state.limiter,
+            peer: peer.ip(),
         };
-        return token_endpoint(&ctx, req).await;
+        return match endpoint {
+            Endpoint::Token => token_endpoint(&ctx, req).await,
+            Endpoint::Authorize => state.authorizer.handle(&ctx, req).await,
+            Endpoint::Revoke => endpoints::revoke(&ctx, req).await,
+            Endpoint::Introspect => endpoints::introspect(&ctx, req).await,
+            Endpoint::Userinfo => endpoints::userinfo(&ctx, req).await,
+            Endpoint::Metadata => Ok(endpoints::metadata(config)),
+        };
     }
 
     let route = config.routes.find(&path).ok_or(GatewayError::NoRoute)?;
@@ -145,6 +161,33 @@ async fn handle_inner(
     };
     let upstream = route.pick_upstream();
     forward(&state.upstream, req, route, upstream, &path, &info).await
+}
+
+/// The gateway's own endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Token,
+    Authorize,
+    Revoke,
+    Introspect,
+    Userinfo,
+    Metadata,
+}
+
+/// Which of the gateway's own endpoints `path` (normalised) is, if any. These
+/// take precedence over routes.
+pub fn own_endpoint(config: &Config, path: &str) -> Option<Endpoint> {
+    if path == config.oauth.token_path {
+        return Some(Endpoint::Token);
+    }
+    match path {
+        AUTHORIZE_PATH => Some(Endpoint::Authorize),
+        REVOKE_PATH => Some(Endpoint::Revoke),
+        INTROSPECT_PATH => Some(Endpoint::Introspect),
+        USERINFO_PATH => Some(Endpoint::Userinfo),
+        METADATA_PATH => Some(Endpoint::Metadata),
+        _ => None,
+    }
 }
 
 /// The bearer token of `Authorization: Bearer <token>` (RFC 6750 section 2.1).

@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::{Config, ServerConfig};
 use crate::gateway::{AppState, handle};
-use crate::store::{TokenStore, now_secs};
+use crate::store::now_secs;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -27,7 +27,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> io::Result<()> {
     let state = Arc::new(AppState::new(config.clone()));
-    let sweeper = tokio::spawn(sweep_loop(state.store.clone(), config.store.sweep_interval));
+    let sweeper = tokio::spawn(sweep_loop(state.clone(), config.store.sweep_interval));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     tracing::info!(listen = %listener.local_addr()?, "whosthat is serving");
@@ -78,12 +78,14 @@ pub async fn shutdown_signal() {
     }
 }
 
-async fn sweep_loop(store: Arc<dyn TokenStore>, every: Duration) {
+async fn sweep_loop(state: Arc<AppState>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        match store.sweep_expired(now_secs()).await {
+        state.limiter.sweep();
+        state.authorizer.sweep();
+        match state.store.sweep_expired(now_secs()).await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(swept = n, "expired tokens removed"),
             Err(e) => tracing::warn!(error = %e, "token sweep failed"),

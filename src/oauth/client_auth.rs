@@ -13,10 +13,9 @@ use http::HeaderMap;
 use http::header::AUTHORIZATION;
 use percent_encoding::percent_decode_str;
 
-use super::Params;
-use crate::config::{Client, Config};
+use super::{OAuthContext, Params, guarded_verify};
+use crate::config::Client;
 use crate::error::{GatewayError, OAuthCode};
-use crate::password::PasswordPool;
 
 /// What the request says about its client, before any check.
 #[derive(Debug, PartialEq, Eq)]
@@ -105,12 +104,13 @@ pub struct AuthenticatedClient {
     pub confidential: bool,
 }
 
-/// Checks the credentials against the configured clients.
+/// Checks the credentials against the configured clients. Secret checks count
+/// towards brute-force limits, under the account name `client:<id>`.
 pub async fn authenticate(
-    config: &Config,
-    passwords: &PasswordPool,
+    ctx: &OAuthContext<'_>,
     creds: ClientCredentials,
 ) -> Result<AuthenticatedClient, GatewayError> {
+    let config = ctx.config;
     let (id, secret) = match creds {
         ClientCredentials::Basic { id, secret } => (id, Some(secret).filter(|s| !s.is_empty())),
         ClientCredentials::Body { id, secret } => (id, secret),
@@ -136,10 +136,7 @@ pub async fn authenticate(
             // Unknown clients and public ones (which have no secret) are checked
             // against the dummy hash: same work, same answer as a wrong secret.
             let hash = client.and_then(|c| c.secret_hash.as_deref()).map(Arc::from);
-            let ok = passwords
-                .verify(secret.as_bytes(), hash)
-                .await
-                .map_err(|_| GatewayError::PasswordBusy)?;
+            let ok = guarded_verify(ctx, &format!("client:{id}"), secret.as_bytes(), hash).await?;
             match client {
                 Some(c) if ok => Ok(AuthenticatedClient {
                     client: c.clone(),

@@ -14,18 +14,29 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::Serialize;
 
-use crate::config::{Config, GrantType};
+use std::net::IpAddr;
+
+use http::request::Parts;
+
+use crate::config::{Config, GrantType, User};
 use crate::error::{Body, GatewayError, OAuthCode, full};
 use crate::password::PasswordPool;
 use crate::scope::ScopeSet;
-use crate::store::{Grant, TokenHash, TokenRecord, TokenStore, new_token, now_secs, random_u64};
+use crate::store::{
+    Grant, Redeem, TokenHash, TokenRecord, TokenStore, new_token, now_secs, random_u64,
+};
 
+pub mod authorize;
 pub mod client_auth;
+pub mod endpoints;
+pub mod limiter;
+pub mod pkce;
 
 use client_auth::AuthenticatedClient;
+use limiter::Limiter;
 
-/// Token requests are small; anything bigger is refused with 413.
-pub const MAX_TOKEN_REQUEST_BYTES: usize = 8 * 1024;
+/// Token and form requests are small; anything bigger is refused with 413.
+pub const MAX_FORM_BYTES: usize = 8 * 1024;
 
 fn invalid_request(d: &'static str) -> GatewayError {
     GatewayError::OAuth(OAuthCode::InvalidRequest, d)
@@ -101,20 +112,25 @@ pub struct OAuthContext<'a> {
     pub config: &'a Config,
     pub store: &'a dyn TokenStore,
     pub passwords: &'a PasswordPool,
+    pub limiter: &'a Limiter,
+    /// The client's address, for brute-force accounting.
+    pub peer: IpAddr,
 }
 
-/// The HTTP side of the token endpoint.
-pub async fn token_endpoint(
-    ctx: &OAuthContext<'_>,
+/// Reads a POSTed form (the token, revocation, introspection and authorization
+/// endpoints): POST only, no query parameters, `application/x-www-form-urlencoded`,
+/// at most [`MAX_FORM_BYTES`] (413 above).
+pub async fn read_form(
     req: Request<Incoming>,
-) -> Result<Response<Body>, GatewayError> {
+    allow_query: bool,
+) -> Result<(Parts, Params), GatewayError> {
     if req.method() != Method::POST {
-        return Err(GatewayError::TokenMethod);
+        return Err(GatewayError::PostOnly);
     }
-    if req.uri().query().is_some() {
-        // Credentials in a URL end up in logs and histories (section 3.2, 2.3.1).
+    if !allow_query && req.uri().query().is_some() {
+        // Credentials in a URL end up in logs and histories (sections 3.2, 2.3.1).
         return Err(invalid_request(
-            "token request parameters belong in the body, not the query",
+            "parameters belong in the body, not the query",
         ));
     }
     let is_form = req
@@ -136,11 +152,11 @@ pub async fn token_endpoint(
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_TOKEN_REQUEST_BYTES as u64) {
+    if declared.is_some_and(|n| n > MAX_FORM_BYTES as u64) {
         return Err(GatewayError::PayloadTooLarge);
     }
     let (parts, body) = req.into_parts();
-    let body: Bytes = Limited::new(body, MAX_TOKEN_REQUEST_BYTES)
+    let body: Bytes = Limited::new(body, MAX_FORM_BYTES)
         .collect()
         .await
         .map_err(|e| {
@@ -151,7 +167,15 @@ pub async fn token_endpoint(
             }
         })?
         .to_bytes();
-    let params = Params::parse(&body)?;
+    Ok((parts, Params::parse(&body)?))
+}
+
+/// The token endpoint (RFC 6749 section 3.2).
+pub async fn token_endpoint(
+    ctx: &OAuthContext<'_>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, GatewayError> {
+    let (parts, params) = read_form(req, false).await?;
     issue(ctx, &parts.headers, &params)
         .await
         .map(TokenResponse::into_response)
@@ -169,13 +193,7 @@ pub async fn issue(
         OAuthCode::UnsupportedGrantType,
         "this grant_type is not supported",
     ))?;
-    if grant == GrantType::AuthorizationCode {
-        return Err(GatewayError::OAuth(
-            OAuthCode::UnsupportedGrantType,
-            "the authorization_code grant is not available in this version",
-        ));
-    }
-    let client = client_auth::authenticate(ctx.config, ctx.passwords, creds).await?;
+    let client = client_auth::authenticate(ctx, creds).await?;
     if !client.client.allows(grant) {
         return Err(GatewayError::OAuth(
             OAuthCode::UnauthorizedClient,
@@ -193,7 +211,7 @@ pub async fn issue(
         GrantType::Password => password_grant(ctx, &client, params, requested).await,
         GrantType::ClientCredentials => client_credentials_grant(ctx, &client, requested).await,
         GrantType::RefreshToken => refresh_grant(ctx, &client, params, requested).await,
-        GrantType::AuthorizationCode => unreachable!("refused above"),
+        GrantType::AuthorizationCode => code_grant(ctx, &client, params).await,
     }
 }
 
@@ -209,6 +227,47 @@ fn grant_scope(requested: Option<ScopeSet>, allowed: &ScopeSet) -> Result<ScopeS
     }
 }
 
+/// Runs a password check under brute-force accounting (RFC 6749 section 4.3.2):
+/// refused with 429 while the address or the (name, address) pair is blocked,
+/// failures answered late. `account` names what is being guessed at.
+pub async fn guarded_verify(
+    ctx: &OAuthContext<'_>,
+    account: &str,
+    password: &[u8],
+    hash: Option<Arc<str>>,
+) -> Result<bool, GatewayError> {
+    if let Err(retry) = ctx.limiter.check(account, ctx.peer) {
+        return Err(GatewayError::TooManyAttempts(retry.as_secs().max(1)));
+    }
+    let ok = ctx
+        .passwords
+        .verify(password, hash)
+        .await
+        .map_err(|_| GatewayError::PasswordBusy)?;
+    if ok {
+        ctx.limiter.success(account, ctx.peer);
+    } else {
+        let delay = ctx.limiter.failure(account, ctx.peer);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+    }
+    Ok(ok)
+}
+
+/// Checks a user's password; unknown users are checked against the dummy hash,
+/// so they cost the same time and get the same answer.
+pub async fn check_user_password<'c>(
+    ctx: &OAuthContext<'c>,
+    username: &str,
+    password: &str,
+) -> Result<Option<&'c Arc<User>>, GatewayError> {
+    let user = ctx.config.users.get(username);
+    let hash = user.map(|u| Arc::from(u.password_hash.as_str()));
+    let ok = guarded_verify(ctx, username, password.as_bytes(), hash).await?;
+    Ok(user.filter(|_| ok))
+}
+
 async fn password_grant(
     ctx: &OAuthContext<'_>,
     client: &AuthenticatedClient,
@@ -217,23 +276,12 @@ async fn password_grant(
 ) -> Result<TokenResponse, GatewayError> {
     let username = params.require("username", "username is missing")?;
     let password = params.require("password", "password is missing")?;
-    let user = ctx.config.users.get(username);
-    // Unknown users are checked against the dummy hash: same time, same answer.
-    let hash = user.map(|u| Arc::from(u.password_hash.as_str()));
-    let ok = ctx
-        .passwords
-        .verify(password.as_bytes(), hash)
-        .await
-        .map_err(|_| GatewayError::PasswordBusy)?;
-    let user = match user {
-        Some(u) if ok => u,
-        _ => {
-            return Err(GatewayError::OAuth(
-                OAuthCode::InvalidGrant,
-                "invalid username or password",
-            ));
-        }
-    };
+    let user = check_user_password(ctx, username, password)
+        .await?
+        .ok_or(GatewayError::OAuth(
+            OAuthCode::InvalidGrant,
+            "invalid username or password",
+        ))?;
     let allowed = user.scopes.intersection(&client.client.scopes);
     let scope = grant_scope(requested, &allowed)?;
     let grant = Arc::new(Grant {
@@ -268,6 +316,16 @@ async fn client_credentials_grant(
     issue_tokens(ctx, grant, false).await
 }
 
+/// Revokes a grant family for as long as any of its tokens could live.
+pub async fn revoke_family(ctx: &OAuthContext<'_>, family: u64) -> Result<(), GatewayError> {
+    let o = &ctx.config.oauth;
+    let until = now_secs() + ttl_secs(o.refresh_token_ttl.max(o.access_token_ttl)) + 1;
+    ctx.store
+        .revoke_family(family, until)
+        .await
+        .map_err(|_| GatewayError::StoreUnavailable)
+}
+
 async fn refresh_grant(
     ctx: &OAuthContext<'_>,
     client: &AuthenticatedClient,
@@ -280,12 +338,18 @@ async fn refresh_grant(
         OAuthCode::InvalidGrant,
         "the refresh token is invalid, expired, revoked or was issued to another client",
     );
-    let rec = ctx
-        .store
-        .get_refresh(key)
-        .await
-        .map_err(|_| GatewayError::StoreUnavailable)?
-        .ok_or(BAD)?;
+    let store_down = |_| GatewayError::StoreUnavailable;
+    let rec = match ctx.store.get_refresh(key).await.map_err(store_down)? {
+        Redeem::Fresh(rec) => rec,
+        Redeem::Unknown => return Err(BAD),
+        Redeem::Spent { family } => {
+            // A used refresh token again: stolen or replayed. Kill the whole grant
+            // (RFC 9700 section 4.14.2).
+            revoke_family(ctx, family).await?;
+            tracing::warn!(client = %client.client.id, "refresh token replayed; its grant is revoked");
+            return Err(BAD);
+        }
+    };
     // Checked before the token is spent, so a wrong request does not burn it.
     if rec.grant.client != client.client.id {
         return Err(BAD);
@@ -296,13 +360,16 @@ async fn refresh_grant(
         return Err(BAD);
     }
     let scope = grant_scope(requested, &rec.grant.scope)?;
-    // Each refresh token works once: of racing requests, only the one that takes it goes on.
-    let rec = ctx
-        .store
-        .take_refresh(key)
-        .await
-        .map_err(|_| GatewayError::StoreUnavailable)?
-        .ok_or(BAD)?;
+    // Of racing requests, only the one that takes the token goes on; the others
+    // are replays.
+    let rec = match ctx.store.take_refresh(key).await.map_err(store_down)? {
+        Redeem::Fresh(rec) => rec,
+        Redeem::Unknown => return Err(BAD),
+        Redeem::Spent { family } => {
+            revoke_family(ctx, family).await?;
+            return Err(BAD);
+        }
+    };
     let grant = if scope == rec.grant.scope {
         rec.grant.clone()
     } else {
@@ -314,7 +381,52 @@ async fn refresh_grant(
     issue_tokens(ctx, grant, true).await
 }
 
-fn ttl_secs(d: Duration) -> u64 {
+/// The authorization code grant (section 4.1.3) with PKCE (RFC 7636 section 4.6).
+async fn code_grant(
+    ctx: &OAuthContext<'_>,
+    client: &AuthenticatedClient,
+    params: &Params,
+) -> Result<TokenResponse, GatewayError> {
+    let code = params.require("code", "code is missing")?;
+    const BAD: GatewayError = GatewayError::OAuth(
+        OAuthCode::InvalidGrant,
+        "the code is invalid, expired, used, or does not match this request",
+    );
+    let rec = match ctx
+        .store
+        .take_code(TokenHash::of(code))
+        .await
+        .map_err(|_| GatewayError::StoreUnavailable)?
+    {
+        Redeem::Fresh(rec) => rec,
+        Redeem::Unknown => return Err(BAD),
+        Redeem::Spent { family } => {
+            // A code used twice: revoke what the first use issued (section 4.1.2).
+            revoke_family(ctx, family).await?;
+            tracing::warn!(client = %client.client.id, "authorization code reused; its tokens are revoked");
+            return Err(BAD);
+        }
+    };
+    if rec.grant.client != client.client.id {
+        return Err(BAD);
+    }
+    match params.get("redirect_uri") {
+        Some(uri) if uri != rec.redirect_uri => return Err(BAD),
+        None if rec.redirect_uri_given => return Err(BAD),
+        _ => {}
+    }
+    match (&rec.code_challenge, params.get("code_verifier")) {
+        (Some(challenge), Some(verifier)) if pkce::verify_s256(verifier, challenge) => {}
+        (None, None) => {}
+        // A wrong or missing verifier, or one for a code issued without a
+        // challenge (a downgrade): refused.
+        _ => return Err(BAD),
+    }
+    let with_refresh = client.client.allows(GrantType::RefreshToken);
+    issue_tokens(ctx, rec.grant, with_refresh).await
+}
+
+pub fn ttl_secs(d: Duration) -> u64 {
     d.as_secs().max(1)
 }
 

@@ -1,10 +1,11 @@
-//! The in-memory token store: two DashMaps keyed by token hash.
+//! The in-memory token store: DashMaps keyed by token hash.
 
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use dashmap::DashMap;
 
-use super::{StoreFuture, TokenHash, TokenRecord, TokenStore};
+use super::{CodeRecord, Redeem, StoreFuture, TokenHash, TokenRecord, TokenStore};
 
 /// Takes the `u64` that [`TokenHash`] writes as the hash: its bytes are uniformly
 /// random already, so hashing them again would only cost time.
@@ -26,14 +27,30 @@ impl Hasher for PassThroughHasher {
     }
 }
 
-type Map = DashMap<TokenHash, TokenRecord, BuildHasherDefault<PassThroughHasher>>;
+type Map<V> = DashMap<TokenHash, V, BuildHasherDefault<PassThroughHasher>>;
 
 /// Many shards keep each sweep's lock short.
 const SHARDS: usize = 64;
 
+fn new_map<V>() -> Map<V> {
+    Map::with_hasher_and_shard_amount(Default::default(), SHARDS)
+}
+
+/// A single-use credential and whether it has been used.
+struct OnceEntry<T> {
+    rec: T,
+    used: bool,
+}
+
 pub struct MemoryStore {
-    access: Map,
-    refresh: Map,
+    access: Map<TokenRecord>,
+    refresh: Map<OnceEntry<TokenRecord>>,
+    codes: Map<OnceEntry<CodeRecord>>,
+    /// Revoked grant families, until when.
+    revoked: DashMap<u64, u64>,
+    /// `revoked.len()`, readable without touching every shard: the hot path
+    /// skips the family check while nothing is revoked.
+    revoked_count: AtomicUsize,
 }
 
 impl Default for MemoryStore {
@@ -42,63 +59,139 @@ impl Default for MemoryStore {
     }
 }
 
+fn ready<T: Send + 'static>(v: T) -> StoreFuture<'static, T> {
+    Box::pin(std::future::ready(Ok(v)))
+}
+
 impl MemoryStore {
     pub fn new() -> MemoryStore {
         MemoryStore {
-            access: Map::with_hasher_and_shard_amount(Default::default(), SHARDS),
-            refresh: Map::with_hasher_and_shard_amount(Default::default(), SHARDS),
+            access: new_map(),
+            refresh: new_map(),
+            codes: new_map(),
+            revoked: DashMap::new(),
+            revoked_count: AtomicUsize::new(0),
         }
     }
 
-    fn get_live(map: &Map, key: &TokenHash, now: u64) -> Option<TokenRecord> {
-        let rec = map.get(key)?;
-        if rec.is_live(now) {
-            return Some(rec.clone());
+    fn family_revoked(&self, family: u64) -> bool {
+        self.revoked_count.load(Ordering::Acquire) != 0 && self.revoked.contains_key(&family)
+    }
+
+    fn live(&self, rec: &TokenRecord, now: u64) -> bool {
+        rec.is_live(now) && !self.family_revoked(rec.grant.family)
+    }
+
+    fn redeem<T: Clone>(
+        &self,
+        map: &Map<OnceEntry<T>>,
+        key: &TokenHash,
+        take: bool,
+        alive: impl Fn(&T) -> bool,
+        family: impl Fn(&T) -> u64,
+    ) -> Redeem<T> {
+        let Some(mut e) = map.get_mut(key) else {
+            return Redeem::Unknown;
+        };
+        if !alive(&e.rec) {
+            return Redeem::Unknown;
         }
-        drop(rec);
-        map.remove_if(key, |_, r| !r.is_live(now));
-        None
+        if e.used {
+            return Redeem::Spent {
+                family: family(&e.rec),
+            };
+        }
+        if take {
+            e.used = true;
+        }
+        Redeem::Fresh(e.rec.clone())
     }
 }
 
 impl TokenStore for MemoryStore {
     fn put_access(&self, key: TokenHash, rec: TokenRecord) -> StoreFuture<'_, ()> {
         self.access.insert(key, rec);
-        Box::pin(std::future::ready(Ok(())))
+        ready(())
     }
 
     fn get_access(&self, key: TokenHash) -> StoreFuture<'_, Option<TokenRecord>> {
-        let r = Self::get_live(&self.access, &key, super::now_secs());
-        Box::pin(std::future::ready(Ok(r)))
+        let now = super::now_secs();
+        let found = self.access.get(&key).map(|r| r.clone());
+        let r = found.filter(|r| self.live(r, now));
+        ready(r)
+    }
+
+    fn remove_access(&self, key: TokenHash) -> StoreFuture<'_, ()> {
+        self.access.remove(&key);
+        ready(())
     }
 
     fn put_refresh(&self, key: TokenHash, rec: TokenRecord) -> StoreFuture<'_, ()> {
-        self.refresh.insert(key, rec);
-        Box::pin(std::future::ready(Ok(())))
+        self.refresh.insert(key, OnceEntry { rec, used: false });
+        ready(())
     }
 
-    fn get_refresh(&self, key: TokenHash) -> StoreFuture<'_, Option<TokenRecord>> {
-        let r = Self::get_live(&self.refresh, &key, super::now_secs());
-        Box::pin(std::future::ready(Ok(r)))
-    }
-
-    fn take_refresh(&self, key: TokenHash) -> StoreFuture<'_, Option<TokenRecord>> {
+    fn get_refresh(&self, key: TokenHash) -> StoreFuture<'_, Redeem<TokenRecord>> {
         let now = super::now_secs();
-        let r = self
-            .refresh
-            .remove(&key)
-            .map(|(_, r)| r)
-            .filter(|r| r.is_live(now));
-        Box::pin(std::future::ready(Ok(r)))
+        ready(self.redeem(
+            &self.refresh,
+            &key,
+            false,
+            |r| self.live(r, now),
+            |r| r.grant.family,
+        ))
+    }
+
+    fn take_refresh(&self, key: TokenHash) -> StoreFuture<'_, Redeem<TokenRecord>> {
+        let now = super::now_secs();
+        ready(self.redeem(
+            &self.refresh,
+            &key,
+            true,
+            |r| self.live(r, now),
+            |r| r.grant.family,
+        ))
+    }
+
+    fn put_code(&self, key: TokenHash, rec: CodeRecord) -> StoreFuture<'_, ()> {
+        self.codes.insert(key, OnceEntry { rec, used: false });
+        ready(())
+    }
+
+    fn take_code(&self, key: TokenHash) -> StoreFuture<'_, Redeem<CodeRecord>> {
+        let now = super::now_secs();
+        ready(self.redeem(
+            &self.codes,
+            &key,
+            true,
+            |c| now < c.expires_at && !self.family_revoked(c.grant.family),
+            |c| c.grant.family,
+        ))
+    }
+
+    fn revoke_family(&self, family: u64, until: u64) -> StoreFuture<'_, ()> {
+        if self.revoked.insert(family, until).is_none() {
+            self.revoked_count.fetch_add(1, Ordering::AcqRel);
+        }
+        ready(())
     }
 
     fn sweep_expired(&self, now: u64) -> StoreFuture<'_, usize> {
-        let before = self.access.len() + self.refresh.len();
+        let before = self.access.len() + self.refresh.len() + self.codes.len();
         // retain() write-locks one shard at a time, so lookups elsewhere go on.
-        self.access.retain(|_, r| r.is_live(now));
-        self.refresh.retain(|_, r| r.is_live(now));
-        let after = self.access.len() + self.refresh.len();
-        Box::pin(std::future::ready(Ok(before.saturating_sub(after))))
+        self.access.retain(|_, r| self.live(r, now));
+        self.refresh.retain(|_, e| self.live(&e.rec, now));
+        self.codes.retain(|_, e| now < e.rec.expires_at);
+        let after = self.access.len() + self.refresh.len() + self.codes.len();
+        // Families are forgotten only once none of their tokens can be alive.
+        self.revoked.retain(|_, until| {
+            let keep = now < *until;
+            if !keep {
+                self.revoked_count.fetch_sub(1, Ordering::AcqRel);
+            }
+            keep
+        });
+        ready(before.saturating_sub(after))
     }
 
     fn token_counts(&self) -> (usize, usize) {
@@ -114,17 +207,21 @@ mod tests {
     use crate::scope::ScopeSet;
     use crate::store::{Grant, new_token, now_secs};
 
-    fn rec(expires_at: u64) -> TokenRecord {
+    fn rec_in(family: u64, expires_at: u64) -> TokenRecord {
         TokenRecord {
             grant: Arc::new(Grant {
                 user: Some(Arc::from("u")),
                 client: Arc::from("c"),
                 scope: ScopeSet::parse("read").unwrap(),
-                family: 1,
+                family,
             }),
             issued_at: now_secs(),
             expires_at,
         }
+    }
+
+    fn rec(expires_at: u64) -> TokenRecord {
+        rec_in(1, expires_at)
     }
 
     #[tokio::test]
@@ -139,27 +236,54 @@ mod tests {
             .await
             .unwrap();
         assert!(s.get_access(TokenHash::of(&live)).await.unwrap().is_some());
+        assert!(s.get_access(TokenHash::of(&dead)).await.unwrap().is_none());
         assert!(
             s.get_access(TokenHash::of("other"))
                 .await
                 .unwrap()
                 .is_none()
         );
-        s.put_access(TokenHash::of(&dead), rec(now_secs() - 1))
-            .await
-            .unwrap();
         assert_eq!(s.sweep_expired(now_secs()).await.unwrap(), 1);
         assert_eq!(s.token_counts(), (1, 0));
-        assert!(s.get_access(TokenHash::of(&dead)).await.unwrap().is_none());
     }
 
     #[tokio::test]
-    async fn refresh_tokens_are_taken_once() {
+    async fn refresh_tokens_are_taken_once_and_replays_named() {
         let s = MemoryStore::new();
         let t = TokenHash::of(&new_token());
-        s.put_refresh(t, rec(now_secs() + 60)).await.unwrap();
-        assert!(s.get_refresh(t).await.unwrap().is_some());
-        assert!(s.take_refresh(t).await.unwrap().is_some());
-        assert!(s.take_refresh(t).await.unwrap().is_none());
+        s.put_refresh(t, rec_in(7, now_secs() + 60)).await.unwrap();
+        assert!(matches!(s.get_refresh(t).await.unwrap(), Redeem::Fresh(_)));
+        assert!(matches!(s.take_refresh(t).await.unwrap(), Redeem::Fresh(_)));
+        assert!(matches!(
+            s.take_refresh(t).await.unwrap(),
+            Redeem::Spent { family: 7 }
+        ));
+        assert!(matches!(
+            s.get_refresh(t).await.unwrap(),
+            Redeem::Spent { family: 7 }
+        ));
+        assert!(matches!(
+            s.take_refresh(TokenHash::of("x")).await.unwrap(),
+            Redeem::Unknown
+        ));
+    }
+
+    #[tokio::test]
+    async fn revoking_a_family_kills_its_tokens_only() {
+        let s = MemoryStore::new();
+        let (a, b, r) = (TokenHash::of("a"), TokenHash::of("b"), TokenHash::of("r"));
+        s.put_access(a, rec_in(1, now_secs() + 60)).await.unwrap();
+        s.put_access(b, rec_in(2, now_secs() + 60)).await.unwrap();
+        s.put_refresh(r, rec_in(1, now_secs() + 60)).await.unwrap();
+        s.revoke_family(1, now_secs() + 60).await.unwrap();
+        assert!(s.get_access(a).await.unwrap().is_none());
+        assert!(s.get_access(b).await.unwrap().is_some());
+        assert!(matches!(s.take_refresh(r).await.unwrap(), Redeem::Unknown));
+        s.sweep_expired(now_secs()).await.unwrap();
+        assert_eq!(s.token_counts(), (1, 0));
+        // The marker outlives the sweep until its time is up.
+        assert!(s.family_revoked(1));
+        s.sweep_expired(now_secs() + 61).await.unwrap();
+        assert!(!s.family_revoked(1));
     }
 }

@@ -106,6 +106,31 @@ impl TokenRecord {
     }
 }
 
+/// An authorization code's record (RFC 6749 section 4.1.2, RFC 7636).
+#[derive(Debug, Clone)]
+pub struct CodeRecord {
+    /// User, client and granted scope; the family of every token the code yields.
+    pub grant: Arc<Grant>,
+    /// The redirect URI the code was sent to.
+    pub redirect_uri: String,
+    /// Whether the authorization request named it (then the token request must repeat it).
+    pub redirect_uri_given: bool,
+    /// The S256 code challenge, when PKCE was used.
+    pub code_challenge: Option<String>,
+    pub expires_at: u64,
+}
+
+/// Looking up a single-use credential (refresh token, authorization code).
+#[derive(Debug, Clone)]
+pub enum Redeem<T> {
+    /// Live and unused (for `take_*`: now marked used, by this caller alone).
+    Fresh(T),
+    /// Used before: a replay. The caller revokes the family.
+    Spent { family: u64 },
+    /// Never issued, expired, or revoked.
+    Unknown,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("token store unavailable: {0}")]
@@ -114,20 +139,31 @@ pub enum StoreError {
 
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 
-/// Access and refresh tokens, keyed by [`TokenHash`]. Every method takes `&self`:
-/// implementations do their own (fine-grained) locking.
+/// Access tokens, refresh tokens and authorization codes, keyed by [`TokenHash`].
+/// Every method takes `&self`: implementations do their own (fine-grained) locking.
+///
+/// Refresh tokens and codes are single use: a used one is kept, marked, until it
+/// expires, so that a replay is recognised and its whole family revoked
+/// (RFC 9700 section 4.14.2, RFC 6749 section 4.1.2).
 pub trait TokenStore: Send + Sync + 'static {
     fn put_access(&self, key: TokenHash, rec: TokenRecord) -> StoreFuture<'_, ()>;
-    /// A live access token's record; expired ones are `None`.
+    /// A live access token's record; expired and revoked ones are `None`.
     fn get_access(&self, key: TokenHash) -> StoreFuture<'_, Option<TokenRecord>>;
+    /// Revokes one access token.
+    fn remove_access(&self, key: TokenHash) -> StoreFuture<'_, ()>;
     fn put_refresh(&self, key: TokenHash, rec: TokenRecord) -> StoreFuture<'_, ()>;
-    /// A live refresh token's record, left in place.
-    fn get_refresh(&self, key: TokenHash) -> StoreFuture<'_, Option<TokenRecord>>;
-    /// Removes a live refresh token and returns its record. Of two racing callers,
-    /// exactly one gets `Some`.
-    fn take_refresh(&self, key: TokenHash) -> StoreFuture<'_, Option<TokenRecord>>;
-    /// Drops expired tokens; returns how many went.
+    /// A refresh token's state, left as it is.
+    fn get_refresh(&self, key: TokenHash) -> StoreFuture<'_, Redeem<TokenRecord>>;
+    /// Uses a refresh token: of racing callers, exactly one gets `Fresh`.
+    fn take_refresh(&self, key: TokenHash) -> StoreFuture<'_, Redeem<TokenRecord>>;
+    fn put_code(&self, key: TokenHash, rec: CodeRecord) -> StoreFuture<'_, ()>;
+    /// Uses an authorization code: of racing callers, exactly one gets `Fresh`.
+    fn take_code(&self, key: TokenHash) -> StoreFuture<'_, Redeem<CodeRecord>>;
+    /// Revokes every token of a grant family, now and until `until` (unix seconds),
+    /// by which time all of them have expired anyway.
+    fn revoke_family(&self, family: u64, until: u64) -> StoreFuture<'_, ()>;
+    /// Drops expired and revoked entries; returns how many went.
     fn sweep_expired(&self, now: u64) -> StoreFuture<'_, usize>;
-    /// Live (unswept) access and refresh tokens.
+    /// Access and refresh tokens held (including expired ones not yet swept).
     fn token_counts(&self) -> (usize, usize);
 }

@@ -52,7 +52,11 @@ fn hashes() -> &'static Hashes {
 /// - users: alice (read, write, admin), bob (read)
 /// - clients: `cli` public (password, refresh_token; read write admin),
 ///   `svc` confidential (client_credentials, password, refresh_token; read write),
-///   `a:b` confidential with the svc secret (password), `cc-only` public (refresh_token only)
+///   `a:b` confidential with the svc secret (password), `cc-only` public (refresh_token only),
+///   `spa` public (authorization_code, refresh_token; read write admin; redirect URIs
+///   `http://127.0.0.1:8765/callback` and `http://127.0.0.1:8765/other?x=1`),
+///   `web` confidential with the svc secret (authorization_code, refresh_token; read;
+///   redirect URI `http://127.0.0.1:8765/web`)
 /// - routes: `/api/` read (strip), `/admin/` admin (no strip), `/public/` no auth (strip),
 ///   `/slow/` 1s timeout, `/down/` to a closed port, `/get-only/` GET only,
 ///   `/based/` to `{upstream}/v1`
@@ -103,6 +107,19 @@ scopes = ["read"]
 id = "cc-only"
 grants = ["refresh_token"]
 scopes = ["read"]
+
+[[clients]]
+id = "spa"
+grants = ["authorization_code", "refresh_token"]
+scopes = ["read", "write", "admin"]
+redirect_uris = ["http://127.0.0.1:8765/callback", "http://127.0.0.1:8765/other?x=1"]
+
+[[clients]]
+id = "web"
+secret_hash = "{svc}"
+grants = ["authorization_code", "refresh_token"]
+scopes = ["read"]
+redirect_uris = ["http://127.0.0.1:8765/web"]
 
 [[routes]]
 prefix = "/api/"

@@ -1,0 +1,192 @@
+//! Revocation (RFC 7009), introspection (RFC 7662), userinfo and server metadata
+//! (RFC 8414).
+
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue, PRAGMA};
+use http::{Method, Request, Response};
+use hyper::body::Incoming;
+use serde_json::{Value, json};
+
+use super::client_auth::{self, AuthenticatedClient};
+use super::{OAuthContext, Params, authorize::AUTHORIZE_PATH, read_form, revoke_family};
+use crate::config::Config;
+use crate::error::{Body, GatewayError, OAuthCode, full};
+use crate::gateway::bearer_token;
+use crate::store::{Redeem, TokenHash, TokenRecord};
+
+pub const REVOKE_PATH: &str = "/auth/revoke";
+pub const INTROSPECT_PATH: &str = "/auth/introspect";
+pub const USERINFO_PATH: &str = "/auth/userinfo";
+pub const METADATA_PATH: &str = "/.well-known/oauth-authorization-server";
+
+fn json_response(v: &Value) -> Response<Body> {
+    let mut resp = Response::new(full(v.to_string()));
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(PRAGMA, HeaderValue::from_static("no-cache"));
+    resp
+}
+
+async fn authenticated_form(
+    ctx: &OAuthContext<'_>,
+    req: Request<Incoming>,
+) -> Result<(AuthenticatedClient, Params), GatewayError> {
+    let (parts, params) = read_form(req, false).await?;
+    let creds = client_auth::extract(&parts.headers, &params)?;
+    let client = client_auth::authenticate(ctx, creds).await?;
+    params.get("token").ok_or(GatewayError::OAuth(
+        OAuthCode::InvalidRequest,
+        "token is missing",
+    ))?;
+    Ok((client, params))
+}
+
+/// What a presented token is, if anything live.
+enum Found {
+    Access(TokenRecord),
+    Refresh(TokenRecord),
+}
+
+/// Looks the token up as an access token, then as a refresh token (a wrong
+/// `token_type_hint` only changes the order; RFC 7009 section 2.1).
+async fn find(ctx: &OAuthContext<'_>, params: &Params) -> Result<Option<Found>, GatewayError> {
+    let key = TokenHash::of(params.get("token").unwrap_or(""));
+    let down = |_| GatewayError::StoreUnavailable;
+    let refresh_first = params.get("token_type_hint") == Some("refresh_token");
+    for as_refresh in [refresh_first, !refresh_first] {
+        if as_refresh {
+            if let Redeem::Fresh(rec) = ctx.store.get_refresh(key).await.map_err(down)? {
+                return Ok(Some(Found::Refresh(rec)));
+            }
+        } else if let Some(rec) = ctx.store.get_access(key).await.map_err(down)? {
+            return Ok(Some(Found::Access(rec)));
+        }
+    }
+    Ok(None)
+}
+
+/// `POST /auth/revoke`: the client authenticates as at the token endpoint. An
+/// unknown token, or one of another client, is answered 200 and left alone.
+/// Revoking a refresh token revokes its whole grant (access tokens included).
+pub async fn revoke(
+    ctx: &OAuthContext<'_>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, GatewayError> {
+    let (client, params) = authenticated_form(ctx, req).await?;
+    let key = TokenHash::of(params.get("token").unwrap_or(""));
+    match find(ctx, &params).await? {
+        Some(Found::Access(rec)) if rec.grant.client == client.client.id => {
+            ctx.store
+                .remove_access(key)
+                .await
+                .map_err(|_| GatewayError::StoreUnavailable)?;
+        }
+        Some(Found::Refresh(rec)) if rec.grant.client == client.client.id => {
+            revoke_family(ctx, rec.grant.family).await?;
+        }
+        _ => {}
+    }
+    let mut resp = Response::new(full(""));
+    resp.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
+}
+
+/// `POST /auth/introspect`: only a confidential client (one that proved its
+/// secret) may ask. Anything not live is `{"active": false}` and nothing more.
+pub async fn introspect(
+    ctx: &OAuthContext<'_>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, GatewayError> {
+    let (client, params) = authenticated_form(ctx, req).await?;
+    if !client.confidential {
+        return Err(GatewayError::OAuth(
+            OAuthCode::InvalidClient,
+            "client authentication failed",
+        ));
+    }
+    let (rec, token_type) = match find(ctx, &params).await? {
+        Some(Found::Access(rec)) => (rec, "Bearer"),
+        Some(Found::Refresh(rec)) => (rec, "refresh_token"),
+        None => return Ok(json_response(&json!({ "active": false }))),
+    };
+    let g = &rec.grant;
+    let mut v = json!({
+        "active": true,
+        "scope": g.scope.to_string(),
+        "client_id": g.client.as_ref(),
+        "token_type": token_type,
+        "exp": rec.expires_at,
+        "iat": rec.issued_at,
+        "sub": g.user.as_deref().unwrap_or(&g.client),
+        "iss": ctx.config.oauth.issuer,
+    });
+    if let Some(user) = &g.user {
+        v["username"] = json!(user.as_ref());
+    }
+    Ok(json_response(&v))
+}
+
+/// `GET /auth/userinfo`: who the bearer token belongs to.
+pub async fn userinfo(
+    ctx: &OAuthContext<'_>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, GatewayError> {
+    if req.method() != Method::GET && req.method() != Method::POST {
+        return Err(GatewayError::MethodNotAllowed("GET, POST".into()));
+    }
+    let token = bearer_token(req.headers())?.ok_or(GatewayError::NoToken)?;
+    let rec = ctx
+        .store
+        .get_access(TokenHash::of(token))
+        .await
+        .map_err(|_| GatewayError::StoreUnavailable)?
+        .ok_or(GatewayError::InvalidToken(
+            "the access token is unknown, expired or revoked",
+        ))?;
+    let g = &rec.grant;
+    Ok(json_response(&json!({
+        "sub": g.user.as_deref().unwrap_or(&g.client),
+        "user": g.user.as_deref(),
+        "client": g.client.as_ref(),
+        "scope": g.scope.to_string(),
+        "expires": rec.expires_at,
+    })))
+}
+
+/// `GET /.well-known/oauth-authorization-server` (RFC 8414 section 3).
+pub fn metadata(config: &Config) -> Response<Body> {
+    let issuer = &config.oauth.issuer;
+    let mut scopes: Vec<&str> = config
+        .clients
+        .values()
+        .flat_map(|c| c.scopes.iter())
+        .collect();
+    scopes.sort_unstable();
+    scopes.dedup();
+    let v = json!({
+        "issuer": issuer,
+        "authorization_endpoint": format!("{issuer}{AUTHORIZE_PATH}"),
+        "token_endpoint": format!("{issuer}{}", config.oauth.token_path),
+        "revocation_endpoint": format!("{issuer}{REVOKE_PATH}"),
+        "introspection_endpoint": format!("{issuer}{INTROSPECT_PATH}"),
+        "userinfo_endpoint": format!("{issuer}{USERINFO_PATH}"),
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials", "password"],
+        "code_challenge_methods_supported": ["S256"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+        "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "scopes_supported": scopes,
+        "authorization_response_iss_parameter_supported": true,
+    });
+    let mut resp = json_response(&v);
+    // Public, cacheable data.
+    resp.headers_mut().insert(
+        CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    resp.headers_mut().remove(PRAGMA);
+    resp
+}

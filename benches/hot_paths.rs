@@ -1,0 +1,209 @@
+//! The gateway's per-request hot paths, measured with criterion:
+//!
+//! - `token/*`: a bearer token's lookup in a `MemoryStore` holding 100,000 live access
+//!   tokens (hash + `get_access`, hit and miss), and `TokenHash::of` alone;
+//! - `route/*`: `normalize_path` + `RouteTable::find` with 1, 100 and 10,000 routes,
+//!   for a path that hits a route and one that hits none;
+//! - `headers/*`: `upstream_request_headers` on a realistic request head;
+//! - `argon2/verify_default_params`: one argon2id verification of a hash made by
+//!   `whosthat::password::hash_password` (what one password login costs in CPU).
+//!   `bench/run.sh` reads its median from
+//!   `target/criterion/argon2/verify_default_params/new/estimates.json`.
+//!
+//! cargo bench --bench hot_paths                 # everything
+//! cargo bench --bench hot_paths -- --quick      # a fast, rougher pass
+//! cargo bench --bench hot_paths -- route/       # one group
+
+use std::future::Future;
+use std::hint::black_box;
+use std::net::IpAddr;
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use argon2::{Argon2, PasswordVerifier};
+use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Version};
+
+use whosthat::password::hash_password;
+use whosthat::proxy::{ForwardInfo, upstream_request_headers};
+use whosthat::routes::{Route, RouteTable, Upstream, normalize_path, normalize_prefix};
+use whosthat::scope::ScopeSet;
+use whosthat::store::{
+    Grant, MemoryStore, TokenHash, TokenRecord, TokenStore, new_token, now_secs,
+};
+
+/// Resolves a future that is ready on its first poll (the memory store's are:
+/// `std::future::ready` behind a box). Panics otherwise, so a store that starts
+/// doing real I/O is noticed instead of silently measured wrong.
+fn ready<F: Future>(fut: F) -> F::Output {
+    let mut fut = pin!(fut);
+    match fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(v) => v,
+        Poll::Pending => panic!("the store's future was not ready on its first poll"),
+    }
+}
+
+fn grant(user: &str) -> Arc<Grant> {
+    Arc::new(Grant {
+        user: Some(Arc::from(user)),
+        client: Arc::from("bench-cli"),
+        scope: ScopeSet::parse("read write").expect("valid scope"),
+        family: 7,
+    })
+}
+
+const LIVE_TOKENS: usize = 100_000;
+
+fn token_lookup(c: &mut Criterion) {
+    let store = MemoryStore::new();
+    let now = now_secs();
+    let users: Vec<Arc<Grant>> = (0..100).map(|i| grant(&format!("user{i}"))).collect();
+    let tokens: Vec<String> = (0..LIVE_TOKENS).map(|_| new_token()).collect();
+    for (i, t) in tokens.iter().enumerate() {
+        let rec = TokenRecord {
+            grant: users[i % users.len()].clone(),
+            issued_at: now,
+            expires_at: now + 3600,
+        };
+        ready(store.put_access(TokenHash::of(t), rec)).expect("memory store put");
+    }
+    // Tokens that were never issued, same shape as real ones.
+    let unknown: Vec<String> = (0..4096).map(|_| new_token()).collect();
+
+    let mut g = c.benchmark_group("token");
+    g.bench_function("hash_of", |b| {
+        let t = &tokens[0];
+        b.iter(|| TokenHash::of(black_box(t)))
+    });
+    // Walk the whole set, so the map's memory is touched as live traffic would.
+    g.bench_function("lookup_hit_100k", |b| {
+        let mut i = 0usize;
+        b.iter(|| {
+            i = (i + 7919) % tokens.len();
+            let rec = ready(store.get_access(TokenHash::of(black_box(&tokens[i]))))
+                .expect("memory store get");
+            assert!(rec.is_some());
+            rec
+        })
+    });
+    g.bench_function("lookup_miss_100k", |b| {
+        let mut i = 0usize;
+        b.iter(|| {
+            i = (i + 1) % unknown.len();
+            let rec = ready(store.get_access(TokenHash::of(black_box(&unknown[i]))))
+                .expect("memory store get");
+            assert!(rec.is_none());
+            rec
+        })
+    });
+    g.finish();
+}
+
+fn route(prefix: &str) -> Route {
+    Route {
+        prefix: normalize_prefix(prefix).expect("valid prefix"),
+        upstreams: vec![Upstream::parse("http://127.0.0.1:9000").expect("valid upstream")],
+        strip_prefix: true,
+        scopes: ScopeSet::parse("read").expect("valid scope"),
+        methods: vec![Method::GET, Method::POST],
+        auth: true,
+        timeout: Duration::from_secs(30),
+        next_upstream: AtomicUsize::new(0),
+    }
+}
+
+fn route_match(c: &mut Criterion) {
+    let mut g = c.benchmark_group("route");
+    for n in [1usize, 100, 10_000] {
+        let table = RouteTable::new((0..n).map(|i| route(&format!("/svc{i}/v1/"))).collect());
+        // Several segments deeper than the prefix: find() walks back one segment at a time.
+        let hit = format!("/svc{}/v1/orders/12345/items/7", n / 2);
+        let miss = "/nosuch/v1/orders/12345/items/7".to_string();
+        assert!(table.find(&normalize_path(&hit).unwrap()).is_some());
+        assert!(table.find(&normalize_path(&miss).unwrap()).is_none());
+        g.bench_with_input(BenchmarkId::new("hit", n), &hit, |b, p| {
+            b.iter(|| {
+                let path = normalize_path(black_box(p)).expect("plain path");
+                table.find(&path).map(|r| r.prefix.len())
+            })
+        });
+        g.bench_with_input(BenchmarkId::new("miss", n), &miss, |b, p| {
+            b.iter(|| {
+                let path = normalize_path(black_box(p)).expect("plain path");
+                table.find(&path).map(|r| r.prefix.len())
+            })
+        });
+    }
+    g.finish();
+}
+
+fn header_rewrite(c: &mut Criterion) {
+    // What a browser-ish or SDK client sends through a gateway: 11 headers, among them a
+    // bearer token, a Connection list naming an extra hop header, and spoof attempts.
+    let mut template = HeaderMap::new();
+    let mut add = |name: &'static str, value: &'static str| {
+        template.append(
+            HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        );
+    };
+    add("host", "api.example.com");
+    add("user-agent", "Mozilla/5.0 (X11; Linux x86_64) bench/1.0");
+    add("accept", "application/json, text/plain, */*");
+    add("accept-encoding", "gzip, deflate, br");
+    add("accept-language", "en-GB,en;q=0.9");
+    add(
+        "authorization",
+        "Bearer R0ayJ7n1Hc2l1lq9yFJ0l9ZbC8m3f6Xk2sWq8tPz0aE",
+    );
+    add("connection", "keep-alive, x-hop");
+    add("x-hop", "1");
+    add("x-forwarded-for", "10.0.0.1");
+    add("x-auth-user", "mallory");
+    add("x-request-id", "4f9c2a6e-8d7b-4e1a-9c3f-2b5d6e7f8a9b");
+    let grant = grant("stefano");
+    let info = ForwardInfo {
+        peer_ip: IpAddr::from([127, 0, 0, 1]),
+        host: Some("api.example.com"),
+        identity: Some(&grant),
+    };
+    let mut g = c.benchmark_group("headers");
+    g.bench_function("upstream_request_headers", |b| {
+        b.iter_batched_ref(
+            || template.clone(),
+            |h| upstream_request_headers(h, Version::HTTP_11, black_box(&info)),
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+fn argon2_verify(c: &mut Criterion) {
+    // As src/password.rs does it: hash with the default parameters, verify the PHC string.
+    let phc = hash_password(b"bench-password");
+    let mut g = c.benchmark_group("argon2");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    g.bench_function("verify_default_params", |b| {
+        b.iter(|| {
+            Argon2::default()
+                .verify_password(black_box(b"bench-password"), phc.as_str())
+                .is_ok()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    token_lookup,
+    route_match,
+    header_rewrite,
+    argon2_verify
+);
+criterion_main!(benches);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::header::{AUTHORIZATION, HOST};
-use http::{HeaderMap, Request, Response};
+use http::{HeaderMap, HeaderValue, Request, Response};
 use hyper::body::Incoming;
 
 use crate::config::Config;
@@ -19,7 +19,7 @@ use crate::oauth::{OAuthContext, token_endpoint};
 use crate::password::PasswordPool;
 use crate::proxy::{ForwardInfo, UpstreamClient, forward, new_client};
 use crate::routes::normalize_path;
-use crate::store::{MemoryStore, TokenHash, TokenStore};
+use crate::store::{Grants, MemoryStore, TokenHash, TokenStore};
 
 /// Everything a request needs, shared by all connections.
 pub struct AppState {
@@ -28,6 +28,7 @@ pub struct AppState {
     pub passwords: PasswordPool,
     pub limiter: Limiter,
     pub authorizer: Authorizer,
+    pub grants: Grants,
     pub upstream: UpstreamClient,
 }
 
@@ -43,6 +44,7 @@ impl AppState {
             passwords,
             limiter: Limiter::default(),
             authorizer: Authorizer::new(),
+            grants: Grants::default(),
             upstream: new_client(),
             config,
         }
@@ -51,34 +53,56 @@ impl AppState {
 
 /// What the access log says about a request.
 #[derive(Default)]
-struct LogContext {
-    route: Option<String>,
+struct LogContext<'s> {
+    /// Borrowed from the config: nothing is copied for the log's sake.
+    route: Option<&'s str>,
     user: Option<Arc<str>>,
     reason: Option<&'static str>,
+}
+
+/// What the gateway knows of a client connection.
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// `X-Forwarded-For` for every request of the connection.
+    pub forwarded_for: HeaderValue,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr) -> ConnInfo {
+        let forwarded_for = HeaderValue::try_from(peer.ip().to_string())
+            .unwrap_or(HeaderValue::from_static("unknown"));
+        ConnInfo {
+            peer,
+            forwarded_for,
+        }
+    }
 }
 
 pub async fn handle(
     state: Arc<AppState>,
     req: Request<Incoming>,
-    peer: SocketAddr,
+    conn: Arc<ConnInfo>,
 ) -> Response<Body> {
     let start = Instant::now();
-    let method = req.method().clone();
-    // The path only: queries can carry secrets.
-    let path = req.uri().path().to_string();
+    // Copied only when the line will be written. The path only: queries can carry secrets.
+    let logged = tracing::enabled!(target: "whosthat::access", tracing::Level::INFO)
+        .then(|| (req.method().clone(), req.uri().path().to_string()));
     let mut log = LogContext::default();
-    let resp = match handle_inner(&state, req, peer, &mut log).await {
+    let resp = match handle_inner(&state, req, &conn, &mut log).await {
         Ok(r) => r,
         Err(e) => {
             log.reason = Some(e.reason());
             e.into_response()
         }
     };
+    let Some((method, path)) = logged else {
+        return resp;
+    };
     tracing::info!(
         target: "whosthat::access",
         method = %method,
         path = %path,
-        route = log.route.as_deref().unwrap_or("-"),
+        route = log.route.unwrap_or("-"),
         status = resp.status().as_u16(),
         user = log.user.as_deref().unwrap_or("-"),
         reason = log.reason.unwrap_or("-"),
@@ -88,23 +112,24 @@ pub async fn handle(
     resp
 }
 
-async fn handle_inner(
-    state: &AppState,
+async fn handle_inner<'s>(
+    state: &'s AppState,
     req: Request<Incoming>,
-    peer: SocketAddr,
-    log: &mut LogContext,
+    conn: &ConnInfo,
+    log: &mut LogContext<'s>,
 ) -> Result<Response<Body>, GatewayError> {
     let config = &state.config;
     let path = normalize_path(req.uri().path()).map_err(GatewayError::BadPath)?;
 
     if let Some(endpoint) = own_endpoint(config, &path) {
-        log.route = Some(path.clone());
+        log.route = Some(endpoint.name(config));
         let ctx = OAuthContext {
             config,
             store: state.store.as_ref(),
             passwords: &state.passwords,
             limiter: &state.limiter,
-            peer: peer.ip(),
+            grants: &state.grants,
+            peer: conn.peer.ip(),
         };
         return match endpoint {
             Endpoint::Token => token_endpoint(&ctx, req).await,
@@ -117,7 +142,7 @@ async fn handle_inner(
     }
 
     let route = config.routes.find(&path).ok_or(GatewayError::NoRoute)?;
-    log.route = Some(route.prefix.clone());
+    log.route = Some(&route.prefix);
     if !route.allows_method(req.method()) {
         let allow: Vec<&str> = route.methods.iter().map(|m| m.as_str()).collect();
         return Err(GatewayError::MethodNotAllowed(allow.join(", ")));
@@ -148,15 +173,16 @@ async fn handle_inner(
         None
     };
 
-    let host = req
-        .headers()
-        .get(HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().authority().map(|a| a.as_str()))
-        .map(str::to_string);
+    let host = match req.headers().get(HOST) {
+        Some(h) => Some(h.clone()),
+        None => req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    };
     let info = ForwardInfo {
-        peer_ip: peer.ip(),
-        host: host.as_deref(),
+        forwarded_for: &conn.forwarded_for,
+        host,
         identity: record.as_ref().map(|r| r.grant.as_ref()),
     };
     let upstream = route.pick_upstream();
@@ -172,6 +198,20 @@ pub enum Endpoint {
     Introspect,
     Userinfo,
     Metadata,
+}
+
+impl Endpoint {
+    /// The endpoint's path, as the access log's route.
+    pub fn name(self, config: &Config) -> &str {
+        match self {
+            Endpoint::Token => &config.oauth.token_path,
+            Endpoint::Authorize => AUTHORIZE_PATH,
+            Endpoint::Revoke => REVOKE_PATH,
+            Endpoint::Introspect => INTROSPECT_PATH,
+            Endpoint::Userinfo => USERINFO_PATH,
+            Endpoint::Metadata => METADATA_PATH,
+        }
+    }
 }
 
 /// Which of the gateway's own endpoints `path` (normalised) is, if any. These

@@ -1,6 +1,5 @@
 //! Forwarding to upstreams: the pooled client, the header rules, streaming bodies.
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -105,62 +104,77 @@ fn is_bearer(v: &HeaderValue) -> bool {
     b.len() >= 6 && b[..6].eq_ignore_ascii_case(b"bearer")
 }
 
-/// What the upstream gets (INTERFACE.md, "What the upstream receives").
+/// What the upstream receives (INTERFACE.md, "What the upstream receives").
 pub struct ForwardInfo<'a> {
-    pub peer_ip: IpAddr,
-    pub host: Option<&'a str>,
+    /// The peer's address, rendered once per connection.
+    pub forwarded_for: &'a HeaderValue,
+    /// The Host (or :authority) the client used.
+    pub host: Option<HeaderValue>,
     pub identity: Option<&'a Grant>,
 }
 
-/// Rewrites request headers in place for the upstream.
+/// Rewrites request headers for the upstream, in one pass over them.
 pub fn upstream_request_headers(headers: &mut HeaderMap, version: Version, info: &ForwardInfo<'_>) {
-    let listed = connection_listed(headers);
-    // Every Via line the client sent, joined: a field may be split over lines (RFC 9110 5.3).
-    let prior_via: Vec<String> = headers
-        .get_all(header::VIA)
-        .iter()
-        .filter_map(|v| v.to_str().ok().map(str::to_string))
-        .collect();
-    remove_where(headers, |name, value| {
-        is_hop_by_hop(name)
-            || listed.contains(name)
+    let listed = if headers.contains_key(header::CONNECTION) {
+        connection_listed(headers)
+    } else {
+        Vec::new()
+    };
+    let mut out = HeaderMap::with_capacity(headers.len() + 7);
+    let mut via: Option<String> = None;
+    let mut current: Option<HeaderName> = None;
+    for (name, value) in headers.drain() {
+        if let Some(n) = name {
+            current = Some(n);
+        }
+        let Some(name) = current.as_ref() else {
+            continue;
+        };
+        if *name == header::VIA {
+            // Every Via line the client sent, joined: a field may be split over lines (RFC 9110 5.3).
+            if let Ok(v) = value.to_str() {
+                let prior = via.get_or_insert_with(String::new);
+                if !prior.is_empty() {
+                    prior.push_str(", ");
+                }
+                prior.push_str(v);
+            }
+            continue;
+        }
+        let dropped = is_hop_by_hop(name)
             || *name == header::HOST
-            || *name == header::VIA
-            || (*name == header::AUTHORIZATION && is_bearer(value))
+            || (*name == header::AUTHORIZATION && is_bearer(&value))
             || is_spoofable(name.as_str())
-    });
-    if let Ok(v) = HeaderValue::try_from(info.peer_ip.to_string()) {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
+            || listed.contains(name);
+        if !dropped {
+            out.append(name.clone(), value);
+        }
     }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-    if let Some(host) = info.host.and_then(|h| HeaderValue::from_str(h).ok()) {
-        headers.insert(X_FORWARDED_HOST.clone(), host);
+    out.insert(X_FORWARDED_FOR.clone(), info.forwarded_for.clone());
+    out.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    if let Some(host) = &info.host {
+        out.insert(X_FORWARDED_HOST.clone(), host.clone());
     }
     let hop = match version {
         Version::HTTP_2 => "2 whosthat",
         Version::HTTP_10 => "1.0 whosthat",
         _ => "1.1 whosthat",
     };
-    let via = if prior_via.is_empty() {
-        HeaderValue::from_static(hop)
-    } else {
-        HeaderValue::try_from(format!("{}, {hop}", prior_via.join(", ")))
-            .unwrap_or(HeaderValue::from_static(hop))
+    let via = match via {
+        None => HeaderValue::from_static(hop),
+        Some(prior) => HeaderValue::try_from(format!("{prior}, {hop}"))
+            .unwrap_or(HeaderValue::from_static(hop)),
     };
-    headers.insert(header::VIA, via);
+    out.insert(header::VIA, via);
     if let Some(grant) = info.identity {
-        if let Some(user) = &grant.user
-            && let Ok(v) = HeaderValue::from_bytes(user.as_bytes())
-        {
-            headers.insert(X_AUTH_USER.clone(), v);
+        let h = &grant.headers;
+        if let Some(user) = &h.user {
+            out.insert(X_AUTH_USER.clone(), user.clone());
         }
-        if let Ok(v) = HeaderValue::from_bytes(grant.client.as_bytes()) {
-            headers.insert(X_AUTH_CLIENT.clone(), v);
-        }
-        if let Ok(v) = HeaderValue::try_from(grant.scope.to_string()) {
-            headers.insert(X_AUTH_SCOPE.clone(), v);
-        }
+        out.insert(X_AUTH_CLIENT.clone(), h.client.clone());
+        out.insert(X_AUTH_SCOPE.clone(), h.scope.clone());
     }
+    *headers = out;
 }
 
 /// Drops hop-by-hop headers from an upstream response.
@@ -246,15 +260,15 @@ mod tests {
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
         h.insert("via", HeaderValue::from_static("1.1 edge"));
         h.insert("accept", HeaderValue::from_static("*/*"));
-        let grant = Grant {
-            user: Some(Arc::from("stefano")),
-            client: Arc::from("cli"),
-            scope: ScopeSet::parse("read write").unwrap(),
-            family: 0,
-        };
+        let grant = Grant::new(
+            Some(Arc::from("stefano")),
+            Arc::from("cli"),
+            ScopeSet::parse("read write").unwrap(),
+        );
+        let xff = HeaderValue::from_static("127.0.0.1");
         let info = ForwardInfo {
-            peer_ip: "127.0.0.1".parse().unwrap(),
-            host: Some("gw.example"),
+            forwarded_for: &xff,
+            host: Some(HeaderValue::from_static("gw.example")),
             identity: Some(&grant),
         };
         upstream_request_headers(&mut h, Version::HTTP_11, &info);

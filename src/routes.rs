@@ -76,13 +76,12 @@ pub fn normalize_path(raw: &str) -> Result<String, PathRejection> {
         }
     }
     // Segment checks run on the decoded form, so `%2e%2e` is caught like `..`.
-    let segments: Vec<&str> = out[1..].split('/').collect();
-    let last = segments.len() - 1;
-    for (n, seg) in segments.iter().enumerate() {
-        if *seg == "." || *seg == ".." {
+    let mut segments = out[1..].split('/').peekable();
+    while let Some(seg) = segments.next() {
+        if seg == "." || seg == ".." {
             return Err("the path has a '.' or '..' segment");
         }
-        if seg.is_empty() && n != last {
+        if seg.is_empty() && segments.peek().is_some() {
             return Err("the path has an empty segment ('//')");
         }
     }
@@ -203,7 +202,9 @@ impl Route {
 #[derive(Debug, Default)]
 pub struct RouteTable {
     routes: Vec<Route>,
-    by_prefix: HashMap<String, usize>,
+    /// foldhash: fast, and seeded per process; the table is fixed at load time,
+    /// so request paths only ever look up.
+    by_prefix: HashMap<String, usize, foldhash::fast::RandomState>,
 }
 
 impl RouteTable {

@@ -14,7 +14,7 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::{Config, ServerConfig};
-use crate::gateway::{AppState, handle};
+use crate::gateway::{AppState, ConnInfo, handle};
 use crate::store::now_secs;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -90,6 +90,8 @@ async fn sweep_loop(state: Arc<AppState>, every: Duration) {
             Ok(n) => tracing::debug!(swept = n, "expired tokens removed"),
             Err(e) => tracing::warn!(error = %e, "token sweep failed"),
         }
+        // After the tokens: grants only they held go too.
+        state.grants.sweep();
     }
 }
 
@@ -127,9 +129,11 @@ async fn serve_connection(
         return;
     };
     let svc_state = state.clone();
+    let conn = Arc::new(ConnInfo::new(peer));
     let service = service_fn(move |req| {
         let state = svc_state.clone();
-        async move { Ok::<_, Infallible>(handle(state, req, peer).await) }
+        let conn = conn.clone();
+        async move { Ok::<_, Infallible>(handle(state, req, conn).await) }
     });
     let io = TokioIo::new(stream);
     let result = if h2 {

@@ -23,7 +23,7 @@ use super::{OAuthContext, pkce, read_form};
 use crate::config::{Client, GrantType, User};
 use crate::error::{Body, GatewayError, full};
 use crate::scope::ScopeSet;
-use crate::store::{CodeRecord, Grant, TokenHash, new_token, now_secs, random_u64};
+use crate::store::{CodeRecord, TokenHash, new_token, now_secs, random_u64};
 
 pub const AUTHORIZE_PATH: &str = "/auth/authorize";
 const COOKIE_NAME: &str = "whosthat_authz";
@@ -246,12 +246,12 @@ impl Authorizer {
                 };
                 let code = new_token();
                 let rec = CodeRecord {
-                    grant: Arc::new(Grant {
-                        user: Some(user.name.clone()),
-                        client: areq.client.id.clone(),
+                    grant: ctx.grants.intern(
+                        Some(user.name.clone()),
+                        areq.client.id.clone(),
                         scope,
-                        family: random_u64(),
-                    }),
+                    ),
+                    family: random_u64(),
                     redirect_uri: areq.redirect_uri.clone(),
                     redirect_uri_given: areq.redirect_uri_given,
                     code_challenge: areq.code_challenge.clone(),

@@ -82,7 +82,7 @@ pub async fn revoke(
                 .map_err(|_| GatewayError::StoreUnavailable)?;
         }
         Some(Found::Refresh(rec)) if rec.grant.client == client.client.id => {
-            revoke_family(ctx, rec.grant.family).await?;
+            revoke_family(ctx, rec.family).await?;
         }
         _ => {}
     }
@@ -118,7 +118,7 @@ pub async fn introspect(
         "token_type": token_type,
         "exp": rec.expires_at,
         "iat": rec.issued_at,
-        "sub": g.user.as_deref().unwrap_or(&g.client),
+        "sub": g.subject(),
         "iss": ctx.config.oauth.issuer,
     });
     if let Some(user) = &g.user {
@@ -146,7 +146,7 @@ pub async fn userinfo(
         ))?;
     let g = &rec.grant;
     Ok(json_response(&json!({
-        "sub": g.user.as_deref().unwrap_or(&g.client),
+        "sub": g.subject(),
         "user": g.user.as_deref(),
         "client": g.client.as_ref(),
         "scope": g.scope.to_string(),

@@ -23,7 +23,7 @@ use crate::error::{Body, GatewayError, OAuthCode, full};
 use crate::password::PasswordPool;
 use crate::scope::ScopeSet;
 use crate::store::{
-    Grant, Redeem, TokenHash, TokenRecord, TokenStore, new_token, now_secs, random_u64,
+    Grant, Grants, Redeem, TokenHash, TokenRecord, TokenStore, new_token, now_secs, random_u64,
 };
 
 pub mod authorize;
@@ -113,6 +113,7 @@ pub struct OAuthContext<'a> {
     pub store: &'a dyn TokenStore,
     pub passwords: &'a PasswordPool,
     pub limiter: &'a Limiter,
+    pub grants: &'a Grants,
     /// The client's address, for brute-force accounting.
     pub peer: IpAddr,
 }
@@ -284,14 +285,11 @@ async fn password_grant(
         ))?;
     let allowed = user.scopes.intersection(&client.client.scopes);
     let scope = grant_scope(requested, &allowed)?;
-    let grant = Arc::new(Grant {
-        user: Some(user.name.clone()),
-        client: client.client.id.clone(),
-        scope,
-        family: random_u64(),
-    });
+    let grant = ctx
+        .grants
+        .intern(Some(user.name.clone()), client.client.id.clone(), scope);
     let with_refresh = client.client.allows(GrantType::RefreshToken);
-    issue_tokens(ctx, grant, with_refresh).await
+    issue_tokens(ctx, grant, random_u64(), with_refresh).await
 }
 
 async fn client_credentials_grant(
@@ -306,14 +304,9 @@ async fn client_credentials_grant(
         ));
     }
     let scope = grant_scope(requested, &client.client.scopes)?;
-    let grant = Arc::new(Grant {
-        user: None,
-        client: client.client.id.clone(),
-        scope,
-        family: random_u64(),
-    });
+    let grant = ctx.grants.intern(None, client.client.id.clone(), scope);
     // Section 4.4.3: a refresh token SHOULD NOT be included.
-    issue_tokens(ctx, grant, false).await
+    issue_tokens(ctx, grant, random_u64(), false).await
 }
 
 /// Revokes a grant family for as long as any of its tokens could live.
@@ -373,12 +366,10 @@ async fn refresh_grant(
     let grant = if scope == rec.grant.scope {
         rec.grant.clone()
     } else {
-        Arc::new(Grant {
-            scope,
-            ..(*rec.grant).clone()
-        })
+        ctx.grants
+            .intern(rec.grant.user.clone(), rec.grant.client.clone(), scope)
     };
-    issue_tokens(ctx, grant, true).await
+    issue_tokens(ctx, grant, rec.family, true).await
 }
 
 /// The authorization code grant (section 4.1.3) with PKCE (RFC 7636 section 4.6).
@@ -423,7 +414,7 @@ async fn code_grant(
         _ => return Err(BAD),
     }
     let with_refresh = client.client.allows(GrantType::RefreshToken);
-    issue_tokens(ctx, rec.grant, with_refresh).await
+    issue_tokens(ctx, rec.grant, rec.family, with_refresh).await
 }
 
 pub fn ttl_secs(d: Duration) -> u64 {
@@ -433,6 +424,7 @@ pub fn ttl_secs(d: Duration) -> u64 {
 async fn issue_tokens(
     ctx: &OAuthContext<'_>,
     grant: Arc<Grant>,
+    family: u64,
     with_refresh: bool,
 ) -> Result<TokenResponse, GatewayError> {
     let now = now_secs();
@@ -443,6 +435,7 @@ async fn issue_tokens(
     if let Some(refresh) = &refresh {
         let rec = TokenRecord {
             grant: grant.clone(),
+            family,
             issued_at: now,
             expires_at: now + ttl_secs(ctx.config.oauth.refresh_token_ttl),
         };
@@ -453,6 +446,7 @@ async fn issue_tokens(
     }
     let rec = TokenRecord {
         grant,
+        family,
         issued_at: now,
         expires_at: now + access_ttl,
     };

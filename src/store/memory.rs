@@ -79,7 +79,7 @@ impl MemoryStore {
     }
 
     fn live(&self, rec: &TokenRecord, now: u64) -> bool {
-        rec.is_live(now) && !self.family_revoked(rec.grant.family)
+        rec.is_live(now) && !self.family_revoked(rec.family)
     }
 
     fn redeem<T: Clone>(
@@ -138,7 +138,7 @@ impl TokenStore for MemoryStore {
             &key,
             false,
             |r| self.live(r, now),
-            |r| r.grant.family,
+            |r| r.family,
         ))
     }
 
@@ -149,7 +149,7 @@ impl TokenStore for MemoryStore {
             &key,
             true,
             |r| self.live(r, now),
-            |r| r.grant.family,
+            |r| r.family,
         ))
     }
 
@@ -164,8 +164,8 @@ impl TokenStore for MemoryStore {
             &self.codes,
             &key,
             true,
-            |c| now < c.expires_at && !self.family_revoked(c.grant.family),
-            |c| c.grant.family,
+            |c| now < c.expires_at && !self.family_revoked(c.family),
+            |c| c.family,
         ))
     }
 
@@ -209,12 +209,12 @@ mod tests {
 
     fn rec_in(family: u64, expires_at: u64) -> TokenRecord {
         TokenRecord {
-            grant: Arc::new(Grant {
-                user: Some(Arc::from("u")),
-                client: Arc::from("c"),
-                scope: ScopeSet::parse("read").unwrap(),
-                family,
-            }),
+            grant: Arc::new(Grant::new(
+                Some(Arc::from("u")),
+                Arc::from("c"),
+                ScopeSet::parse("read").unwrap(),
+            )),
+            family,
             issued_at: now_secs(),
             expires_at,
         }

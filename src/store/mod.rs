@@ -10,8 +10,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use std::sync::Weak;
+
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use dashmap::DashMap;
+use http::HeaderValue;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -80,20 +84,92 @@ pub fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
-/// Who a token speaks for, shared by every token of one grant.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Who a token speaks for: user, client and scope. Immutable and interned (see
+/// [`Grants`]): every live token with the same three shares one `Arc<Grant>`,
+/// so a token costs its map entry and little more.
+#[derive(Debug, PartialEq, Eq)]
 pub struct Grant {
     /// `None` for client_credentials tokens.
     pub user: Option<Arc<str>>,
     pub client: Arc<str>,
     pub scope: ScopeSet,
-    /// Every token descended from one original grant shares this id.
-    pub family: u64,
+    /// The identity headers the upstream gets, built once.
+    pub headers: IdentityHeaders,
+}
+
+/// `X-Auth-User`, `X-Auth-Client`, `X-Auth-Scope` values of a grant.
+#[derive(Debug, PartialEq, Eq)]
+pub struct IdentityHeaders {
+    pub user: Option<HeaderValue>,
+    pub client: HeaderValue,
+    pub scope: HeaderValue,
+}
+
+impl Grant {
+    pub fn new(user: Option<Arc<str>>, client: Arc<str>, scope: ScopeSet) -> Grant {
+        // Names were checked for control characters when the config was loaded;
+        // anything else that cannot be a header value is left out, never sent raw.
+        let value = |s: &str| HeaderValue::from_bytes(s.as_bytes()).ok();
+        let headers = IdentityHeaders {
+            user: user.as_deref().and_then(value),
+            client: value(&client).unwrap_or(HeaderValue::from_static("")),
+            scope: value(&scope.to_string()).unwrap_or(HeaderValue::from_static("")),
+        };
+        Grant {
+            user,
+            client,
+            scope,
+            headers,
+        }
+    }
+
+    /// `sub`: the user, or the client for a client_credentials token.
+    pub fn subject(&self) -> &str {
+        self.user.as_deref().unwrap_or(&self.client)
+    }
+}
+
+type GrantKey = (Option<Arc<str>>, Arc<str>, ScopeSet);
+
+/// The grant interner: one `Arc<Grant>` per (user, client, scope) in use.
+#[derive(Default)]
+pub struct Grants(DashMap<GrantKey, Weak<Grant>>);
+
+impl Grants {
+    pub fn intern(&self, user: Option<Arc<str>>, client: Arc<str>, scope: ScopeSet) -> Arc<Grant> {
+        let key = (user, client, scope);
+        if let Some(g) = self.0.get(&key).and_then(|w| w.upgrade()) {
+            return g;
+        }
+        let mut slot = self.0.entry(key.clone()).or_default();
+        if let Some(g) = slot.upgrade() {
+            return g;
+        }
+        let g = Arc::new(Grant::new(key.0, key.1, key.2));
+        *slot = Arc::downgrade(&g);
+        g
+    }
+
+    /// Forgets grants no token holds any more.
+    pub fn sweep(&self) {
+        self.0.retain(|_, w| w.strong_count() > 0);
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct TokenRecord {
     pub grant: Arc<Grant>,
+    /// Every token descended from one original authorization (a login, a code,
+    /// a client_credentials request) shares this id; revocation is by family.
+    pub family: u64,
     /// Unix seconds.
     pub issued_at: u64,
     /// Unix seconds; the token is dead from this second on.
@@ -109,8 +185,10 @@ impl TokenRecord {
 /// An authorization code's record (RFC 6749 section 4.1.2, RFC 7636).
 #[derive(Debug, Clone)]
 pub struct CodeRecord {
-    /// User, client and granted scope; the family of every token the code yields.
+    /// User, client and granted scope.
     pub grant: Arc<Grant>,
+    /// The family of every token the code yields.
+    pub family: u64,
     /// The redirect URI the code was sent to.
     pub redirect_uri: String,
     /// Whether the authorization request named it (then the token request must repeat it).
@@ -166,4 +244,27 @@ pub trait TokenStore: Send + Sync + 'static {
     fn sweep_expired(&self, now: u64) -> StoreFuture<'_, usize>;
     /// Access and refresh tokens held (including expired ones not yet swept).
     fn token_counts(&self) -> (usize, usize);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grants_are_shared_while_held() {
+        let g = Grants::default();
+        let scope = || ScopeSet::parse("read write").unwrap();
+        let a = g.intern(Some(Arc::from("u")), Arc::from("c"), scope());
+        let b = g.intern(Some(Arc::from("u")), Arc::from("c"), scope());
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(a.headers.scope, "read write");
+        assert_eq!(a.headers.user.as_ref().unwrap(), "u");
+        let c = g.intern(None, Arc::from("c"), scope());
+        assert!(!Arc::ptr_eq(&a, &c));
+        assert!(c.headers.user.is_none());
+        assert_eq!(c.subject(), "c");
+        drop((a, b, c));
+        g.sweep();
+        assert!(g.is_empty());
+    }
 }

@@ -68,6 +68,7 @@ struct RawServer {
     header_read_timeout: Option<Spanned<String>>,
     shutdown_timeout: Option<Spanned<String>>,
     max_header_bytes: Option<Spanned<i64>>,
+    workers: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -150,6 +151,8 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     /// Upper bound on the bytes of a request head.
     pub max_header_bytes: usize,
+    /// Threads serving connections, each with its own runtime.
+    pub workers: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -348,6 +351,12 @@ fn spanned_items(
         .flat_map(|l| l.get_ref().iter().map(move |item| (item, l.span())))
 }
 
+fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
 struct Validator<'a> {
     text: &'a str,
     file: &'a Path,
@@ -510,6 +519,7 @@ impl Validator<'_> {
                 1 << 20,
                 DEFAULT_MAX_HEADER_BYTES,
             )?,
+            workers: self.positive(&server_raw.workers, "server.workers", 1, 1024, cores())?,
         };
 
         // [oauth]
@@ -568,9 +578,7 @@ impl Validator<'_> {
             }
             None => format!("http://{listen}"),
         };
-        let workers_default = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1);
+        let workers_default = cores();
         let mut oauth = OAuthConfig {
             issuer,
             token_path,

@@ -17,7 +17,7 @@ use crate::oauth::endpoints::{self, INTROSPECT_PATH, METADATA_PATH, REVOKE_PATH,
 use crate::oauth::limiter::Limiter;
 use crate::oauth::{OAuthContext, token_endpoint};
 use crate::password::PasswordPool;
-use crate::proxy::{ForwardInfo, UpstreamClient, forward, new_client};
+use crate::proxy::{ForwardInfo, forward};
 use crate::routes::normalize_path;
 use crate::store::{Grants, MemoryStore, TokenHash, TokenStore};
 
@@ -29,7 +29,6 @@ pub struct AppState {
     pub limiter: Limiter,
     pub authorizer: Authorizer,
     pub grants: Grants,
-    pub upstream: UpstreamClient,
 }
 
 impl AppState {
@@ -45,7 +44,6 @@ impl AppState {
             limiter: Limiter::default(),
             authorizer: Authorizer::new(),
             grants: Grants::default(),
-            upstream: new_client(),
             config,
         }
     }
@@ -186,7 +184,7 @@ async fn handle_inner<'s>(
         identity: record.as_ref().map(|r| r.grant.as_ref()),
     };
     let upstream = route.pick_upstream();
-    forward(&state.upstream, req, route, upstream, &path, &info).await
+    forward(req, route, upstream, &path, &info).await
 }
 
 /// The gateway's own endpoints.

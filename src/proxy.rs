@@ -16,8 +16,18 @@ use crate::store::Grant;
 
 pub type UpstreamClient = Client<HttpConnector, Body>;
 
-/// One keep-alive pool shared by every route.
-pub fn new_client() -> UpstreamClient {
+thread_local! {
+    /// One keep-alive pool per worker thread, shared by every route: a pooled
+    /// connection is always driven by the thread that uses it.
+    static CLIENT: UpstreamClient = new_client();
+}
+
+/// This thread's upstream client.
+pub fn upstream_client() -> UpstreamClient {
+    CLIENT.with(UpstreamClient::clone)
+}
+
+fn new_client() -> UpstreamClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(Duration::from_secs(5)));
@@ -187,7 +197,6 @@ fn downstream_response_headers(headers: &mut HeaderMap) {
 
 /// Sends the request to `upstream` and returns its response, bodies streamed both ways.
 pub async fn forward(
-    client: &UpstreamClient,
     req: Request<Incoming>,
     route: &Route,
     upstream: &Upstream,
@@ -205,6 +214,7 @@ pub async fn forward(
     upstream_request_headers(&mut parts.headers, parts.version, info);
     parts.version = Version::HTTP_11;
     let upstream_req = Request::from_parts(parts, body.boxed());
+    let client = upstream_client();
     let resp = match tokio::time::timeout(route.timeout, client.request(upstream_req)).await {
         Err(_) => return Err(GatewayError::UpstreamTimeout),
         Ok(Err(e)) => {

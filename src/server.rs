@@ -12,6 +12,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, watch};
 
 use crate::config::{Config, ServerConfig};
 use crate::gateway::{AppState, ConnInfo, handle};
@@ -21,6 +22,12 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Runs the gateway on `listener` until `shutdown` completes, then lets requests
 /// in flight finish for at most `server.shutdown_timeout`.
+///
+/// Connections are served by `server.workers` threads, each with its own
+/// single-threaded runtime and its own upstream connection pool, all accepting
+/// from the same socket (as nginx's workers do): a request and its upstream
+/// exchange stay on one thread, with no cross-thread wake-ups on the hot path.
+/// The caller's runtime keeps the housekeeping (expiry sweeps).
 pub async fn serve(
     config: Arc<Config>,
     listener: TcpListener,
@@ -28,9 +35,49 @@ pub async fn serve(
 ) -> io::Result<()> {
     let state = Arc::new(AppState::new(config.clone()));
     let sweeper = tokio::spawn(sweep_loop(state.clone(), config.store.sweep_interval));
+    let workers = config.server.workers;
+    tracing::info!(listen = %listener.local_addr()?, workers, "whosthat is serving");
+    let listener = listener.into_std()?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut finished = Vec::with_capacity(workers);
+    for n in 0..workers {
+        let listener = listener.try_clone()?;
+        let (state, stop) = (state.clone(), stop_rx.clone());
+        let (done_tx, done_rx) = oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("whosthat-worker-{n}"))
+            .spawn(move || {
+                let result = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .and_then(|rt| rt.block_on(worker(listener, state, stop)));
+                let _ = done_tx.send(result);
+            })?;
+        finished.push(done_rx);
+    }
+    drop(listener);
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    let mut result = Ok(());
+    for done in finished {
+        match done.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => result = Err(e),
+            Err(_) => result = Err(io::Error::other("a worker thread died")),
+        }
+    }
+    sweeper.abort();
+    result
+}
+
+/// One worker: accepts and serves connections until told to stop, then drains.
+async fn worker(
+    listener: std::net::TcpListener,
+    state: Arc<AppState>,
+    mut stop: watch::Receiver<bool>,
+) -> io::Result<()> {
+    let listener = TcpListener::from_std(listener)?;
     let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    tracing::info!(listen = %listener.local_addr()?, "whosthat is serving");
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -48,7 +95,7 @@ pub async fn serve(
                 let watcher = graceful.watcher();
                 tokio::spawn(serve_connection(stream, peer, state, watcher));
             }
-            _ = &mut shutdown => break,
+            _ = stop.wait_for(|stop| *stop) => break,
         }
     }
     drop(listener);
@@ -56,14 +103,13 @@ pub async fn serve(
         connections = graceful.count(),
         "shutting down: no new connections, finishing requests in flight"
     );
-    let grace = config.server.shutdown_timeout;
+    let grace = state.config.server.shutdown_timeout;
     if tokio::time::timeout(grace, graceful.shutdown())
         .await
         .is_err()
     {
         tracing::warn!(after = ?grace, "shutdown grace period over; dropping remaining connections");
     }
-    sweeper.abort();
     Ok(())
 }
 
@@ -133,7 +179,11 @@ async fn serve_connection(
     let service = service_fn(move |req| {
         let state = svc_state.clone();
         let conn = conn.clone();
-        async move { Ok::<_, Infallible>(handle(state, req, conn).await) }
+        // Boxed: the connection holds a slot for this future even while idle, and
+        // the request pipeline's future is several KiB; boxed, an idle
+        // keep-alive connection holds a pointer instead.
+        let fut = Box::pin(handle(state, req, conn));
+        async move { Ok::<_, Infallible>(fut.await) }
     });
     let io = TokioIo::new(stream);
     let result = if h2 {

@@ -75,7 +75,9 @@ fn fail<K: std::hash::Hash + Eq>(
         // 1 s, 2 s, 4 s, ... up to the cap.
         let exp = (e.failures - BLOCK_AFTER).min(20);
         let block = Duration::from_secs(1u64 << exp).min(max_block);
-        e.blocked_until = Some(now + block);
+        // Counted from when the (held back) failed answer has gone out, so the
+        // block is still on when the client can try again.
+        e.blocked_until = Some(now + MAX_DELAY + block);
     }
     e.failures
 }
@@ -90,7 +92,11 @@ impl Limiter {
             now,
         );
         match addr_block.max(pair_block) {
-            Some(d) => Err(d.max(Duration::from_secs(1))),
+            // Whole seconds, rounded up: a client that waits that long is let in.
+            Some(d) => Err(
+                Duration::from_secs(d.as_secs() + u64::from(d.subsec_nanos() > 0))
+                    .max(Duration::from_secs(1)),
+            ),
             None => Ok(()),
         }
     }
@@ -147,7 +153,7 @@ mod tests {
         }
         l.failure("alice", A);
         let retry = l.check("alice", A).unwrap_err();
-        assert!(retry >= Duration::from_secs(1) && retry <= PAIR_MAX_BLOCK);
+        assert!(retry >= Duration::from_secs(1) && retry <= PAIR_MAX_BLOCK + MAX_DELAY);
         // The address is blocked for every name...
         assert!(l.check("bob", A).is_err());
         // ...but alice from elsewhere is only slowed, never refused.
@@ -169,9 +175,9 @@ mod tests {
             Instant::now(),
         )
         .unwrap();
-        assert!(pair <= PAIR_MAX_BLOCK);
+        assert!(pair <= PAIR_MAX_BLOCK + MAX_DELAY);
         let addr = blocked_for(l.by_addr.get(&A).map(|e| *e), Instant::now()).unwrap();
-        assert!(addr <= ADDR_MAX_BLOCK && addr > PAIR_MAX_BLOCK);
+        assert!(addr <= ADDR_MAX_BLOCK + MAX_DELAY && addr > PAIR_MAX_BLOCK + MAX_DELAY);
     }
 
     #[test]

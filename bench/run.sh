@@ -1,23 +1,55 @@
 #!/usr/bin/env bash
 # whosthat benchmark: authenticated proxied GETs through whosthat, side by side with
 # nginx as a plain reverse proxy and with the upstream called directly, plus
-# password-grant token issuance. Everything runs on 127.0.0.1 with its own config
-# and pid files under bench/out/; only what this script started is stopped.
+# password-grant token issuance; the proxied p99 under a concurrent login flood;
+# memory per idle keep-alive connection (whosthat vs nginx); memory per live token
+# (cargo bench --bench token_memory); the argon2 bound from criterion's measurement
+# of one verification (cargo bench --bench hot_paths -- argon2/). Everything runs on
+# 127.0.0.1 with its own config and pid files under bench/out/; only what this
+# script started is stopped. One summary is printed at the end.
 #
-#   bench/run.sh                 # defaults: 3 rounds of 10 s per contender, 50 connections
-#   DURATION=5 ROUNDS=1 bench/run.sh
+#   bench/run.sh                     # defaults: 3 rounds of 10 s per contender, 50 connections
+#   DURATION=3 ROUNDS=1 bench/run.sh # a quick pass
+#
+# Knobs (env): DURATION (s per load run), ROUNDS, CONNS (wrk connections),
+# FLOOD_CONNS (connections of the login flood, default 4), IDLE_CONNS (idle
+# keep-alive connections per proxy, default 10000; 0 skips that part),
+# TOKEN_MEMORY=0 / ARGON2_CRITERION=0 skip those cargo benches, BENCH_OUT (default
+# bench/out) is where configs, pid files and raw outputs go.
 #
 # Installs nginx and wrk from Debian when they are missing (needs root / apt-get).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-OUT="$ROOT/bench/out"
+OUT=${BENCH_OUT:-$ROOT/bench/out}
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-3}
 CONNS=${CONNS:-50}
+FLOOD_CONNS=${FLOOD_CONNS:-4}
+IDLE_CONNS=${IDLE_CONNS:-10000}
+TOKEN_MEMORY=${TOKEN_MEMORY:-1}
+ARGON2_CRITERION=${ARGON2_CRITERION:-1}
 THREADS=$(nproc)
 mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+
+# One run per output directory: two would share pid files and stop each other's nginx.
+exec 9> "$OUT/.lock"
+if ! flock -n 9; then
+    echo "bench/run.sh: another run is using $OUT; wait for it, or set BENCH_OUT to another directory" >&2
+    exit 1
+fi
+
+# Every process started below inherits this: 10,000 idle connections need as many
+# descriptors in the client and in the server under test.
+HARD_NOFILE=$(ulimit -Hn)
+if [ "$HARD_NOFILE" = unlimited ] || [ "$HARD_NOFILE" -gt 65536 ]; then NOFILE=65536; else NOFILE=$HARD_NOFILE; fi
+ulimit -n "$NOFILE"
+if [ "$IDLE_CONNS" -gt $((NOFILE - 512)) ]; then
+    echo "ulimit -n is at most $NOFILE here: idle connections lowered from $IDLE_CONNS to $((NOFILE - 512))" >&2
+    IDLE_CONNS=$((NOFILE - 512))
+fi
 
 need() {
     if ! command -v "$1" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$1" ]; then
@@ -43,9 +75,14 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "building whosthat (release) ..." >&2
+echo "building whosthat (release) and the benches ..." >&2
 cargo build --release --quiet
 BIN="$ROOT/target/release/whosthat"
+if [ "$TOKEN_MEMORY" = 1 ] || [ "$ARGON2_CRITERION" = 1 ]; then
+    cargo bench --no-run --quiet --bench hot_paths --bench token_memory
+fi
+TARGET_DIR=$(cargo metadata --format-version 1 --no-deps |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 
 # --- upstream: nginx answering a small static body, one worker
 cat > "$OUT/nginx-upstream.conf" <<EOF
@@ -62,17 +99,21 @@ http {
     }
 }
 EOF
-"$NGINX" -c "$OUT/nginx-upstream.conf" -p "$OUT" -e "$OUT/nginx-upstream.err"
+"$NGINX" -c "$OUT/nginx-upstream.conf" -p "$OUT" -e "$OUT/nginx-upstream.err" 9>&-
 
-# --- nginx as the peer: plain reverse proxy, keep-alive pool, as many workers as whosthat has threads
+# --- nginx as the peer: plain reverse proxy, keep-alive pool, as many workers as whosthat has threads.
+# Room for all the idle connections in one worker (accepts need not spread evenly);
+# keep-alive connections live 120 s, like whosthat's below.
 cat > "$OUT/nginx-proxy.conf" <<EOF
 worker_processes $THREADS;
+worker_rlimit_nofile $NOFILE;
 pid $OUT/nginx-proxy.pid;
 error_log $OUT/nginx-proxy.err warn;
-events { worker_connections 4096; }
+events { worker_connections $((IDLE_CONNS > 3072 ? IDLE_CONNS + 1024 : 4096)); }
 http {
     access_log off;
     keepalive_requests 1000000;
+    keepalive_timeout 120s;
     upstream backend { server 127.0.0.1:$UP_PORT; keepalive 128; }
     server {
         listen 127.0.0.1:$NGX_PORT;
@@ -84,14 +125,17 @@ http {
     }
 }
 EOF
-"$NGINX" -c "$OUT/nginx-proxy.conf" -p "$OUT" -e "$OUT/nginx-proxy.err"
+"$NGINX" -c "$OUT/nginx-proxy.conf" -p "$OUT" -e "$OUT/nginx-proxy.err" 9>&-
 
 # --- whosthat: a scoped, authenticated route to the same upstream
 BENCH_PW="bench-password"
 HASH=$(printf '%s' "$BENCH_PW" | "$BIN" hash-password)
+# An idle keep-alive connection is closed after header_read_timeout: 120 s, as nginx's
+# keepalive_timeout above, so the idle connections outlive their measurement.
 cat > "$OUT/gateway.toml" <<EOF
 [server]
 listen = "127.0.0.1:$GW_PORT"
+header_read_timeout = "120s"
 [oauth]
 default_client = "bench-cli"
 [[users]]
@@ -109,8 +153,9 @@ strip_prefix = true
 scopes = ["read"]
 EOF
 # Access logs off on both sides (nginx: access_log off).
-RUST_LOG=warn "$BIN" -c "$OUT/gateway.toml" > "$OUT/whosthat.log" 2>&1 &
-PIDS+=($!)
+RUST_LOG=warn "$BIN" -c "$OUT/gateway.toml" > "$OUT/whosthat.log" 2>&1 9>&- &
+GW_PID=$!
+PIDS+=("$GW_PID")
 for _ in $(seq 50); do
     curl -s -o /dev/null "http://127.0.0.1:$GW_PORT/" && break
     sleep 0.1
@@ -156,6 +201,74 @@ for r in $(seq "$ROUNDS"); do
     echo "  round $r done" >&2
 done
 
+# --- memory per idle keep-alive connection: IDLE_CONNS connections, one GET each,
+# then the server's RSS minus its RSS before, per connection. Before any login load:
+# each argon2 verification allocates 19 MiB, and memory the allocator keeps from
+# those could absorb the connections' allocations and hide them from RSS.
+rss_kib() { # pids... -> summed VmRSS in KiB
+    local total=0 p r
+    for p in "$@"; do
+        r=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null || true)
+        total=$((total + ${r:-0}))
+    done
+    echo "$total"
+}
+nginx_workers() { # children of the proxy nginx's master
+    local master
+    master=$(cat "$OUT/nginx-proxy.pid")
+    awk -v m="$master" '$4 == m {print $1}' /proc/[0-9]*/stat 2>/dev/null || true
+}
+established() { # server-side established connections on a port
+    if command -v ss >/dev/null 2>&1; then
+        ss -Htn state established "( sport = :$1 )" | wc -l
+    else
+        echo "?"
+    fi
+}
+idle_test() { # name port pid-lister [extra client args...]
+    local name=$1 port=$2 lister=$3; shift 3
+    local before after line client est
+    # Warm-up: a few hundred connections opened, used and closed first, so memory the
+    # allocator still holds from start-up (mimalloc returns freed memory lazily) is
+    # given back before the baseline, not during the measurement.
+    timeout 70 python3 "$ROOT/bench/idle_conns.py" --port "$port" --count 300 \
+        --path /api/ --timeout 60 --hold 0 "$@" > /dev/null 2>&1 || true
+    sleep 1
+    # shellcheck disable=SC2046
+    before=$(rss_kib $($lister))
+    timeout 200 python3 "$ROOT/bench/idle_conns.py" --port "$port" --count "$IDLE_CONNS" \
+        --path /api/ --timeout 60 --hold 100 "$@" > "$OUT/idle-$name.txt" 2> "$OUT/idle-$name.err" &
+    client=$!
+    PIDS+=("$client")
+    line=""
+    for _ in $(seq 700); do # at most 70 s: the client gives up setting up after 60 s
+        line=$(grep '^ready' "$OUT/idle-$name.txt" || true)
+        [ -n "$line" ] && break
+        kill -0 "$client" 2>/dev/null || break
+        sleep 0.1
+    done
+    sleep 1
+    # shellcheck disable=SC2046
+    after=$(rss_kib $($lister))
+    est=$(established "$port")
+    kill "$client" 2>/dev/null || true
+    wait "$client" 2>/dev/null || true
+    if [ -z "$line" ]; then
+        echo "  $name: the idle-connection client did not finish; see $OUT/idle-$name.err" >&2
+        line="ready 0 $IDLE_CONNS 0"
+    fi
+    # name open failed setup_s rss_before_kib rss_after_kib established
+    echo "$name ${line#ready } $before $after $est" >> "$OUT/idle.txt"
+    sleep 1
+}
+gw_pid() { echo "$GW_PID"; }
+: > "$OUT/idle.txt"
+if [ "$IDLE_CONNS" -gt 0 ]; then
+    echo "idle keep-alive connections: $IDLE_CONNS to each proxy ..." >&2
+    idle_test whosthat "$GW_PORT" gw_pid --header "Authorization: Bearer $TOKEN"
+    idle_test nginx "$NGX_PORT" nginx_workers
+fi
+
 # --- token issuance: password grant, a fresh login per request
 cat > "$OUT/login.lua" <<EOF
 wrk.method = "POST"
@@ -166,10 +279,55 @@ wrk -t1 -c"$THREADS" -d"${DURATION}s" --latency -s "$OUT/login.lua" \
     "http://127.0.0.1:$GW_PORT/auth/access_token" > "$OUT/wrk-login.txt" 2>&1
 LOGIN=$(parse_wrk < "$OUT/wrk-login.txt")
 
-# The machine's argon2 bound: cores / one verification's time (hash-password does one
-# argon2id computation with the same parameters; process start-up is included, so the
-# bound is slightly underestimated).
-VERIFY_MS=$(python3 - "$BIN" <<'EOF'
+# --- login flood: whosthat's proxied p99 alone, then with a password-grant flood
+# (a second wrk, FLOOD_CONNS connections) for the same time; interleaved rounds.
+: > "$OUT/flood.txt"
+echo "login flood: $ROUNDS rounds x ${DURATION}s alone and with $FLOOD_CONNS login connections ..." >&2
+for r in $(seq "$ROUNDS"); do
+    wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H "Authorization: Bearer $TOKEN" \
+        "http://127.0.0.1:$GW_PORT/api/" > "$OUT/wrk-alone.txt" 2>&1
+    echo "alone $(parse_wrk < "$OUT/wrk-alone.txt")" >> "$OUT/flood.txt"
+    wrk -t1 -c"$FLOOD_CONNS" -d"${DURATION}s" --latency -s "$OUT/login.lua" \
+        "http://127.0.0.1:$GW_PORT/auth/access_token" > "$OUT/wrk-flood-login.txt" 2>&1 &
+    FLOOD_PID=$!
+    PIDS+=("$FLOOD_PID")
+    wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H "Authorization: Bearer $TOKEN" \
+        "http://127.0.0.1:$GW_PORT/api/" > "$OUT/wrk-flooded.txt" 2>&1
+    wait "$FLOOD_PID"
+    echo "flooded $(parse_wrk < "$OUT/wrk-flooded.txt")" >> "$OUT/flood.txt"
+    # Login answers during the flood: 200s and 503s (queue full) both count as served.
+    echo "logins $(parse_wrk < "$OUT/wrk-flood-login.txt")" >> "$OUT/flood.txt"
+    echo "  round $r done" >&2
+done
+
+# --- memory per live access token (1,000,000 tokens in a MemoryStore), sweep times
+: > "$OUT/token_memory.txt"
+if [ "$TOKEN_MEMORY" = 1 ]; then
+    echo "memory per live token: cargo bench --bench token_memory ..." >&2
+    timeout 300 cargo bench --quiet --bench token_memory > "$OUT/token_memory.txt" 2> "$OUT/token_memory.err" ||
+        echo "  token_memory failed; see $OUT/token_memory.err" >&2
+fi
+
+# --- the machine's argon2 bound: cores / one verification's time, from criterion's
+# median for argon2/verify_default_params. Fallback: one `whosthat hash-password` run
+# (one argon2id computation with the same parameters, process start-up included,
+# so the bound is underestimated).
+VERIFY_MS=""
+VERIFY_SRC=""
+if [ "$ARGON2_CRITERION" = 1 ]; then
+    echo "argon2 verify: cargo bench --bench hot_paths -- argon2/ ..." >&2
+    EST="$TARGET_DIR/criterion/argon2/verify_default_params/new/estimates.json"
+    rm -f "$EST"
+    if timeout 300 cargo bench --quiet --bench hot_paths -- argon2/ > "$OUT/criterion-argon2.txt" 2>&1 &&
+        [ -f "$EST" ]; then
+        VERIFY_MS=$(python3 -c 'import json,sys; print("%.2f" % (json.load(open(sys.argv[1]))["median"]["point_estimate"] / 1e6))' "$EST")
+        VERIFY_SRC="criterion median of argon2/verify_default_params"
+    else
+        echo "  criterion argon2 bench failed; see $OUT/criterion-argon2.txt" >&2
+    fi
+fi
+if [ -z "$VERIFY_MS" ]; then
+    VERIFY_MS=$(python3 - "$BIN" <<'EOF'
 import subprocess, sys, time
 runs = []
 for _ in range(10):
@@ -180,15 +338,22 @@ runs.sort()
 print(f"{runs[len(runs)//2]*1000:.2f}")
 EOF
 )
+    VERIFY_SRC="median of 10 'whosthat hash-password' runs, process start-up included"
+fi
 
-python3 - "$OUT/results.txt" "$LOGIN" "$VERIFY_MS" "$THREADS" "$ROUNDS" "$DURATION" "$CONNS" <<'EOF'
-import statistics, sys
-path, login, verify_ms, cores, rounds, duration, conns = sys.argv[1:]
-rows = {}
-for line in open(path):
-    name, rps, p50, p99, errs = line.split()
-    rows.setdefault(name, []).append((float(rps), float(p50), float(p99), int(errs)))
-med = lambda xs: statistics.median(xs)
+python3 - "$OUT" "$LOGIN" "$VERIFY_MS" "$THREADS" "$ROUNDS" "$DURATION" "$CONNS" "$FLOOD_CONNS" "$VERIFY_SRC" <<'EOF'
+import os, re, statistics, sys
+out, login, verify_ms, cores, rounds, duration, conns, flood_conns, verify_src = sys.argv[1:]
+med = statistics.median
+
+def rows_of(path):
+    rows = {}
+    for line in open(path):
+        name, rps, p50, p99, errs = line.split()
+        rows.setdefault(name, []).append((float(rps), float(p50), float(p99), int(errs)))
+    return rows
+
+rows = rows_of(os.path.join(out, "results.txt"))
 print(f"\nwhosthat bench: {rounds} interleaved rounds x {duration}s, {conns} connections, wrk -t1, {cores} cores\n")
 print(f"| {'contender':<28} | {'req/s':>9} | {'p50 ms':>7} | {'p99 ms':>7} | {'errors':>6} |")
 print(f"|{'-'*30}|{'-'*11}|{'-'*9}|{'-'*9}|{'-'*8}|")
@@ -200,9 +365,62 @@ for name in ["direct", "nginx", "whosthat"]:
     summary[name] = (rps, p99)
     print(f"| {label[name]:<28} | {rps:>9.0f} | {p50:>7.3f} | {p99:>7.3f} | {sum(x[3] for x in r):>6} |")
 lrps, lp50, lp99, lerr = login.split()
-bound = int(cores) / (float(verify_ms) / 1000)
 print(f"| {'password grant (login)':<28} | {float(lrps):>9.0f} | {float(lp50):>7.3f} | {float(lp99):>7.3f} | {lerr:>6} |")
+flood = rows_of(os.path.join(out, "flood.txt"))
+for name, lab in [("alone", "whosthat, no login flood"), ("flooded", "whosthat + login flood"), ("logins", f"  the flood ({flood_conns} conns)")]:
+    r = flood[name]
+    rps, p50, p99 = med([x[0] for x in r]), med([x[1] for x in r]), med([x[2] for x in r])
+    summary[name] = (rps, p99)
+    print(f"| {lab:<28} | {rps:>9.0f} | {p50:>7.3f} | {p99:>7.3f} | {sum(x[3] for x in r):>6} |")
 print()
-print(f"whosthat / nginx throughput: {summary['whosthat'][0] / summary['nginx'][0]:.2f}x; p99 ratio {summary['whosthat'][1] / summary['nginx'][1]:.2f}x")
-print(f"argon2 bound: {cores} cores / {verify_ms} ms = {bound:.0f} logins/s; password grant reaches {float(lrps) / bound * 100:.0f}% of it")
+
+def verdict(ok):
+    return "met" if ok else "NOT met"
+
+thr = summary["whosthat"][0] / summary["nginx"][0]
+p99r = summary["whosthat"][1] / summary["nginx"][1]
+print(f"whosthat / nginx throughput: {thr:.2f}x; p99 ratio {p99r:.2f}x "
+      f"(target: throughput >= 1x, p99 <= 1x: {verdict(thr >= 1 and p99r <= 1)})")
+fr = summary["flooded"][1] / summary["alone"][1]
+print(f"login flood: proxied p99 {summary['alone'][1]:.3f} ms alone, {summary['flooded'][1]:.3f} ms with "
+      f"{flood_conns} login connections ({summary['logins'][0]:.0f} logins/s): {fr:.2f}x (target <= 1.5x: {verdict(fr <= 1.5)})")
+bound = int(cores) / (float(verify_ms) / 1000)
+print(f"argon2 bound: {cores} cores / {verify_ms} ms ({verify_src}) = {bound:.0f} logins/s; "
+      f"password grant reaches {float(lrps) / bound * 100:.0f}% of it")
+
+idle = {}
+for line in open(os.path.join(out, "idle.txt")):
+    name, opened, failed, secs, before, after, est = line.split()
+    idle[name] = (int(opened), int(failed), int(before), int(after), est)
+if idle:
+    parts = []
+    for name in ["whosthat", "nginx"]:
+        if name not in idle:
+            continue
+        opened, failed, before, after, est = idle[name]
+        per = (after - before) * 1024 / opened if opened else float("nan")
+        note = f", {failed} failed" if failed else ""
+        parts.append(f"{name} {per:,.0f} B ({opened} open, {est} established{note}; RSS {before/1024:.1f} -> {after/1024:.1f} MiB)")
+    print("memory per idle keep-alive connection: " + "; ".join(parts))
+    if "nginx" in idle:
+        print("  (nginx: worker RSS, summed; its connection slots are preallocated, so part of each connection's cost is in the 'before')")
+
+tm = os.path.join(out, "token_memory.txt")
+kv = {}
+for line in open(tm) if os.path.exists(tm) else []:
+    if line.startswith("token_memory: scenario=") or line.startswith("token_memory: sweep "):
+        d = dict(re.findall(r"(\w+)=(\S+)", line))
+        kv[d.get("scenario", "sweep")] = d
+if "interned" in kv:
+    n = int(kv["interned"]["tokens"])
+    line = f"memory per live access token at {n:,} tokens: {kv['interned']['bytes_per_token']} B (interned grants, as the token endpoint makes them)"
+    for name, what in [("grant-per-token", "a grant per token"), ("shared-grant", "one shared grant")]:
+        if name in kv:
+            line += f", {kv[name]['bytes_per_token']} B ({what})"
+    if "login-with-refresh" in kv:
+        line += f"; {kv['login-with-refresh']['bytes_per_login']} B per login with a refresh token"
+    print(line)
+    if "sweep" in kv:
+        s = kv["sweep"]
+        print(f"sweep_expired over {n:,} tokens: {s['none_expired_ms']} ms with nothing expired, {s['half_expired_ms']} ms with half expired")
 EOF

@@ -11,15 +11,17 @@
 //! token endpoint does: the store keeps only `TokenHash`, so the 43-byte strings are
 //! not part of what is measured.
 //!
-//! Scenarios:
-//! - `own-grant`: one `Arc<Grant>` per token, for a user from a set of 100 (user and
-//!   client names are shared `Arc<str>`s, the scope set is built per login) -- what
-//!   password logins produce. Also times `sweep_expired` with nothing expired and
-//!   with half the tokens expired.
+//! Scenarios (logins by users from a set of 100, one client, scope "read write"):
+//! - `interned`: what the token endpoint does: each login builds its scope set and
+//!   asks the `Grants` interner for the `Arc<Grant>` of (user, client, scope), so the
+//!   million tokens share 100 grants. Also times `sweep_expired` with nothing expired
+//!   and with half the tokens expired.
+//! - `grant-per-token`: every token its own `Arc<Grant>` (`Grant::new`): the cost when
+//!   every token has a different identity, or without the interner.
 //! - `shared-grant`: every token points at one `Arc<Grant>` (the floor: key + record
 //!   + map overhead).
-//! - `login-with-refresh`: a password login of a client allowed `refresh_token`
-//!   stores an access and a refresh token sharing one grant; bytes per login.
+//! - `login-with-refresh`: as `interned`, for a client allowed `refresh_token`: each
+//!   login stores an access and a refresh token; bytes per login.
 //!
 //! Lines starting with `token_memory:` are machine-readable (bench/run.sh reads them).
 
@@ -32,8 +34,12 @@ use std::time::{Duration, Instant};
 
 use whosthat::scope::ScopeSet;
 use whosthat::store::{
-    Grant, MemoryStore, TokenHash, TokenRecord, TokenStore, new_token, now_secs,
+    Grant, Grants, MemoryStore, TokenHash, TokenRecord, TokenStore, new_token, now_secs,
 };
+
+// The gateway's allocator (src/main.rs), so allocation costs and RSS are the ones it has.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The memory store's futures are ready on their first poll; anything else is a bug here.
 fn ready<F: Future>(fut: F) -> F::Output {
@@ -69,7 +75,12 @@ fn token_count() -> usize {
         .unwrap_or(1_000_000)
 }
 
-const SCENARIOS: [&str; 3] = ["own-grant", "shared-grant", "login-with-refresh"];
+const SCENARIOS: [&str; 4] = [
+    "interned",
+    "grant-per-token",
+    "shared-grant",
+    "login-with-refresh",
+];
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -81,9 +92,12 @@ fn main() {
     }
     let n = token_count();
     println!(
-        "token_memory: {n} tokens per scenario; key {} B, record {} B, grant {} B (+16 B Arc counts)",
+        "token_memory: {n} tokens per scenario; key {} B + record {} B = {} B per map bucket \
+         (+1 control byte; buckets are a power of two per shard, at most 7/8 full); \
+         grant {} B (+16 B Arc counts)",
         size_of::<TokenHash>(),
         size_of::<TokenRecord>(),
+        size_of::<(TokenHash, TokenRecord)>(),
         size_of::<Grant>(),
     );
     let exe = std::env::current_exe().expect("own executable path");
@@ -102,15 +116,9 @@ fn users() -> Vec<Arc<str>> {
     (0..100).map(|i| Arc::from(format!("user{i:02}"))).collect()
 }
 
-/// A grant as a password login makes it: shared user and client names, a scope set
-/// built for this login, a fresh family id.
-fn login_grant(user: &Arc<str>, client: &Arc<str>, family: u64) -> Arc<Grant> {
-    Arc::new(Grant {
-        user: Some(user.clone()),
-        client: client.clone(),
-        scope: ScopeSet::parse("read write").expect("valid scope"),
-        family,
-    })
+/// The scope set a login computes (a fresh one each time, as the endpoint builds it).
+fn login_scope() -> ScopeSet {
+    ScopeSet::parse("read write").expect("valid scope")
 }
 
 fn fresh_key() -> TokenHash {
@@ -122,22 +130,33 @@ fn run_scenario(name: &str) {
     let n = token_count();
     let users = users();
     let client: Arc<str> = Arc::from("bench-cli");
-    let shared = login_grant(&users[0], &client, 1);
+    let shared = Arc::new(Grant::new(
+        Some(users[0].clone()),
+        client.clone(),
+        login_scope(),
+    ));
     let now = now_secs();
     let store = MemoryStore::new();
+    let grants = Grants::default();
     let before = rss_bytes();
     let started = Instant::now();
     for i in 0..n {
+        let user = Some(users[i % users.len()].clone());
         let grant = match name {
             "shared-grant" => shared.clone(),
-            _ => login_grant(&users[i % users.len()], &client, i as u64),
+            "grant-per-token" => Arc::new(Grant::new(user, client.clone(), login_scope())),
+            _ => grants.intern(user, client.clone(), login_scope()),
         };
+        // One family per login, as the endpoint draws one (random there; the value
+        // does not change the memory).
+        let family = i as u64;
         // Half the tokens expire in 30 minutes, half in an hour: a sweep at +45 min
         // drops half of them.
         let expires_at = now + if i % 2 == 0 { 3600 } else { 1800 };
         if name == "login-with-refresh" {
             let rec = TokenRecord {
                 grant: grant.clone(),
+                family,
                 issued_at: now,
                 expires_at: now + 14 * 86400,
             };
@@ -145,6 +164,7 @@ fn run_scenario(name: &str) {
         }
         let rec = TokenRecord {
             grant,
+            family,
             issued_at: now,
             expires_at,
         };
@@ -166,9 +186,18 @@ fn run_scenario(name: &str) {
         if unit == "token" { "token" } else { "login" },
         insert_time.as_nanos() as f64 / n as f64,
     );
-    println!("  {name}: {per:.0} B per {unit}");
+    println!(
+        "  {name}: {per:.0} B per {unit} ({} grants held)",
+        if name == "interned" || name == "login-with-refresh" {
+            grants.len()
+        } else if name == "shared-grant" {
+            1
+        } else {
+            n
+        }
+    );
 
-    if name == "own-grant" {
+    if name == "interned" {
         // Nothing expired: the cost of a sweep that walks the map and drops nothing.
         let mut walks: Vec<Duration> = (0..3)
             .map(|_| {

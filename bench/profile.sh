@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Instruction-level profile of the proxied-request path with callgrind: whosthat
+# (release, with line tables) runs under valgrind in front of an nginx upstream while
+# wrk sends authenticated GETs for a fixed time; prints the functions that cost the
+# most instructions (inclusive and exclusive). Counts instructions, not time, so it
+# is repeatable on a busy machine.
+#
+#   bench/profile.sh            # 20 s of load
+#   SECONDS_OF_LOAD=10 bench/profile.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+OUT="$ROOT/bench/out/profile"
+LOAD=${SECONDS_OF_LOAD:-20}
+mkdir -p "$OUT"
+
+for tool in valgrind:valgrind wrk:wrk nginx:nginx-light; do
+    bin=${tool%%:*} pkg=${tool##*:}
+    if ! command -v "$bin" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$bin" ]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" >/dev/null
+    fi
+done
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+UP_PORT=$(free_port); GW_PORT=$(free_port)
+
+VG_PID=""
+cleanup() {
+    [ -n "$VG_PID" ] && kill "$VG_PID" 2>/dev/null || true
+    [ -f "$OUT/nginx.pid" ] && kill "$(cat "$OUT/nginx.pid")" 2>/dev/null || true
+    wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target/profiling}
+CARGO_PROFILE_RELEASE_DEBUG=line-tables-only CARGO_TARGET_DIR="$TARGET" cargo build --release --quiet --bin whosthat
+BIN="$TARGET/release/whosthat"
+
+cat > "$OUT/nginx.conf" <<EOF
+worker_processes 1;
+pid $OUT/nginx.pid;
+error_log $OUT/nginx.err warn;
+events { worker_connections 1024; }
+http { access_log off; server { listen 127.0.0.1:$UP_PORT; location / { return 200 "hello\n"; } } }
+EOF
+"$NGINX" -c "$OUT/nginx.conf" -p "$OUT" -e "$OUT/nginx.err"
+
+HASH=$(printf pw | "$BIN" hash-password)
+cat > "$OUT/gateway.toml" <<EOF
+[server]
+listen = "127.0.0.1:$GW_PORT"
+[oauth]
+default_client = "c"
+[[users]]
+name = "u"
+password_hash = "$HASH"
+scopes = ["read"]
+[[clients]]
+id = "c"
+grants = ["password"]
+scopes = ["read"]
+[[routes]]
+prefix = "/api/"
+upstream = "http://127.0.0.1:$UP_PORT"
+strip_prefix = true
+scopes = ["read"]
+EOF
+RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out" \
+    --dump-instr=no --collect-atstart=yes "$BIN" -c "$OUT/gateway.toml" > "$OUT/valgrind.log" 2>&1 &
+VG_PID=$!
+for _ in $(seq 300); do curl -s -o /dev/null "http://127.0.0.1:$GW_PORT/" && break; sleep 0.2; done
+TOKEN=$(curl -s -X POST "http://127.0.0.1:$GW_PORT/auth/access_token" -d "grant_type=password&username=u&password=pw" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+# Reset the counters so start-up and the login are not in the profile.
+callgrind_control -z "$VG_PID" >/dev/null 2>&1 || true
+wrk -t1 -c8 -d"${LOAD}s" -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$GW_PORT/api/" | tee "$OUT/wrk.txt"
+callgrind_control -d "$VG_PID" >/dev/null 2>&1 || true
+sleep 1
+kill -INT "$VG_PID"; wait "$VG_PID" 2>/dev/null || true; VG_PID=""
+REQS=$(grep -Eo '^ +[0-9]+ requests' "$OUT/wrk.txt" | grep -Eo '[0-9]+')
+echo "requests profiled: $REQS"
+PROFILE=$(ls -t "$OUT"/callgrind.out* | head -1)
+TOTAL=$(callgrind_annotate "$PROFILE" 2>/dev/null | grep -m1 'PROGRAM TOTALS' | grep -Eo '^[0-9,]+' | tr -d ,)
+echo "instructions per request: $((TOTAL / (REQS > 0 ? REQS : 1)))"
+echo "--- inclusive (top 40)"
+callgrind_annotate --inclusive=yes "$PROFILE" 2>/dev/null | sed -n '/^-- \(file:function\|Ir\)/,$p' | head -60 | cut -c1-200
+echo "--- exclusive (top 40)"
+callgrind_annotate "$PROFILE" 2>/dev/null | sed -n '/^-- \(file:function\|Ir\)/,$p' | head -60 | cut -c1-200

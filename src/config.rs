@@ -69,6 +69,7 @@ struct RawServer {
     shutdown_timeout: Option<Spanned<String>>,
     max_header_bytes: Option<Spanned<i64>>,
     workers: Option<Spanned<i64>>,
+    admin_listen: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -153,6 +154,8 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     /// Threads serving connections, each with its own runtime.
     pub workers: usize,
+    /// `/healthz` and `/readyz`, never on the public listener.
+    pub admin_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -177,6 +180,24 @@ pub struct StoreConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreBackend {
     Memory,
+    /// `redis://` or `rediss://` URL.
+    Redis(String),
+}
+
+impl fmt::Display for StoreBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreBackend::Memory => f.write_str("memory"),
+            // Never the password a URL may carry.
+            StoreBackend::Redis(url) => match url
+                .split_once("://")
+                .and_then(|(scheme, rest)| rest.split_once('@').map(|(_, host)| (scheme, host)))
+            {
+                Some((scheme, host)) => write!(f, "redis {scheme}://***@{host}"),
+                None => write!(f, "redis {url}"),
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -279,7 +300,10 @@ impl Config {
             "token endpoint: {} (issuer {})",
             self.oauth.token_path, self.oauth.issuer
         );
-        let _ = writeln!(s, "store: {:?}", self.store.backend);
+        if let Some(a) = self.server.admin_listen {
+            let _ = writeln!(s, "  admin {a} (/healthz, /readyz)");
+        }
+        let _ = writeln!(s, "store: {}", self.store.backend);
         let _ = writeln!(s, "routes ({}):", self.routes.routes().len());
         for r in self.routes.routes() {
             let ups: Vec<String> = r.upstreams.iter().map(|u| u.to_string()).collect();
@@ -520,6 +544,19 @@ impl Validator<'_> {
                 DEFAULT_MAX_HEADER_BYTES,
             )?,
             workers: self.positive(&server_raw.workers, "server.workers", 1, 1024, cores())?,
+            admin_listen: match &server_raw.admin_listen {
+                None => None,
+                Some(a) => Some(a.get_ref().parse().map_err(|_| {
+                    self.err(
+                        a.span(),
+                        "server.admin_listen",
+                        format!(
+                            "`{}` is not an address like \"127.0.0.1:9090\"",
+                            a.get_ref()
+                        ),
+                    )
+                })?),
+            },
         };
 
         // [oauth]
@@ -617,17 +654,44 @@ impl Validator<'_> {
             },
             Some(s) => {
                 let s = s.get_ref();
-                let backend = match &s.backend {
-                    None => StoreBackend::Memory,
-                    Some(b) if b.get_ref() == "memory" => StoreBackend::Memory,
-                    Some(b) if b.get_ref() == "redis" => {
+                let backend = match (&s.backend, &s.redis_url) {
+                    (Some(b), url) if b.get_ref() == "redis" => {
+                        let url = url.as_ref().ok_or_else(|| {
+                            self.err(
+                                b.span(),
+                                "store.redis_url",
+                                "the redis backend needs store.redis_url",
+                            )
+                        })?;
+                        let u = url.get_ref();
+                        if !(u.starts_with("redis://") || u.starts_with("rediss://"))
+                            || ::redis::Client::open(u.as_str()).is_err()
+                        {
+                            return Err(self.err(
+                                url.span(),
+                                "store.redis_url",
+                                "must be a redis:// or rediss:// URL like \"redis://127.0.0.1:6379/0\"",
+                            ));
+                        }
+                        StoreBackend::Redis(u.clone())
+                    }
+                    (None, None) => StoreBackend::Memory,
+                    (Some(b), None) if b.get_ref() == "memory" => StoreBackend::Memory,
+                    (Some(b), Some(_)) if b.get_ref() == "memory" => {
                         return Err(self.err(
                             b.span(),
-                            "store.backend",
-                            "the redis backend is not available in this version yet; use \"memory\"",
+                            "store.redis_url",
+                            "only used with store.backend = \"redis\"",
                         ));
                     }
-                    Some(b) => {
+                    (None, Some(url)) => {
+                        return Err(self.err(
+                            url.span(),
+                            "store.backend",
+                            "store.redis_url is set: say backend = \"redis\"",
+                        ));
+                    }
+                    (Some(b), _) => {
                         return Err(self.err(
                             b.span(),
                             "store.backend",
@@ -638,13 +702,6 @@ impl Validator<'_> {
                         ));
                     }
                 };
-                if let Some(url) = &s.redis_url {
-                    return Err(self.err(
-                        url.span(),
-                        "store.redis_url",
-                        "only used with store.backend = \"redis\"",
-                    ));
-                }
                 StoreConfig {
                     backend,
                     sweep_interval: self.opt_duration(

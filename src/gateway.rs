@@ -11,6 +11,7 @@ use http::{HeaderMap, HeaderValue, Request, Response};
 use hyper::body::Incoming;
 
 use crate::config::Config;
+use crate::config::StoreBackend;
 use crate::error::{Body, GatewayError};
 use crate::oauth::authorize::{AUTHORIZE_PATH, Authorizer};
 use crate::oauth::endpoints::{self, INTROSPECT_PATH, METADATA_PATH, REVOKE_PATH, USERINFO_PATH};
@@ -19,7 +20,7 @@ use crate::oauth::{OAuthContext, token_endpoint};
 use crate::password::PasswordPool;
 use crate::proxy::{ForwardInfo, forward};
 use crate::routes::normalize_path;
-use crate::store::{Grants, MemoryStore, TokenHash, TokenStore};
+use crate::store::{Grants, MemoryStore, RedisStore, StoreError, TokenHash, TokenStore};
 
 /// Everything a request needs, shared by all connections.
 pub struct AppState {
@@ -28,24 +29,29 @@ pub struct AppState {
     pub passwords: PasswordPool,
     pub limiter: Limiter,
     pub authorizer: Authorizer,
-    pub grants: Grants,
+    pub grants: Arc<Grants>,
 }
 
 impl AppState {
-    pub fn new(config: Arc<Config>) -> AppState {
+    pub fn new(config: Arc<Config>) -> Result<AppState, StoreError> {
         let passwords = PasswordPool::new(
             config.oauth.password_workers,
             config.oauth.password_queue,
             Duration::from_secs(10),
         );
-        AppState {
-            store: Arc::new(MemoryStore::new()),
+        let grants = Arc::new(Grants::default());
+        let store: Arc<dyn TokenStore> = match &config.store.backend {
+            StoreBackend::Memory => Arc::new(MemoryStore::new()),
+            StoreBackend::Redis(url) => Arc::new(RedisStore::new(url, grants.clone())?),
+        };
+        Ok(AppState {
+            store,
             passwords,
             limiter: Limiter::default(),
             authorizer: Authorizer::new(),
-            grants: Grants::default(),
+            grants,
             config,
-        }
+        })
     }
 }
 

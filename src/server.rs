@@ -33,8 +33,17 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> io::Result<()> {
-    let state = Arc::new(AppState::new(config.clone()));
-    let sweeper = tokio::spawn(sweep_loop(state.clone(), config.store.sweep_interval));
+    let state = Arc::new(AppState::new(config.clone()).map_err(io::Error::other)?);
+    let mut housekeeping = state.store.spawn_background();
+    housekeeping.push(tokio::spawn(sweep_loop(
+        state.clone(),
+        config.store.sweep_interval,
+    )));
+    if let Some(addr) = config.server.admin_listen {
+        let admin = TcpListener::bind(addr).await?;
+        tracing::info!(listen = %addr, "admin endpoints (/healthz, /readyz)");
+        housekeeping.push(tokio::spawn(admin_loop(admin, state.clone())));
+    }
     let workers = config.server.workers;
     tracing::info!(listen = %listener.local_addr()?, workers, "whosthat is serving");
     let listener = listener.into_std()?;
@@ -66,8 +75,42 @@ pub async fn serve(
             Err(_) => result = Err(io::Error::other("a worker thread died")),
         }
     }
-    sweeper.abort();
+    for task in housekeeping {
+        task.abort();
+    }
     result
+}
+
+/// The admin listener: `/healthz` (the process runs) and `/readyz` (the token
+/// store answers). Never served on the public listener.
+async fn admin_loop(listener: TcpListener, state: Arc<AppState>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let ready = state.store.is_ready();
+                async move {
+                    let (status, body) = match req.uri().path() {
+                        "/healthz" => (200, "ok\n"),
+                        "/readyz" if ready => (200, "ready\n"),
+                        "/readyz" => (503, "token store unavailable\n"),
+                        _ => (404, "not found\n"),
+                    };
+                    let mut resp = hyper::Response::new(crate::error::full(body));
+                    *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or_default();
+                    Ok::<_, Infallible>(resp)
+                }
+            });
+            let mut b = hyper::server::conn::http1::Builder::new();
+            b.timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10));
+            let _ = b.serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
 }
 
 /// One worker: accepts and serves connections until told to stop, then drains.

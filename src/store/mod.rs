@@ -22,8 +22,10 @@ use subtle::ConstantTimeEq;
 use crate::scope::ScopeSet;
 
 pub mod memory;
+pub mod redis;
 
 pub use memory::MemoryStore;
+pub use redis::RedisStore;
 
 /// Random bytes in a token: 256 bits (RFC 6749 section 10.10 asks for at least 128).
 pub const TOKEN_BYTES: usize = 32;
@@ -244,6 +246,14 @@ pub trait TokenStore: Send + Sync + 'static {
     fn sweep_expired(&self, now: u64) -> StoreFuture<'_, usize>;
     /// Access and refresh tokens held (including expired ones not yet swept).
     fn token_counts(&self) -> (usize, usize);
+    /// Whether the store can answer now (`/readyz`).
+    fn is_ready(&self) -> bool {
+        true
+    }
+    /// Starts the store's own background work on the current runtime.
+    fn spawn_background(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        Vec::new()
+    }
 }
 
 #[cfg(test)]

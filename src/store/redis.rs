@@ -1,0 +1,532 @@
+//! The Redis token store: several gateway instances share tokens.
+//!
+//! - Keys are named by the token's SHA-256 (hex), never the token, and expire
+//!   with the token (`PX`). A value is `{family}|{json}`.
+//! - Single use (refresh tokens, codes) and family revocation are decided by
+//!   Lua scripts on the Redis side, so two instances racing on one refresh token
+//!   cannot both win.
+//! - Each instance keeps a local cache of access tokens it has seen, so the hot
+//!   path makes no round trip for them; revocations reach every instance's cache
+//!   through the `whosthat:revocations` pub/sub channel.
+//! - Fail closed: while the pub/sub subscription or the command connection is
+//!   down, the instance cannot know of revocations, so it vouches for no token at
+//!   all (every lookup is an error: 503). When Redis returns, the subscription is
+//!   re-established, the cache dropped (it may have missed revocations), and
+//!   service resumes by itself.
+
+use std::hash::BuildHasherDefault;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use futures_util::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script};
+use serde::{Deserialize, Serialize};
+
+use super::memory::PassThroughHasher;
+use super::{
+    CodeRecord, Grants, Redeem, StoreError, StoreFuture, TokenHash, TokenRecord, TokenStore,
+    now_secs,
+};
+use crate::scope::ScopeSet;
+
+const CHANNEL: &str = "whosthat:revocations";
+const FAMILY_PREFIX: &str = "whosthat:fam:";
+
+/// `GET` an access token unless its family is revoked.
+const GET_LIVE: &str = r"
+local v = redis.call('GET', KEYS[1])
+if not v then return false end
+local f = string.match(v, '^(%d+)|')
+if f and redis.call('EXISTS', ARGV[1] .. f) == 1 then return false end
+return v
+";
+
+/// Peek at (ARGV[2] = '0') or use (ARGV[2] = '1') a single-use credential.
+/// Answers '0' (unknown), '1' .. value (fresh), '2' .. value (used before).
+const REDEEM: &str = r"
+local v = redis.call('GET', KEYS[1])
+if not v then return '0' end
+local f = string.match(v, '^(%d+)|')
+if f and redis.call('EXISTS', ARGV[1] .. f) == 1 then return '0' end
+if redis.call('EXISTS', KEYS[2]) == 1 then return '2' .. v end
+if ARGV[2] == '1' then
+  local ttl = redis.call('PTTL', KEYS[1])
+  if ttl < 1 then ttl = 1000 end
+  redis.call('SET', KEYS[2], '1', 'PX', ttl)
+end
+return '1' .. v
+";
+
+#[derive(Serialize, Deserialize)]
+struct StoredToken {
+    u: Option<String>,
+    c: String,
+    s: String,
+    i: u64,
+    e: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredCode {
+    u: Option<String>,
+    c: String,
+    s: String,
+    e: u64,
+    r: String,
+    g: bool,
+    p: Option<String>,
+}
+
+fn hex(h: &TokenHash) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(64);
+    for b in h.0 {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+    s
+}
+
+fn unhex(s: &str) -> Option<TokenHash> {
+    let bytes = s.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in bytes.chunks(2).enumerate() {
+        let hi = (pair[0] as char).to_digit(16)?;
+        let lo = (pair[1] as char).to_digit(16)?;
+        out[i] = u8::try_from(hi * 16 + lo).ok()?;
+    }
+    Some(TokenHash(out))
+}
+
+fn down(e: redis::RedisError) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+/// Milliseconds from now to `until` (unix seconds), at least 1.
+fn px_until(until: u64) -> u64 {
+    until.saturating_sub(now_secs()).saturating_mul(1000).max(1)
+}
+
+struct Inner {
+    client: redis::Client,
+    conn: ConnectionManager,
+    grants: Arc<Grants>,
+    cache: DashMap<TokenHash, TokenRecord, BuildHasherDefault<PassThroughHasher>>,
+    /// Families revoked, until when: heard on the channel or done here.
+    revoked: DashMap<u64, u64>,
+    subscribed: AtomicBool,
+    reachable: AtomicBool,
+    get_live: Script,
+    redeem: Script,
+}
+
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+impl RedisStore {
+    /// Prepares the store; nothing connects until [`TokenStore::spawn_background`]
+    /// and the first command. Call it within a tokio runtime.
+    pub fn new(url: &str, grants: Arc<Grants>) -> Result<RedisStore, StoreError> {
+        let client = redis::Client::open(url).map_err(down)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_millis(500)))
+            .set_response_timeout(Some(Duration::from_secs(1)))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(down)?;
+        Ok(RedisStore {
+            inner: Arc::new(Inner {
+                client,
+                conn,
+                grants,
+                cache: DashMap::with_hasher_and_shard_amount(Default::default(), 64),
+                revoked: DashMap::new(),
+                subscribed: AtomicBool::new(false),
+                reachable: AtomicBool::new(false),
+                get_live: Script::new(GET_LIVE),
+                redeem: Script::new(REDEEM),
+            }),
+        })
+    }
+}
+
+impl Inner {
+    fn healthy(&self) -> bool {
+        self.subscribed.load(Ordering::Acquire) && self.reachable.load(Ordering::Acquire)
+    }
+
+    fn check(&self) -> Result<(), StoreError> {
+        if self.healthy() {
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable("redis is unreachable".into()))
+        }
+    }
+
+    fn family_revoked(&self, family: u64) -> bool {
+        !self.revoked.is_empty() && self.revoked.contains_key(&family)
+    }
+
+    fn encode_token(rec: &TokenRecord) -> String {
+        let g = &rec.grant;
+        let stored = StoredToken {
+            u: g.user.as_deref().map(str::to_string),
+            c: g.client.to_string(),
+            s: g.scope.to_string(),
+            i: rec.issued_at,
+            e: rec.expires_at,
+        };
+        format!(
+            "{}|{}",
+            rec.family,
+            serde_json::to_string(&stored).expect("serialisable")
+        )
+    }
+
+    fn split(v: &str) -> Option<(u64, &str)> {
+        let (family, json) = v.split_once('|')?;
+        Some((family.parse().ok()?, json))
+    }
+
+    fn decode_token(&self, v: &str) -> Option<TokenRecord> {
+        let (family, json) = Self::split(v)?;
+        let s: StoredToken = serde_json::from_str(json).ok()?;
+        let grant = self
+            .grants
+            .intern(s.u.map(Arc::from), Arc::from(s.c), ScopeSet::parse(&s.s)?);
+        Some(TokenRecord {
+            grant,
+            family,
+            issued_at: s.i,
+            expires_at: s.e,
+        })
+    }
+
+    fn decode_code(&self, v: &str) -> Option<CodeRecord> {
+        let (family, json) = Self::split(v)?;
+        let s: StoredCode = serde_json::from_str(json).ok()?;
+        let grant = self
+            .grants
+            .intern(s.u.map(Arc::from), Arc::from(s.c), ScopeSet::parse(&s.s)?);
+        Some(CodeRecord {
+            grant,
+            family,
+            redirect_uri: s.r,
+            redirect_uri_given: s.g,
+            code_challenge: s.p,
+            expires_at: s.e,
+        })
+    }
+
+    /// Runs the redeem script; `value` decodes what it returns.
+    async fn redeem<T>(
+        &self,
+        kind: &str,
+        key: &TokenHash,
+        take: bool,
+        decode: impl Fn(&str) -> Option<T>,
+    ) -> Result<Redeem<T>, StoreError> {
+        self.check()?;
+        let h = hex(key);
+        let answer: String = self
+            .redeem
+            .key(format!("whosthat:{kind}:{h}"))
+            .key(format!("whosthat:{kind}u:{h}"))
+            .arg(FAMILY_PREFIX)
+            .arg(if take { "1" } else { "0" })
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(down)?;
+        let (tag, value) = answer.split_at(1.min(answer.len()));
+        Ok(match tag {
+            "1" => decode(value).map_or(Redeem::Unknown, Redeem::Fresh),
+            "2" => match Self::split(value) {
+                Some((family, _)) => Redeem::Spent { family },
+                None => Redeem::Unknown,
+            },
+            _ => Redeem::Unknown,
+        })
+    }
+
+    async fn set(&self, key: String, value: String, px: u64) -> Result<(), StoreError> {
+        self.check()?;
+        let mut conn = self.conn.clone();
+        let _: () = conn.pset_ex(key, value, px).await.map_err(down)?;
+        Ok(())
+    }
+
+    async fn publish(&self, message: String) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = conn.publish(CHANNEL, message).await.map_err(down)?;
+        Ok(())
+    }
+
+    /// A revocation heard on the channel.
+    fn apply(&self, message: &str) {
+        if let Some(h) = message.strip_prefix("t:").and_then(unhex) {
+            self.cache.remove(&h);
+        } else if let Some(rest) = message.strip_prefix("f:") {
+            let mut parts = rest.split(':');
+            if let (Some(Ok(family)), Some(Ok(until))) = (
+                parts.next().map(str::parse::<u64>),
+                parts.next().map(str::parse::<u64>),
+            ) {
+                self.revoked.insert(family, until);
+            }
+        }
+    }
+
+    /// Keeps a subscription to the revocation channel, forever.
+    async fn listen(self: Arc<Self>) {
+        loop {
+            let connected =
+                tokio::time::timeout(Duration::from_secs(1), self.client.get_async_pubsub()).await;
+            if let Ok(Ok(mut pubsub)) = connected
+                && pubsub.subscribe(CHANNEL).await.is_ok()
+            {
+                // Whatever was revoked while we were not listening is unknown:
+                // forget every cached token before vouching again.
+                self.cache.clear();
+                self.subscribed.store(true, Ordering::Release);
+                tracing::info!("subscribed to redis revocations");
+                let mut messages = pubsub.on_message();
+                while let Some(msg) = messages.next().await {
+                    if let Ok(payload) = msg.get_payload::<String>() {
+                        self.apply(&payload);
+                    }
+                }
+                self.subscribed.store(false, Ordering::Release);
+                tracing::warn!(
+                    "lost the redis revocation channel; refusing tokens until it is back"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Pings Redis on the command connection; a silent network failure shows here.
+    async fn ping(self: Arc<Self>) {
+        loop {
+            let mut conn = self.conn.clone();
+            let pong = tokio::time::timeout(
+                Duration::from_secs(1),
+                redis::cmd("PING").query_async::<String>(&mut conn),
+            )
+            .await;
+            let ok = matches!(pong, Ok(Ok(_)));
+            let was = self.reachable.swap(ok, Ordering::AcqRel);
+            if was && !ok {
+                tracing::warn!("redis does not answer; refusing tokens until it does");
+            }
+            tokio::time::sleep(Duration::from_millis(if ok { 500 } else { 100 })).await;
+        }
+    }
+}
+
+impl TokenStore for RedisStore {
+    fn put_access(&self, key: TokenHash, rec: TokenRecord) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            let value = Inner::encode_token(&rec);
+            let px = px_until(rec.expires_at);
+            self.inner
+                .set(format!("whosthat:at:{}", hex(&key)), value, px)
+                .await?;
+            self.inner.cache.insert(key, rec);
+            Ok(())
+        })
+    }
+
+    fn get_access(&self, key: TokenHash) -> StoreFuture<'_, Option<TokenRecord>> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            inner.check()?;
+            let now = now_secs();
+            if let Some(rec) = inner.cache.get(&key).map(|r| r.clone()) {
+                return Ok((rec.is_live(now) && !inner.family_revoked(rec.family)).then_some(rec));
+            }
+            let value: Option<String> = inner
+                .get_live
+                .key(format!("whosthat:at:{}", hex(&key)))
+                .arg(FAMILY_PREFIX)
+                .invoke_async(&mut inner.conn.clone())
+                .await
+                .map_err(down)?;
+            let rec = value.as_deref().and_then(|v| inner.decode_token(v));
+            Ok(match rec {
+                Some(rec) if rec.is_live(now) && !inner.family_revoked(rec.family) => {
+                    inner.cache.insert(key, rec.clone());
+                    Some(rec)
+                }
+                _ => None,
+            })
+        })
+    }
+
+    fn remove_access(&self, key: TokenHash) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            inner.check()?;
+            let h = hex(&key);
+            let mut conn = inner.conn.clone();
+            let _: i64 = conn.del(format!("whosthat:at:{h}")).await.map_err(down)?;
+            inner.cache.remove(&key);
+            inner.publish(format!("t:{h}")).await
+        })
+    }
+
+    fn put_refresh(&self, key: TokenHash, rec: TokenRecord) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            let value = Inner::encode_token(&rec);
+            let px = px_until(rec.expires_at);
+            self.inner
+                .set(format!("whosthat:rt:{}", hex(&key)), value, px)
+                .await
+        })
+    }
+
+    fn get_refresh(&self, key: TokenHash) -> StoreFuture<'_, Redeem<TokenRecord>> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            inner
+                .redeem("rt", &key, false, |v| inner.decode_token(v))
+                .await
+        })
+    }
+
+    fn take_refresh(&self, key: TokenHash) -> StoreFuture<'_, Redeem<TokenRecord>> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            inner
+                .redeem("rt", &key, true, |v| inner.decode_token(v))
+                .await
+        })
+    }
+
+    fn put_code(&self, key: TokenHash, rec: CodeRecord) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            let g = &rec.grant;
+            let stored = StoredCode {
+                u: g.user.as_deref().map(str::to_string),
+                c: g.client.to_string(),
+                s: g.scope.to_string(),
+                e: rec.expires_at,
+                r: rec.redirect_uri.clone(),
+                g: rec.redirect_uri_given,
+                p: rec.code_challenge.clone(),
+            };
+            let value = format!(
+                "{}|{}",
+                rec.family,
+                serde_json::to_string(&stored).expect("serialisable")
+            );
+            self.inner
+                .set(
+                    format!("whosthat:code:{}", hex(&key)),
+                    value,
+                    px_until(rec.expires_at),
+                )
+                .await
+        })
+    }
+
+    fn take_code(&self, key: TokenHash) -> StoreFuture<'_, Redeem<CodeRecord>> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            inner
+                .redeem("code", &key, true, |v| inner.decode_code(v))
+                .await
+        })
+    }
+
+    fn revoke_family(&self, family: u64, until: u64) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            inner
+                .set(
+                    format!("{FAMILY_PREFIX}{family}"),
+                    "1".into(),
+                    px_until(until),
+                )
+                .await?;
+            inner.revoked.insert(family, until);
+            inner.publish(format!("f:{family}:{until}")).await
+        })
+    }
+
+    fn sweep_expired(&self, now: u64) -> StoreFuture<'_, usize> {
+        let inner = &self.inner;
+        let before = inner.cache.len();
+        inner
+            .cache
+            .retain(|_, r| r.is_live(now) && !inner.family_revoked(r.family));
+        inner.revoked.retain(|_, until| now < *until);
+        let swept = before.saturating_sub(inner.cache.len());
+        Box::pin(std::future::ready(Ok(swept)))
+    }
+
+    fn token_counts(&self) -> (usize, usize) {
+        (self.inner.cache.len(), 0)
+    }
+
+    fn is_ready(&self) -> bool {
+        self.inner.healthy()
+    }
+
+    fn spawn_background(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        vec![
+            tokio::spawn(self.inner.clone().listen()),
+            tokio::spawn(self.inner.clone().ping()),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trip() {
+        let h = TokenHash::of("abc");
+        assert_eq!(unhex(&hex(&h)), Some(h));
+        assert_eq!(hex(&h).len(), 64);
+        assert!(unhex("zz").is_none());
+    }
+
+    #[tokio::test]
+    async fn records_round_trip() {
+        let grants = Arc::new(Grants::default());
+        let store = RedisStore::new("redis://127.0.0.1:1/0", grants.clone()).unwrap();
+        let rec = TokenRecord {
+            grant: grants.intern(
+                Some(Arc::from("u")),
+                Arc::from("c"),
+                ScopeSet::parse("a b").unwrap(),
+            ),
+            family: 42,
+            issued_at: 1,
+            expires_at: 2,
+        };
+        let v = Inner::encode_token(&rec);
+        assert!(v.starts_with("42|"));
+        let back = store.inner.decode_token(&v).unwrap();
+        assert!(Arc::ptr_eq(&back.grant, &rec.grant));
+        assert_eq!((back.family, back.issued_at, back.expires_at), (42, 1, 2));
+    }
+
+    #[tokio::test]
+    async fn channel_messages() {
+        let store = RedisStore::new("redis://127.0.0.1:1/0", Arc::new(Grants::default())).unwrap();
+        let h = TokenHash::of("t");
+        store.inner.apply(&format!("f:7:{}", now_secs() + 60));
+        assert!(store.inner.family_revoked(7));
+        store.inner.apply(&format!("t:{}", hex(&h)));
+        store.inner.apply("garbage");
+    }
+}

@@ -170,6 +170,23 @@ impl Inner {
         }
     }
 
+    /// A command failed: stop vouching until a ping gets through again.
+    fn failed(&self, e: redis::RedisError) -> StoreError {
+        self.reachable.store(false, Ordering::Release);
+        down(e)
+    }
+
+    /// One PING on the command connection, within a second.
+    async fn ping_once(&self) -> bool {
+        let mut conn = self.conn.clone();
+        let pong = tokio::time::timeout(
+            Duration::from_secs(1),
+            redis::cmd("PING").query_async::<String>(&mut conn),
+        )
+        .await;
+        matches!(pong, Ok(Ok(_)))
+    }
+
     fn family_revoked(&self, family: u64) -> bool {
         !self.revoked.is_empty() && self.revoked.contains_key(&family)
     }
@@ -243,7 +260,7 @@ impl Inner {
             .arg(if take { "1" } else { "0" })
             .invoke_async(&mut self.conn.clone())
             .await
-            .map_err(down)?;
+            .map_err(|e| self.failed(e))?;
         let (tag, value) = answer.split_at(1.min(answer.len()));
         Ok(match tag {
             "1" => decode(value).map_or(Redeem::Unknown, Redeem::Fresh),
@@ -258,13 +275,19 @@ impl Inner {
     async fn set(&self, key: String, value: String, px: u64) -> Result<(), StoreError> {
         self.check()?;
         let mut conn = self.conn.clone();
-        let _: () = conn.pset_ex(key, value, px).await.map_err(down)?;
+        let _: () = conn
+            .pset_ex(key, value, px)
+            .await
+            .map_err(|e| self.failed(e))?;
         Ok(())
     }
 
     async fn publish(&self, message: String) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
-        let _: i64 = conn.publish(CHANNEL, message).await.map_err(down)?;
+        let _: i64 = conn
+            .publish(CHANNEL, message)
+            .await
+            .map_err(|e| self.failed(e))?;
         Ok(())
     }
 
@@ -294,6 +317,12 @@ impl Inner {
                 // Whatever was revoked while we were not listening is unknown:
                 // forget every cached token before vouching again.
                 self.cache.clear();
+                // Ready only once commands get through as well: the command
+                // connection may still be the one that broke.
+                while !self.ping_once().await {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                self.reachable.store(true, Ordering::Release);
                 self.subscribed.store(true, Ordering::Release);
                 tracing::info!("subscribed to redis revocations");
                 let mut messages = pubsub.on_message();
@@ -303,6 +332,7 @@ impl Inner {
                     }
                 }
                 self.subscribed.store(false, Ordering::Release);
+                self.reachable.store(false, Ordering::Release);
                 tracing::warn!(
                     "lost the redis revocation channel; refusing tokens until it is back"
                 );
@@ -314,13 +344,7 @@ impl Inner {
     /// Pings Redis on the command connection; a silent network failure shows here.
     async fn ping(self: Arc<Self>) {
         loop {
-            let mut conn = self.conn.clone();
-            let pong = tokio::time::timeout(
-                Duration::from_secs(1),
-                redis::cmd("PING").query_async::<String>(&mut conn),
-            )
-            .await;
-            let ok = matches!(pong, Ok(Ok(_)));
+            let ok = self.ping_once().await;
             let was = self.reachable.swap(ok, Ordering::AcqRel);
             if was && !ok {
                 tracing::warn!("redis does not answer; refusing tokens until it does");
@@ -357,7 +381,7 @@ impl TokenStore for RedisStore {
                 .arg(FAMILY_PREFIX)
                 .invoke_async(&mut inner.conn.clone())
                 .await
-                .map_err(down)?;
+                .map_err(|e| inner.failed(e))?;
             let rec = value.as_deref().and_then(|v| inner.decode_token(v));
             Ok(match rec {
                 Some(rec) if rec.is_live(now) && !inner.family_revoked(rec.family) => {
@@ -375,7 +399,10 @@ impl TokenStore for RedisStore {
             inner.check()?;
             let h = hex(&key);
             let mut conn = inner.conn.clone();
-            let _: i64 = conn.del(format!("whosthat:at:{h}")).await.map_err(down)?;
+            let _: i64 = conn
+                .del(format!("whosthat:at:{h}"))
+                .await
+                .map_err(|e| inner.failed(e))?;
             inner.cache.remove(&key);
             inner.publish(format!("t:{h}")).await
         })

@@ -10,13 +10,15 @@ use http::header::{AUTHORIZATION, HOST};
 use http::{HeaderMap, HeaderValue, Request, Response};
 use hyper::body::Incoming;
 
+use arc_swap::ArcSwap;
+
 use crate::config::Config;
 use crate::config::StoreBackend;
 use crate::error::{Body, GatewayError};
 use crate::oauth::authorize::{AUTHORIZE_PATH, Authorizer};
 use crate::oauth::endpoints::{self, INTROSPECT_PATH, METADATA_PATH, REVOKE_PATH, USERINFO_PATH};
 use crate::oauth::limiter::Limiter;
-use crate::oauth::{OAuthContext, token_endpoint};
+use crate::oauth::{OAuthContext, grant_still_allowed, token_endpoint};
 use crate::password::PasswordPool;
 use crate::proxy::{ForwardInfo, forward};
 use crate::routes::normalize_path;
@@ -24,7 +26,8 @@ use crate::store::{Grants, MemoryStore, RedisStore, StoreError, TokenHash, Token
 
 /// Everything a request needs, shared by all connections.
 pub struct AppState {
-    pub config: Arc<Config>,
+    /// Swapped whole on reload; a request keeps the one it started with.
+    pub config: ArcSwap<Config>,
     pub store: Arc<dyn TokenStore>,
     pub passwords: PasswordPool,
     pub limiter: Limiter,
@@ -33,6 +36,11 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// The config in force now.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
     pub fn new(config: Arc<Config>) -> Result<AppState, StoreError> {
         let passwords = PasswordPool::new(
             config.oauth.password_workers,
@@ -50,7 +58,7 @@ impl AppState {
             limiter: Limiter::default(),
             authorizer: Authorizer::new(),
             grants,
-            config,
+            config: ArcSwap::new(config),
         })
     }
 }
@@ -91,8 +99,10 @@ pub async fn handle(
     // Copied only when the line will be written. The path only: queries can carry secrets.
     let logged = tracing::enabled!(target: "whosthat::access", tracing::Level::INFO)
         .then(|| (req.method().clone(), req.uri().path().to_string()));
+    // The config in force when the request arrived, for the whole request.
+    let config = state.config();
     let mut log = LogContext::default();
-    let resp = match handle_inner(&state, req, &conn, &mut log).await {
+    let resp = match handle_inner(&state, &config, req, &conn, &mut log).await {
         Ok(r) => r,
         Err(e) => {
             log.reason = Some(e.reason());
@@ -117,12 +127,12 @@ pub async fn handle(
 }
 
 async fn handle_inner<'s>(
-    state: &'s AppState,
+    state: &AppState,
+    config: &'s Config,
     req: Request<Incoming>,
     conn: &ConnInfo,
     log: &mut LogContext<'s>,
 ) -> Result<Response<Body>, GatewayError> {
-    let config = &state.config;
     let path = normalize_path(req.uri().path()).map_err(GatewayError::BadPath)?;
 
     if let Some(endpoint) = own_endpoint(config, &path) {
@@ -159,6 +169,7 @@ async fn handle_inner<'s>(
             .get_access(TokenHash::of(token))
             .await
             .map_err(|_| GatewayError::StoreUnavailable)?
+            .filter(|r| grant_still_allowed(config, &r.grant))
             .ok_or(GatewayError::InvalidToken(
                 "the access token is unknown, expired or revoked",
             ))?;

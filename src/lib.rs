@@ -16,4 +16,4 @@ pub mod server;
 pub mod store;
 
 pub use config::{Config, ConfigError};
-pub use server::{serve, shutdown_signal};
+pub use server::{Reload, reload, serve, serve_with, shutdown_signal, sighup_reloads};

@@ -8,7 +8,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::error::{Body, GatewayError};
 use crate::routes::{Route, Upstream};
@@ -197,12 +197,16 @@ fn downstream_response_headers(headers: &mut HeaderMap) {
 
 /// Sends the request to `upstream` and returns its response, bodies streamed both ways.
 pub async fn forward(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     route: &Route,
     upstream: &Upstream,
     path: &str,
     info: &ForwardInfo<'_>,
 ) -> Result<Response<Body>, GatewayError> {
+    // WebSocket and other `Upgrade` requests: authenticated like any other
+    // request (the caller did that), then tunnelled once the upstream agrees.
+    let upgrade = upgrade_protocol(&req);
+    let client_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let pq = route.upstream_path_and_query(upstream, path, parts.uri.query());
     parts.uri = Uri::builder()
@@ -212,10 +216,16 @@ pub async fn forward(
         .build()
         .map_err(|_| GatewayError::BadPath("the path cannot be forwarded"))?;
     upstream_request_headers(&mut parts.headers, parts.version, info);
+    if let Some(protocol) = &upgrade {
+        parts.headers.insert(header::UPGRADE, protocol.clone());
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
     parts.version = Version::HTTP_11;
     let upstream_req = Request::from_parts(parts, body.boxed());
     let client = upstream_client();
-    let resp = match tokio::time::timeout(route.timeout, client.request(upstream_req)).await {
+    let mut resp = match tokio::time::timeout(route.timeout, client.request(upstream_req)).await {
         Err(_) => return Err(GatewayError::UpstreamTimeout),
         Ok(Err(e)) => {
             tracing::warn!(upstream = %upstream, error = %e, "upstream request failed");
@@ -223,9 +233,47 @@ pub async fn forward(
         }
         Ok(Ok(resp)) => resp,
     };
+    let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+    let tunnel = match client_side {
+        Some(client_side) if switching => Some((client_side, hyper::upgrade::on(&mut resp))),
+        _ => None,
+    };
     let (mut parts, body) = resp.into_parts();
+    let upstream_protocol = parts.headers.get(header::UPGRADE).cloned();
     downstream_response_headers(&mut parts.headers);
+    if let Some((client_side, upstream_side)) = tunnel {
+        if let Some(protocol) = upstream_protocol {
+            parts.headers.insert(header::UPGRADE, protocol);
+        }
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        tokio::spawn(async move {
+            let (Ok(client_io), Ok(upstream_io)) = (client_side.await, upstream_side.await) else {
+                return;
+            };
+            let (mut a, mut b) = (TokioIo::new(client_io), TokioIo::new(upstream_io));
+            let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+        });
+    }
     Ok(Response::from_parts(parts, body.boxed()))
+}
+
+/// The protocol an HTTP/1.1 request asks to switch to (`Upgrade` with
+/// `Connection: upgrade`), if any.
+fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
+    if req.version() != Version::HTTP_11 {
+        return None;
+    }
+    let asks = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    asks.then(|| req.headers().get(header::UPGRADE).cloned())
+        .flatten()
 }
 
 #[cfg(test)]

@@ -5,14 +5,15 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
 
 use crate::config::{Config, ServerConfig};
 use crate::gateway::{AppState, ConnInfo, handle};
@@ -33,12 +34,87 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> io::Result<()> {
+    serve_with(config, listener, shutdown, None).await
+}
+
+/// Where reloads come from: each message on `requests` re-reads `path`.
+pub struct Reload {
+    pub path: PathBuf,
+    pub requests: mpsc::UnboundedReceiver<()>,
+}
+
+/// A reload request for every SIGHUP.
+pub fn sighup_reloads() -> io::Result<mpsc::UnboundedReceiver<()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup())?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP received: reloading the config");
+            if tx.send(()).is_err() {
+                return;
+            }
+        }
+    });
+    Ok(rx)
+}
+
+/// Re-reads the config file. A valid one replaces the one in force at once:
+/// requests in flight finish on the old one, live tokens stay valid, and a user
+/// or client no longer in the file loses its tokens (they are checked against
+/// the config on every use). An invalid file is logged and changes nothing.
+pub fn reload(state: &AppState, path: &Path) -> Result<(), String> {
+    let new = Config::load(path).map_err(|e| e.to_string())?;
+    let old = state.config();
+    if new.store.backend != old.store.backend {
+        return Err("store.backend changed: that needs a restart".into());
+    }
+    let (o, n) = (&old.server, &new.server);
+    if o.listen != n.listen || o.workers != n.workers || o.admin_listen != n.admin_listen {
+        tracing::warn!(
+            "server.listen, server.workers and server.admin_listen take effect at the next restart"
+        );
+    }
+    if old.oauth.password_workers != new.oauth.password_workers
+        || old.oauth.password_queue != new.oauth.password_queue
+    {
+        tracing::warn!(
+            "oauth.password_workers and oauth.password_queue take effect at the next restart"
+        );
+    }
+    tracing::info!(
+        routes = new.routes.routes().len(),
+        users = new.users.len(),
+        clients = new.clients.len(),
+        "config reloaded"
+    );
+    state.config.store(Arc::new(new));
+    Ok(())
+}
+
+/// [`serve`], and reloads the config on every request from `reload`.
+pub async fn serve_with(
+    config: Arc<Config>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+    reload_from: Option<Reload>,
+) -> io::Result<()> {
     let state = Arc::new(AppState::new(config.clone()).map_err(io::Error::other)?);
     let mut housekeeping = state.store.spawn_background();
     housekeeping.push(tokio::spawn(sweep_loop(
         state.clone(),
         config.store.sweep_interval,
     )));
+    if let Some(Reload { path, mut requests }) = reload_from {
+        let state = state.clone();
+        housekeeping.push(tokio::spawn(async move {
+            while requests.recv().await.is_some() {
+                if let Err(e) = reload(&state, &path) {
+                    tracing::error!(error = %e, "reload refused; the config in force stays");
+                }
+            }
+        }));
+    }
     if let Some(addr) = config.server.admin_listen {
         let admin = TcpListener::bind(addr).await?;
         tracing::info!(listen = %addr, "admin endpoints (/healthz, /readyz)");
@@ -120,7 +196,9 @@ async fn worker(
     mut stop: watch::Receiver<bool>,
 ) -> io::Result<()> {
     let listener = TcpListener::from_std(listener)?;
-    let graceful = GracefulShutdown::new();
+    // Each connection gets its own receiver, to finish gracefully on shutdown.
+    let for_connections = stop.clone();
+    let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -134,24 +212,25 @@ async fn worker(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let state = state.clone();
-                let watcher = graceful.watcher();
-                tokio::spawn(serve_connection(stream, peer, state, watcher));
+                connections.spawn(serve_connection(stream, peer, state.clone(), for_connections.clone()));
             }
+            // Reap finished connections as we go.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
             _ = stop.wait_for(|stop| *stop) => break,
         }
     }
     drop(listener);
     tracing::info!(
-        connections = graceful.count(),
+        connections = connections.len(),
         "shutting down: no new connections, finishing requests in flight"
     );
-    let grace = state.config.server.shutdown_timeout;
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    let grace = state.config().server.shutdown_timeout;
+    let drained = tokio::time::timeout(grace, async {
+        while connections.join_next().await.is_some() {}
+    });
+    if drained.await.is_err() {
         tracing::warn!(after = ?grace, "shutdown grace period over; dropping remaining connections");
+        connections.abort_all();
     }
     Ok(())
 }
@@ -211,10 +290,15 @@ async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     state: Arc<AppState>,
-    watcher: Watcher,
+    mut stop: watch::Receiver<bool>,
 ) {
-    let server: &ServerConfig = &state.config.server;
-    let Some(h2) = is_http2(&stream, server.header_read_timeout).await else {
+    let config = state.config();
+    let server: &ServerConfig = &config.server;
+    let h2 = tokio::select! {
+        h2 = is_http2(&stream, server.header_read_timeout) => h2,
+        _ = stop.wait_for(|stop| *stop) => None,
+    };
+    let Some(h2) = h2 else {
         return;
     };
     let svc_state = state.clone();
@@ -229,6 +313,7 @@ async fn serve_connection(
         async move { Ok::<_, Infallible>(fut.await) }
     });
     let io = TokioIo::new(stream);
+    // On shutdown: finish the request in flight, then close (graceful_shutdown).
     let result = if h2 {
         let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         b.timer(TokioTimer::new())
@@ -236,14 +321,39 @@ async fn serve_connection(
             .max_concurrent_streams(256)
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(20));
-        watcher.watch(b.serve_connection(io, service)).await
+        let conn = b.serve_connection(io, service);
+        tokio::pin!(conn);
+        let finished = tokio::select! {
+            r = conn.as_mut() => Some(r),
+            _ = stop.wait_for(|stop| *stop) => None,
+        };
+        match finished {
+            Some(r) => r,
+            None => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        }
     } else {
         let mut b = hyper::server::conn::http1::Builder::new();
         b.timer(TokioTimer::new())
             .header_read_timeout(server.header_read_timeout)
             .max_buf_size(server.max_header_bytes.max(8192))
             .max_headers(100);
-        watcher.watch(b.serve_connection(io, service)).await
+        // with_upgrades: WebSocket and other upgraded connections are tunnelled.
+        let conn = b.serve_connection(io, service).with_upgrades();
+        tokio::pin!(conn);
+        let finished = tokio::select! {
+            r = conn.as_mut() => Some(r),
+            _ = stop.wait_for(|stop| *stop) => None,
+        };
+        match finished {
+            Some(r) => r,
+            None => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        }
     };
     if let Err(e) = result {
         tracing::debug!(peer = %peer, error = %e, "connection ended with an error");

@@ -7,7 +7,9 @@ use hyper::body::Incoming;
 use serde_json::{Value, json};
 
 use super::client_auth::{self, AuthenticatedClient};
-use super::{OAuthContext, Params, authorize::AUTHORIZE_PATH, read_form, revoke_family};
+use super::{
+    OAuthContext, Params, authorize::AUTHORIZE_PATH, grant_still_allowed, read_form, revoke_family,
+};
 use crate::config::Config;
 use crate::error::{Body, GatewayError, OAuthCode, full};
 use crate::gateway::bearer_token;
@@ -106,9 +108,11 @@ pub async fn introspect(
         ));
     }
     let (rec, token_type) = match find(ctx, &params).await? {
-        Some(Found::Access(rec)) => (rec, "Bearer"),
-        Some(Found::Refresh(rec)) => (rec, "refresh_token"),
-        None => return Ok(json_response(&json!({ "active": false }))),
+        Some(Found::Access(rec)) if grant_still_allowed(ctx.config, &rec.grant) => (rec, "Bearer"),
+        Some(Found::Refresh(rec)) if grant_still_allowed(ctx.config, &rec.grant) => {
+            (rec, "refresh_token")
+        }
+        _ => return Ok(json_response(&json!({ "active": false }))),
     };
     let g = &rec.grant;
     let mut v = json!({
@@ -141,6 +145,7 @@ pub async fn userinfo(
         .get_access(TokenHash::of(token))
         .await
         .map_err(|_| GatewayError::StoreUnavailable)?
+        .filter(|r| grant_still_allowed(ctx.config, &r.grant))
         .ok_or(GatewayError::InvalidToken(
             "the access token is unknown, expired or revoked",
         ))?;

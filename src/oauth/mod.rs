@@ -216,6 +216,16 @@ pub async fn issue(
     }
 }
 
+/// Whether the user and client behind a grant are still in the config: one
+/// removed from the file (and reloaded) loses its live tokens at once.
+pub fn grant_still_allowed(config: &Config, grant: &Grant) -> bool {
+    config.clients.contains_key(grant.client.as_ref())
+        && grant
+            .user
+            .as_deref()
+            .is_none_or(|u| config.users.contains_key(u))
+}
+
 /// `requested` (absent: all of `allowed`), refused if it asks for more.
 fn grant_scope(requested: Option<ScopeSet>, allowed: &ScopeSet) -> Result<ScopeSet, GatewayError> {
     match requested {
@@ -347,9 +357,7 @@ async fn refresh_grant(
     if rec.grant.client != client.client.id {
         return Err(BAD);
     }
-    if let Some(user) = &rec.grant.user
-        && !ctx.config.users.contains_key(user.as_ref())
-    {
+    if !grant_still_allowed(ctx.config, &rec.grant) {
         return Err(BAD);
     }
     let scope = grant_scope(requested, &rec.grant.scope)?;
@@ -399,6 +407,9 @@ async fn code_grant(
         }
     };
     if rec.grant.client != client.client.id {
+        return Err(BAD);
+    }
+    if !grant_still_allowed(ctx.config, &rec.grant) {
         return Err(BAD);
     }
     match params.get("redirect_uri") {

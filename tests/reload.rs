@@ -1,0 +1,215 @@
+//! Hot reload: a reload request re-reads the file; a valid one swaps routes, users
+//! and clients at once with no failed request, an invalid one changes nothing, and
+//! a user removed from the file loses its live tokens immediately.
+
+mod common;
+use common::*;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+
+struct Reloading {
+    gw_addr: std::net::SocketAddr,
+    path: PathBuf,
+    reload: mpsc::UnboundedSender<()>,
+    _stop: oneshot::Sender<()>,
+    _dir: tempfile::TempDir,
+}
+
+impl Reloading {
+    fn url(&self, p: &str) -> String {
+        format!("http://{}{}", self.gw_addr, p)
+    }
+
+    /// Writes `text` and asks for a reload; waits until it has been applied
+    /// (reloads are handled in order, and the file is read right away).
+    async fn reload_with(&self, text: &str) {
+        write_atomically(&self.path, text);
+        self.reload.send(()).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn write_atomically(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+async fn start(text: &str) -> Reloading {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, text).unwrap();
+    let config = whosthat::Config::load(&path).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gw_addr = listener.local_addr().unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let reload = whosthat::Reload {
+        path: path.clone(),
+        requests: rx,
+    };
+    tokio::spawn(whosthat::serve_with(
+        Arc::new(config),
+        listener,
+        async move {
+            let _ = stopped.await;
+        },
+        Some(reload),
+    ));
+    Reloading {
+        gw_addr,
+        path,
+        reload: tx,
+        _stop: stop,
+        _dir: dir,
+    }
+}
+
+async fn login_at(g: &Reloading, user: &str, pw: &str) -> String {
+    let r = request(
+        http::Method::POST,
+        &g.url("/auth/access_token"),
+        &[("content-type", "application/x-www-form-urlencoded")],
+        &format!("grant_type=password&username={user}&password={pw}"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["access_token"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_under_load_fail_no_request() {
+    let up = spawn_upstream().await;
+    let base = config_text(up.addr);
+    let g = Arc::new(start(&base).await);
+    let token = login_at(&g, "alice", ALICE_PW).await;
+
+    // A bounded load loop: 4 clients for as long as the reloads take (at most 20 s).
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (g, token, stop, ok, failed) = (
+            g.clone(),
+            token.clone(),
+            stop.clone(),
+            ok.clone(),
+            failed.clone(),
+        );
+        clients.push(tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let r = get_with_token(&g.url("/api/x"), &token).await;
+                if r.status == 200 {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    eprintln!("failed during reload: {} {}", r.status, r.text());
+                }
+            }
+        }));
+    }
+    // 20 reloads, each changing the file (a new route appears and disappears).
+    let extra = "\n[[routes]]\nprefix = \"/extra/\"\nupstream = \"http://127.0.0.1:1\"\n";
+    for n in 0..20 {
+        let text = if n % 2 == 0 {
+            format!("{base}{extra}")
+        } else {
+            base.clone()
+        };
+        g.reload_with(&text).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!("{ok} requests during 20 reloads, {failed} failed");
+    assert!(ok > 100, "the load loop ran ({ok} requests)");
+    assert_eq!(failed, 0);
+}
+
+#[tokio::test]
+async fn a_valid_reload_swaps_routes_and_keeps_live_tokens() {
+    let up = spawn_upstream().await;
+    let base = config_text(up.addr);
+    let g = start(&base).await;
+    let token = login_at(&g, "alice", ALICE_PW).await;
+    assert_eq!(get_with_token(&g.url("/new/x"), &token).await.status, 404);
+
+    let with_route = format!(
+        "{base}\n[[routes]]\nprefix = \"/new/\"\nupstream = \"http://{}\"\nstrip_prefix = true\n",
+        up.addr
+    );
+    g.reload_with(&with_route).await;
+    let r = get_with_token(&g.url("/new/x"), &token).await;
+    assert_eq!(r.seen().uri(), "/x");
+    // The token issued before the reload still opens the old routes.
+    assert_eq!(get_with_token(&g.url("/api/x"), &token).await.status, 200);
+}
+
+#[tokio::test]
+async fn an_invalid_file_is_ignored() {
+    let up = spawn_upstream().await;
+    let base = config_text(up.addr);
+    let g = start(&base).await;
+    let token = login_at(&g, "alice", ALICE_PW).await;
+    g.reload_with(&format!("{base}\n[[routes]]\nprefix = \"/broken/\"\n"))
+        .await;
+    g.reload_with("this is not toml").await;
+    // Still the old config: routes, users and tokens as before.
+    assert_eq!(get_with_token(&g.url("/api/x"), &token).await.status, 200);
+    assert_eq!(
+        get_with_token(&g.url("/broken/x"), &token).await.status,
+        404
+    );
+    login_at(&g, "bob", BOB_PW).await;
+}
+
+#[tokio::test]
+async fn a_removed_user_or_client_loses_its_tokens_at_once() {
+    let up = spawn_upstream().await;
+    let base = config_text(up.addr);
+    let g = start(&base).await;
+    let alice = login_at(&g, "alice", ALICE_PW).await;
+    let bob = login_at(&g, "bob", BOB_PW).await;
+    let svc = {
+        let r = request(
+            http::Method::POST,
+            &g.url("/auth/access_token"),
+            &[
+                ("content-type", "application/x-www-form-urlencoded"),
+                ("authorization", &basic("svc", SVC_SECRET)),
+            ],
+            "grant_type=client_credentials",
+        )
+        .await;
+        assert_eq!(r.status, 200);
+        r.json()["access_token"].as_str().unwrap().to_string()
+    };
+
+    // Remove bob's [[users]] entry and the svc client.
+    let start_bob = base.find("[[users]]\nname = \"bob\"").unwrap();
+    let end_bob = start_bob + base[start_bob..].find("\n\n").unwrap();
+    let without_bob = format!("{}{}", &base[..start_bob], &base[end_bob..]);
+    let start_svc = without_bob.find("[[clients]]\nid = \"svc\"").unwrap();
+    let end_svc = start_svc + without_bob[start_svc..].find("\n\n").unwrap();
+    let text = format!("{}{}", &without_bob[..start_svc], &without_bob[end_svc..]);
+    g.reload_with(&text).await;
+
+    let r = get_with_token(&g.url("/api/x"), &bob).await;
+    assert_eq!(r.status, 401);
+    assert!(
+        r.header("www-authenticate")
+            .unwrap()
+            .contains("invalid_token")
+    );
+    assert_eq!(get_with_token(&g.url("/api/x"), &svc).await.status, 401);
+    assert_eq!(get_with_token(&g.url("/api/x"), &alice).await.status, 200);
+}

@@ -171,6 +171,7 @@ fn header_rewrite(c: &mut Criterion) {
     let grant = grant("stefano");
     let peer = HeaderValue::from_static("127.0.0.1");
     let info = ForwardInfo {
+        tls: false,
         forwarded_for: &peer,
         host: Some(HeaderValue::from_static("api.example.com")),
         identity: Some(&grant),

@@ -70,6 +70,14 @@ struct RawServer {
     max_header_bytes: Option<Spanned<i64>>,
     workers: Option<Spanned<i64>>,
     admin_listen: Option<Spanned<String>>,
+    tls: Option<Spanned<RawTls>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: String,
+    key: String,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -156,6 +164,9 @@ pub struct ServerConfig {
     pub workers: usize,
     /// `/healthz` and `/readyz`, never on the public listener.
     pub admin_listen: Option<SocketAddr>,
+    /// TLS on the public listener (TLS 1.2 and 1.3, ALPN h2 and http/1.1); the
+    /// PEM files are read when the config is loaded, so a reload re-reads them.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 #[derive(Debug, Clone)]
@@ -294,7 +305,12 @@ impl Config {
         let mut s = String::new();
         let _ = writeln!(s, "config {} is valid", self.file.display());
         let _ = writeln!(s, "listeners:");
-        let _ = writeln!(s, "  http  {}", self.server.listen);
+        let scheme = if self.server.tls.is_some() {
+            "https"
+        } else {
+            "http "
+        };
+        let _ = writeln!(s, "  {scheme} {}", self.server.listen);
         let _ = writeln!(
             s,
             "token endpoint: {} (issuer {})",
@@ -434,6 +450,55 @@ impl Validator<'_> {
         }
     }
 
+    /// Loads the certificate chain and key named by `server.tls` (paths relative
+    /// to the config file) into a rustls server config.
+    fn tls(&self, t: &Spanned<RawTls>) -> Result<Arc<rustls::ServerConfig>, ConfigError> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let base = self.file.parent().unwrap_or(Path::new("."));
+        let raw = t.get_ref();
+        let (cert_path, key_path) = (base.join(&raw.cert), base.join(&raw.key));
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
+            .and_then(|it| it.collect::<Result<_, _>>())
+            .map_err(|e| {
+                self.err(
+                    t.span(),
+                    "server.tls.cert",
+                    format!("cannot read {}: {e}", cert_path.display()),
+                )
+            })?;
+        if certs.is_empty() {
+            return Err(self.err(
+                t.span(),
+                "server.tls.cert",
+                format!("{} holds no certificate", cert_path.display()),
+            ));
+        }
+        let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| {
+            self.err(
+                t.span(),
+                "server.tls.key",
+                format!("cannot read {}: {e}", key_path.display()),
+            )
+        })?;
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| self.err(t.span(), "server.tls", e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| {
+            self.err(
+                t.span(),
+                "server.tls",
+                format!("the certificate and key do not make a TLS config: {e}"),
+            )
+        })?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+
     fn duration(&self, v: &Spanned<String>, key: &str) -> Result<Duration, ConfigError> {
         let d = humantime::parse_duration(v.get_ref().trim()).map_err(|e| {
             self.err(
@@ -544,6 +609,10 @@ impl Validator<'_> {
                 DEFAULT_MAX_HEADER_BYTES,
             )?,
             workers: self.positive(&server_raw.workers, "server.workers", 1, 1024, cores())?,
+            tls: match &server_raw.tls {
+                None => None,
+                Some(t) => Some(self.tls(t)?),
+            },
             admin_listen: match &server_raw.admin_listen {
                 None => None,
                 Some(a) => Some(a.get_ref().parse().map_err(|_| {

@@ -15,6 +15,7 @@ use arc_swap::ArcSwap;
 use crate::config::Config;
 use crate::config::StoreBackend;
 use crate::error::{Body, GatewayError};
+use crate::metrics::Metrics;
 use crate::oauth::authorize::{AUTHORIZE_PATH, Authorizer};
 use crate::oauth::endpoints::{self, INTROSPECT_PATH, METADATA_PATH, REVOKE_PATH, USERINFO_PATH};
 use crate::oauth::limiter::Limiter;
@@ -33,6 +34,7 @@ pub struct AppState {
     pub limiter: Limiter,
     pub authorizer: Authorizer,
     pub grants: Arc<Grants>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl AppState {
@@ -58,6 +60,7 @@ impl AppState {
             limiter: Limiter::default(),
             authorizer: Authorizer::new(),
             grants,
+            metrics: Arc::new(Metrics::new()),
             config: ArcSwap::new(config),
         })
     }
@@ -75,16 +78,19 @@ struct LogContext<'s> {
 /// What the gateway knows of a client connection.
 pub struct ConnInfo {
     pub peer: SocketAddr,
+    /// Whether the client came over TLS (`X-Forwarded-Proto: https`).
+    pub tls: bool,
     /// `X-Forwarded-For` for every request of the connection.
     pub forwarded_for: HeaderValue,
 }
 
 impl ConnInfo {
-    pub fn new(peer: SocketAddr) -> ConnInfo {
+    pub fn new(peer: SocketAddr, tls: bool) -> ConnInfo {
         let forwarded_for = HeaderValue::try_from(peer.ip().to_string())
             .unwrap_or(HeaderValue::from_static("unknown"));
         ConnInfo {
             peer,
+            tls,
             forwarded_for,
         }
     }
@@ -105,10 +111,15 @@ pub async fn handle(
     let resp = match handle_inner(&state, &config, req, &conn, &mut log).await {
         Ok(r) => r,
         Err(e) => {
+            state.metrics.rejected(&e);
             log.reason = Some(e.reason());
             e.into_response()
         }
     };
+    let latency = start.elapsed();
+    state
+        .metrics
+        .request(log.route.unwrap_or("-"), resp.status().as_u16(), latency);
     let Some((method, path)) = logged else {
         return resp;
     };
@@ -120,7 +131,7 @@ pub async fn handle(
         status = resp.status().as_u16(),
         user = log.user.as_deref().unwrap_or("-"),
         reason = log.reason.unwrap_or("-"),
-        latency_us = start.elapsed().as_micros() as u64,
+        latency_us = latency.as_micros() as u64,
         "request"
     );
     resp
@@ -143,6 +154,7 @@ async fn handle_inner<'s>(
             passwords: &state.passwords,
             limiter: &state.limiter,
             grants: &state.grants,
+            metrics: &state.metrics,
             peer: conn.peer.ip(),
         };
         return match endpoint {
@@ -197,6 +209,7 @@ async fn handle_inner<'s>(
     };
     let info = ForwardInfo {
         forwarded_for: &conn.forwarded_for,
+        tls: conn.tls,
         host,
         identity: record.as_ref().map(|r| r.grant.as_ref()),
     };

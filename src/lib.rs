@@ -7,6 +7,7 @@
 pub mod config;
 pub mod error;
 pub mod gateway;
+pub mod metrics;
 pub mod oauth;
 pub mod password;
 pub mod proxy;

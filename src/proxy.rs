@@ -118,6 +118,8 @@ fn is_bearer(v: &HeaderValue) -> bool {
 pub struct ForwardInfo<'a> {
     /// The peer's address, rendered once per connection.
     pub forwarded_for: &'a HeaderValue,
+    /// Whether the client came over TLS.
+    pub tls: bool,
     /// The Host (or :authority) the client used.
     pub host: Option<HeaderValue>,
     pub identity: Option<&'a Grant>,
@@ -161,7 +163,8 @@ pub fn upstream_request_headers(headers: &mut HeaderMap, version: Version, info:
         }
     }
     out.insert(X_FORWARDED_FOR.clone(), info.forwarded_for.clone());
-    out.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    let proto = if info.tls { "https" } else { "http" };
+    out.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     if let Some(host) = &info.host {
         out.insert(X_FORWARDED_HOST.clone(), host.clone());
     }
@@ -326,6 +329,7 @@ mod tests {
         let xff = HeaderValue::from_static("127.0.0.1");
         let info = ForwardInfo {
             forwarded_for: &xff,
+            tls: false,
             host: Some(HeaderValue::from_static("gw.example")),
             identity: Some(&grant),
         };

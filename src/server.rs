@@ -117,7 +117,7 @@ pub async fn serve_with(
     }
     if let Some(addr) = config.server.admin_listen {
         let admin = TcpListener::bind(addr).await?;
-        tracing::info!(listen = %addr, "admin endpoints (/healthz, /readyz)");
+        tracing::info!(listen = %addr, "admin endpoints (/healthz, /readyz, /metrics)");
         housekeeping.push(tokio::spawn(admin_loop(admin, state.clone())));
     }
     let workers = config.server.workers;
@@ -169,7 +169,19 @@ async fn admin_loop(listener: TcpListener, state: Arc<AppState>) {
         tokio::spawn(async move {
             let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                 let ready = state.store.is_ready();
+                let metrics = (req.uri().path() == "/metrics").then(|| {
+                    let (access, refresh) = state.store.token_counts();
+                    state.metrics.render(access, refresh)
+                });
                 async move {
+                    if let Some(text) = metrics {
+                        let mut resp = hyper::Response::new(crate::error::full(text));
+                        resp.headers_mut().insert(
+                            http::header::CONTENT_TYPE,
+                            http::HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+                        );
+                        return Ok::<_, Infallible>(resp);
+                    }
                     let (status, body) = match req.uri().path() {
                         "/healthz" => (200, "ok\n"),
                         "/readyz" if ready => (200, "ready\n"),
@@ -294,17 +306,63 @@ async fn serve_connection(
 ) {
     let config = state.config();
     let server: &ServerConfig = &config.server;
-    let h2 = tokio::select! {
-        h2 = is_http2(&stream, server.header_read_timeout) => h2,
-        _ = stop.wait_for(|stop| *stop) => None,
-    };
-    let Some(h2) = h2 else {
-        return;
-    };
-    let svc_state = state.clone();
-    let conn = Arc::new(ConnInfo::new(peer));
+    let limit = server.header_read_timeout;
+    match server.tls.clone() {
+        None => {
+            let h2 = tokio::select! {
+                h2 = is_http2(&stream, limit) => h2,
+                _ = stop.wait_for(|stop| *stop) => None,
+            };
+            if let Some(h2) = h2 {
+                serve_http(
+                    TokioIo::new(stream),
+                    h2,
+                    ConnInfo::new(peer, false),
+                    state,
+                    server,
+                    stop,
+                )
+                .await;
+            }
+        }
+        Some(tls) => {
+            // The handshake must finish within the header timeout too.
+            let accepted = tokio::select! {
+                r = tokio::time::timeout(limit, tokio_rustls::TlsAcceptor::from(tls).accept(stream)) => r.ok().and_then(Result::ok),
+                _ = stop.wait_for(|stop| *stop) => None,
+            };
+            let Some(tls_stream) = accepted else {
+                return;
+            };
+            let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            serve_http(
+                TokioIo::new(tls_stream),
+                h2,
+                ConnInfo::new(peer, true),
+                state,
+                server,
+                stop,
+            )
+            .await;
+        }
+    }
+}
+
+/// Serves HTTP/1.1 (with upgrades) or HTTP/2 on an established connection.
+async fn serve_http<I>(
+    io: TokioIo<I>,
+    h2: bool,
+    conn: ConnInfo,
+    state: Arc<AppState>,
+    server: &ServerConfig,
+    mut stop: watch::Receiver<bool>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = conn.peer;
+    let conn = Arc::new(conn);
     let service = service_fn(move |req| {
-        let state = svc_state.clone();
+        let state = state.clone();
         let conn = conn.clone();
         // Boxed: the connection holds a slot for this future even while idle, and
         // the request pipeline's future is several KiB; boxed, an idle
@@ -312,7 +370,6 @@ async fn serve_connection(
         let fut = Box::pin(handle(state, req, conn));
         async move { Ok::<_, Infallible>(fut.await) }
     });
-    let io = TokioIo::new(stream);
     // On shutdown: finish the request in flight, then close (graceful_shutdown).
     let result = if h2 {
         let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());

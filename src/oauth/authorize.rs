@@ -297,10 +297,16 @@ impl Authorizer {
         } else {
             match super::check_user_password(ctx, username, password).await {
                 Ok(Some(user)) => Ok(user.clone()),
-                Ok(None) => Err("Invalid username or password.".to_string()),
-                Err(GatewayError::TooManyAttempts(secs)) => Err(format!(
-                    "Too many failed attempts. Try again in {secs} seconds."
-                )),
+                Ok(None) => {
+                    ctx.metrics.auth_failure("invalid_grant");
+                    Err("Invalid username or password.".to_string())
+                }
+                Err(GatewayError::TooManyAttempts(secs)) => {
+                    ctx.metrics.auth_failure("too_many_attempts");
+                    Err(format!(
+                        "Too many failed attempts. Try again in {secs} seconds."
+                    ))
+                }
                 Err(e) => return Err(e),
             }
         };

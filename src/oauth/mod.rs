@@ -114,6 +114,7 @@ pub struct OAuthContext<'a> {
     pub passwords: &'a PasswordPool,
     pub limiter: &'a Limiter,
     pub grants: &'a Grants,
+    pub metrics: &'a crate::metrics::Metrics,
     /// The client's address, for brute-force accounting.
     pub peer: IpAddr,
 }
@@ -208,12 +209,15 @@ pub async fn issue(
         ))?),
         None => None,
     };
-    match grant {
+    let response = match grant {
         GrantType::Password => password_grant(ctx, &client, params, requested).await,
         GrantType::ClientCredentials => client_credentials_grant(ctx, &client, requested).await,
         GrantType::RefreshToken => refresh_grant(ctx, &client, params, requested).await,
         GrantType::AuthorizationCode => code_grant(ctx, &client, params).await,
-    }
+    };
+    let response = response?;
+    ctx.metrics.token_issued(grant.as_str());
+    Ok(response)
 }
 
 /// Whether the user and client behind a grant are still in the config: one

@@ -1,0 +1,949 @@
+//! Prometheus metrics: request counts and latencies by route, tokens issued by
+//! grant, authentication failures by reason, upstream errors by kind, and live
+//! tokens, rendered in the Prometheus text format 0.0.4 for the admin listener.
+//!
+//! Hand-written rather than built on `prometheus-client`: that crate's
+//! `Family` takes an `RwLock` on every lookup and wants an owned label set (a
+//! `String` per request for the route), its `Histogram` takes a `Mutex` on
+//! every observation, and its text encoder speaks OpenMetrics, not 0.0.4.
+//! Here recording is a few relaxed atomic additions after a lock-free lookup:
+//! no lock, no allocation, no formatting per request. Only the first request
+//! of a new route (or reason, or grant) allocates, once, for its entry.
+//!
+//! Label values are bounded: at most [`MAX_ROUTES`] routes, [`MAX_STATUSES`]
+//! statuses per route, and a few dozen grants, reasons and kinds; anything
+//! beyond is counted under `"other"`.
+
+use std::fmt::{self, Write as _};
+use std::hash::BuildHasher;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::time::Duration;
+
+use foldhash::fast::FixedState;
+
+use crate::error::{GatewayError, OAuthCode};
+
+/// The `Content-Type` of [`Metrics::render`]'s output.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Distinct routes kept apart; later ones are counted as `route="other"`.
+pub const MAX_ROUTES: usize = 1000;
+/// Distinct statuses kept apart per route; later ones count as `status="other"`.
+pub const MAX_STATUSES: usize = 64;
+/// Distinct grants, reasons and upstream error kinds kept apart (each).
+const MAX_SMALL: usize = 64;
+
+/// The label value everything past a limit is counted under.
+pub const OTHER: &str = "other";
+
+/// The grant types of RFC 6749, registered up front so their series exist at 0.
+pub const GRANTS: [&str; 4] = [
+    "password",
+    "client_credentials",
+    "refresh_token",
+    "authorization_code",
+];
+/// The kinds of [`Metrics::upstream_error`], registered up front.
+pub const UPSTREAM_ERRORS: [&str; 2] = ["unreachable", "timeout"];
+
+/// Latency buckets for a proxy, 0.5 ms to 10 s: upper bounds in nanoseconds
+/// and as written in the `le` label.
+const BUCKETS: [(u64, &str); 14] = [
+    (500_000, "0.0005"),
+    (1_000_000, "0.001"),
+    (2_500_000, "0.0025"),
+    (5_000_000, "0.005"),
+    (10_000_000, "0.01"),
+    (25_000_000, "0.025"),
+    (50_000_000, "0.05"),
+    (100_000_000, "0.1"),
+    (250_000_000, "0.25"),
+    (500_000_000, "0.5"),
+    (1_000_000_000, "1"),
+    (2_500_000_000, "2.5"),
+    (5_000_000_000, "5"),
+    (10_000_000_000, "10"),
+];
+
+/// One observation's share of a histogram sum is capped here (about 2.3 years),
+/// so the sum cannot wrap.
+const MAX_OBSERVATION_NS: u64 = 1 << 56;
+
+/// The gateway's metrics. Shared in an `Arc`; every method takes `&self` and
+/// may be called from any number of threads at once.
+pub struct Metrics {
+    routes: Labeled<RouteStats>,
+    tokens_issued: Labeled<AtomicU64>,
+    auth_failures: Labeled<AtomicU64>,
+    upstream_errors: Labeled<AtomicU64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
+
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metrics")
+            .field("routes", &self.routes.used.load(Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        Metrics::with_route_limit(MAX_ROUTES)
+    }
+
+    fn with_route_limit(max_routes: usize) -> Metrics {
+        let m = Metrics {
+            routes: Labeled::new(max_routes),
+            tokens_issued: Labeled::new(MAX_SMALL),
+            auth_failures: Labeled::new(MAX_SMALL),
+            upstream_errors: Labeled::new(MAX_SMALL),
+        };
+        for g in GRANTS {
+            m.tokens_issued.get(g);
+        }
+        for k in UPSTREAM_ERRORS {
+            m.upstream_errors.get(k);
+        }
+        m
+    }
+
+    /// One answered request: `route` is the matched route's prefix, the
+    /// endpoint's path, or `"-"` when nothing matched.
+    pub fn request(&self, route: &str, status: u16, latency: Duration) {
+        let r = self.routes.get(route);
+        r.statuses.add(status);
+        r.latency.observe(latency);
+    }
+
+    /// A token response sent for `grant` (one of [`GRANTS`]).
+    pub fn token_issued(&self, grant: &str) {
+        self.tokens_issued.get(grant).fetch_add(1, Relaxed);
+    }
+
+    /// A request refused for its credentials or permissions; `reason` is
+    /// [`GatewayError::reason`].
+    pub fn auth_failure(&self, reason: &str) {
+        self.auth_failures.get(reason).fetch_add(1, Relaxed);
+    }
+
+    /// An upstream that could not be reached (`"unreachable"`) or did not
+    /// answer in time (`"timeout"`).
+    pub fn upstream_error(&self, kind: &str) {
+        self.upstream_errors.get(kind).fetch_add(1, Relaxed);
+    }
+
+    /// Counts a refusal where it belongs: upstream errors by kind, and
+    /// authentication and authorization failures by reason (bad or missing
+    /// client credentials, grants, bearer tokens or scopes, and brute-force
+    /// lockouts). Malformed requests, routing misses and internal errors are
+    /// in `whosthat_requests_total` only.
+    pub fn rejected(&self, e: &GatewayError) {
+        match e {
+            GatewayError::UpstreamUnreachable => self.upstream_error("unreachable"),
+            GatewayError::UpstreamTimeout => self.upstream_error("timeout"),
+            GatewayError::OAuth(
+                OAuthCode::InvalidClient
+                | OAuthCode::InvalidGrant
+                | OAuthCode::UnauthorizedClient
+                | OAuthCode::InvalidScope,
+                _,
+            )
+            | GatewayError::TooManyAttempts(_)
+            | GatewayError::NoToken
+            | GatewayError::InvalidToken(_)
+            | GatewayError::MalformedBearer(_)
+            | GatewayError::InsufficientScope(_) => self.auth_failure(e.reason()),
+            GatewayError::OAuth(..)
+            | GatewayError::PostOnly
+            | GatewayError::BadPath(_)
+            | GatewayError::NoRoute
+            | GatewayError::MethodNotAllowed(_)
+            | GatewayError::PayloadTooLarge
+            | GatewayError::PasswordBusy
+            | GatewayError::StoreUnavailable => {}
+        }
+    }
+
+    /// The exposition in the Prometheus text format 0.0.4 ([`CONTENT_TYPE`]),
+    /// with the live token counts given (`TokenStore::token_counts`).
+    pub fn render(&self, live_access: usize, live_refresh: usize) -> String {
+        let mut out = String::with_capacity(2048);
+        let mut routes = self.routes.sorted(|r| r.latency.count() > 0);
+        // A route whose first request is being recorded right now may have no
+        // observation yet.
+        routes.retain(|(_, r)| r.latency.count() > 0);
+
+        family(
+            &mut out,
+            "whosthat_requests_total",
+            "counter",
+            "Requests answered, by route and HTTP status.",
+        );
+        for (route, r) in &routes {
+            for (status, n) in r.statuses.snapshot() {
+                let _ = writeln!(
+                    out,
+                    "whosthat_requests_total{{route=\"{}\",status=\"{status}\"}} {n}",
+                    Escaped(route)
+                );
+            }
+        }
+
+        family(
+            &mut out,
+            "whosthat_request_duration_seconds",
+            "histogram",
+            "Time from receiving a request to having its response, by route.",
+        );
+        for (route, r) in &routes {
+            let (buckets, sum_ns) = r.latency.snapshot();
+            let route = Escaped(route);
+            let mut cumulative = 0u64;
+            for (i, n) in buckets.iter().enumerate() {
+                cumulative += n;
+                let le = BUCKETS.get(i).map_or("+Inf", |b| b.1);
+                let _ = writeln!(
+                    out,
+                    "whosthat_request_duration_seconds_bucket{{route=\"{route}\",le=\"{le}\"}} {cumulative}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "whosthat_request_duration_seconds_sum{{route=\"{route}\"}} {}",
+                sum_ns as f64 / 1e9
+            );
+            let _ = writeln!(
+                out,
+                "whosthat_request_duration_seconds_count{{route=\"{route}\"}} {cumulative}"
+            );
+        }
+
+        counters(
+            &mut out,
+            "whosthat_tokens_issued_total",
+            "Token responses sent, by grant type.",
+            "grant",
+            &self.tokens_issued,
+        );
+        counters(
+            &mut out,
+            "whosthat_auth_failures_total",
+            "Requests refused for their credentials or permissions, by reason.",
+            "reason",
+            &self.auth_failures,
+        );
+        counters(
+            &mut out,
+            "whosthat_upstream_errors_total",
+            "Proxied requests whose upstream could not be reached or timed out, by kind.",
+            "kind",
+            &self.upstream_errors,
+        );
+
+        family(
+            &mut out,
+            "whosthat_live_tokens",
+            "gauge",
+            "Tokens held by the token store, including expired ones not yet swept.",
+        );
+        let _ = writeln!(out, "whosthat_live_tokens{{kind=\"access\"}} {live_access}");
+        let _ = writeln!(
+            out,
+            "whosthat_live_tokens{{kind=\"refresh\"}} {live_refresh}"
+        );
+        out
+    }
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn counters(out: &mut String, name: &str, help: &str, label: &str, t: &Labeled<AtomicU64>) {
+    family(out, name, "counter", help);
+    for (value, n) in t.sorted(|n| n.load(Relaxed) > 0) {
+        let _ = writeln!(
+            out,
+            "{name}{{{label}=\"{}\"}} {}",
+            Escaped(value),
+            n.load(Relaxed)
+        );
+    }
+}
+
+/// A label value escaped for the text format: `\`, `"` and newline.
+struct Escaped<'a>(&'a str);
+
+impl fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut rest = self.0;
+        while let Some(i) = rest.find(['\\', '"', '\n']) {
+            f.write_str(&rest[..i])?;
+            f.write_str(match rest.as_bytes()[i] {
+                b'\\' => "\\\\",
+                b'"' => "\\\"",
+                _ => "\\n",
+            })?;
+            rest = &rest[i + 1..];
+        }
+        f.write_str(rest)
+    }
+}
+
+/// Per-label entries in a fixed-size, insert-only open-addressing table: a
+/// lookup is a hash, a probe or two and a string comparison, with no lock;
+/// inserting takes one allocation, the first time a label value is seen.
+struct Labeled<E> {
+    /// A power of two, at least twice `max`, so probes stay short and an
+    /// empty slot is always found.
+    slots: Box<[Slot<E>]>,
+    used: AtomicUsize,
+    max: usize,
+    other: E,
+}
+
+/// A label value and its entry; `None` once lost to a race at the limit.
+type Slot<E> = OnceLock<Option<Box<(Box<str>, E)>>>;
+
+/// Label values come from the config and fixed strings, never from requests,
+/// so a fixed seed is fine.
+const HASH: FixedState = FixedState::with_seed(0x7768_6f73_7468_6174);
+
+impl<E: Default> Labeled<E> {
+    fn new(max: usize) -> Labeled<E> {
+        let len = (max * 2).next_power_of_two().max(8);
+        Labeled {
+            slots: (0..len).map(|_| OnceLock::new()).collect(),
+            used: AtomicUsize::new(0),
+            max,
+            other: E::default(),
+        }
+    }
+
+    fn get(&self, key: &str) -> &E {
+        let mask = self.slots.len() - 1;
+        let mut i = HASH.hash_one(key) as usize & mask;
+        // Slots only ever go from empty to full, and a key goes into the first
+        // empty slot of its probe sequence: so it is found before any empty slot,
+        // and racing inserts of one key meet in the same slot, where `OnceLock`
+        // lets one of them in. A slot is only taken while under the limit; one
+        // lost to a race at the limit stays `None` and is skipped.
+        for _ in 0..self.slots.len() {
+            let slot = &self.slots[i];
+            let entry = match slot.get() {
+                Some(e) => e,
+                None if self.used.load(Relaxed) >= self.max => return &self.other,
+                None => slot.get_or_init(|| {
+                    self.used
+                        .fetch_update(Relaxed, Relaxed, |n| (n < self.max).then_some(n + 1))
+                        .ok()
+                        .map(|_| Box::new((key.into(), E::default())))
+                }),
+            };
+            if let Some(e) = entry
+                && *e.0 == *key
+            {
+                return &e.1;
+            }
+            i = (i + 1) & mask;
+        }
+        &self.other
+    }
+
+    /// Entries by label value, then `"other"` if `show_other(other)`.
+    fn sorted(&self, show_other: impl Fn(&E) -> bool) -> Vec<(&str, &E)> {
+        let mut v: Vec<(&str, &E)> = self
+            .slots
+            .iter()
+            .filter_map(|s| s.get().and_then(Option::as_deref))
+            .map(|e| (&*e.0, &e.1))
+            .collect();
+        v.sort_unstable_by_key(|(k, _)| *k);
+        if show_other(&self.other) {
+            v.push((OTHER, &self.other));
+        }
+        v
+    }
+}
+
+#[derive(Default)]
+struct RouteStats {
+    statuses: StatusCounts,
+    latency: Histogram,
+}
+
+/// Counts by status: a small insert-only table keyed by the code (0 = empty).
+struct StatusCounts {
+    codes: [AtomicU16; MAX_STATUSES],
+    counts: [AtomicU64; MAX_STATUSES],
+    overflow: AtomicU64,
+}
+
+impl Default for StatusCounts {
+    fn default() -> StatusCounts {
+        StatusCounts {
+            codes: [const { AtomicU16::new(0) }; MAX_STATUSES],
+            counts: [const { AtomicU64::new(0) }; MAX_STATUSES],
+            overflow: AtomicU64::new(0),
+        }
+    }
+}
+
+impl StatusCounts {
+    fn add(&self, status: u16) {
+        if status != 0 {
+            let mut i = status as usize % MAX_STATUSES;
+            for _ in 0..MAX_STATUSES {
+                let code = match self.codes[i].load(Relaxed) {
+                    0 => match self.codes[i].compare_exchange(0, status, Relaxed, Relaxed) {
+                        Ok(_) => status,
+                        Err(other) => other,
+                    },
+                    code => code,
+                };
+                if code == status {
+                    self.counts[i].fetch_add(1, Relaxed);
+                    return;
+                }
+                i = (i + 1) % MAX_STATUSES;
+            }
+        }
+        self.overflow.fetch_add(1, Relaxed);
+    }
+
+    /// `(status, count)` by status, then `("other", count)` if any.
+    fn snapshot(&self) -> Vec<(StatusLabel, u64)> {
+        let mut v: Vec<(StatusLabel, u64)> = self
+            .codes
+            .iter()
+            .zip(&self.counts)
+            .map(|(c, n)| (c.load(Relaxed), n.load(Relaxed)))
+            .filter(|&(c, n)| c != 0 && n != 0)
+            .map(|(c, n)| (StatusLabel::Code(c), n))
+            .collect();
+        v.sort_unstable_by_key(|(c, _)| *c);
+        let overflow = self.overflow.load(Relaxed);
+        if overflow > 0 {
+            v.push((StatusLabel::Other, overflow));
+        }
+        v
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum StatusLabel {
+    Code(u16),
+    Other,
+}
+
+impl fmt::Display for StatusLabel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StatusLabel::Code(c) => write!(f, "{c}"),
+            StatusLabel::Other => f.write_str(OTHER),
+        }
+    }
+}
+
+/// Per-bucket (not cumulative) counts, the last one for `+Inf`, and the sum
+/// in nanoseconds; the count is the buckets' total.
+struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len() + 1],
+    sum_ns: AtomicU64,
+}
+
+impl Default for Histogram {
+    fn default() -> Histogram {
+        Histogram {
+            buckets: [const { AtomicU64::new(0) }; BUCKETS.len() + 1],
+            sum_ns: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Histogram {
+    fn observe(&self, d: Duration) {
+        let ns =
+            u64::try_from(d.as_nanos()).map_or(MAX_OBSERVATION_NS, |n| n.min(MAX_OBSERVATION_NS));
+        // The first bucket whose bound is at least `ns` (`le` is inclusive).
+        let i = BUCKETS.partition_point(|&(bound, _)| bound < ns);
+        self.buckets[i].fetch_add(1, Relaxed);
+        self.sum_ns.fetch_add(ns, Relaxed);
+    }
+
+    fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Relaxed)).sum()
+    }
+
+    fn snapshot(&self) -> ([u64; BUCKETS.len() + 1], u64) {
+        (
+            std::array::from_fn(|i| self.buckets[i].load(Relaxed)),
+            self.sum_ns.load(Relaxed),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+    use std::collections::{HashMap, HashSet};
+    use std::sync::Arc;
+
+    /// Counts allocations per thread, so a test can show that recording does
+    /// not allocate (other tests' threads are not counted).
+    struct CountingAlloc;
+
+    thread_local! {
+        static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+    }
+
+    unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+        unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+            let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+            unsafe { std::alloc::System.alloc(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+            unsafe { std::alloc::System.dealloc(ptr, layout) }
+        }
+        unsafe fn realloc(
+            &self,
+            ptr: *mut u8,
+            layout: std::alloc::Layout,
+            new_size: usize,
+        ) -> *mut u8 {
+            let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+            unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    #[global_allocator]
+    static GLOBAL: CountingAlloc = CountingAlloc;
+
+    fn allocations() -> u64 {
+        ALLOCATIONS.with(Cell::get)
+    }
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// A minimal check of the text format 0.0.4: every line is `# HELP name
+    /// text`, `# TYPE name type` or `name{label="value",...} number`; each
+    /// family has one HELP and one TYPE before its samples; samples of a family
+    /// are contiguous; histogram samples are `_bucket`, `_sum`, `_count`.
+    /// Returns the samples as `name{labels}` to value.
+    fn parse(text: &str) -> HashMap<String, f64> {
+        fn is_name(s: &str) -> bool {
+            let mut b = s.bytes();
+            matches!(b.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_' || c == b':')
+                && b.all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b':')
+        }
+        /// Parses `{a="x",b="y"}` at the start of `s`; returns the rest.
+        fn labels(s: &str) -> &str {
+            let mut rest = s.strip_prefix('{').expect("labels open with {");
+            loop {
+                if let Some(r) = rest.strip_prefix('}') {
+                    return r;
+                }
+                let eq = rest.find('=').expect("label has =");
+                assert!(is_name(&rest[..eq]), "label name {:?}", &rest[..eq]);
+                assert!(!rest[..eq].starts_with("__"), "reserved label name");
+                rest = rest[eq + 1..]
+                    .strip_prefix('"')
+                    .expect("label value is quoted");
+                let mut chars = rest.char_indices();
+                let end = loop {
+                    match chars.next().expect("label value is closed") {
+                        (_, '\\') => {
+                            let (_, c) = chars.next().expect("escape has a character");
+                            assert!(matches!(c, '\\' | '"' | 'n'), "bad escape \\{c}");
+                        }
+                        (_, '\n') => panic!("raw newline in a label value"),
+                        (i, '"') => break i,
+                        _ => {}
+                    }
+                };
+                rest = &rest[end + 1..];
+                rest = rest.strip_prefix(',').unwrap_or(rest);
+            }
+        }
+
+        assert!(text.ends_with('\n'), "the exposition ends with a newline");
+        let mut help = HashSet::new();
+        let mut types: HashMap<String, String> = HashMap::new();
+        let mut finished = HashSet::new();
+        let mut current: Option<String> = None;
+        let mut samples = HashMap::new();
+        for line in text.lines() {
+            if let Some(comment) = line.strip_prefix("# ") {
+                let mut parts = comment.splitn(3, ' ');
+                let (kw, name, rest) = (
+                    parts.next().unwrap(),
+                    parts.next().expect("a name"),
+                    parts.next().expect("a text"),
+                );
+                assert!(is_name(name), "{line}");
+                if let Some(f) = current.take() {
+                    finished.insert(f);
+                }
+                match kw {
+                    "HELP" => assert!(help.insert(name.to_string()), "two HELPs: {line}"),
+                    "TYPE" => {
+                        assert!(
+                            matches!(
+                                rest,
+                                "counter" | "gauge" | "histogram" | "summary" | "untyped"
+                            ),
+                            "{line}"
+                        );
+                        assert!(types.insert(name.into(), rest.into()).is_none(), "{line}");
+                        assert!(help.contains(name), "HELP before TYPE: {line}");
+                    }
+                    _ => panic!("unknown comment: {line}"),
+                }
+                continue;
+            }
+            assert!(!line.starts_with('#'), "{line}");
+            let name_end = line.find(['{', ' ']).expect("a sample has a value");
+            let name = &line[..name_end];
+            assert!(is_name(name), "{line}");
+            let rest = &line[name_end..];
+            let rest = if rest.starts_with('{') {
+                labels(rest)
+            } else {
+                rest
+            };
+            let value = rest.strip_prefix(' ').expect("one space before the value");
+            assert!(
+                value.parse::<f64>().is_ok() || matches!(value, "+Inf" | "-Inf" | "NaN"),
+                "value of {line}"
+            );
+            let family = types
+                .iter()
+                .filter(|(f, t)| {
+                    name == f.as_str()
+                        || (t.as_str() == "histogram"
+                            && ["_bucket", "_sum", "_count"]
+                                .iter()
+                                .any(|s| name.strip_suffix(s) == Some(f.as_str())))
+                })
+                .map(|(f, _)| f.clone())
+                .next()
+                .unwrap_or_else(|| panic!("a sample without a TYPE: {line}"));
+            assert!(!finished.contains(&family), "family split up: {line}");
+            current = Some(family);
+            let key = &line[..line.len() - value.len() - 1];
+            assert!(
+                samples
+                    .insert(key.to_string(), value.parse().unwrap_or(f64::NAN))
+                    .is_none(),
+                "duplicate sample: {line}"
+            );
+        }
+        samples
+    }
+
+    fn lines(text: &str) -> HashSet<&str> {
+        text.lines().collect()
+    }
+
+    #[test]
+    fn records_from_many_threads_and_renders_exact_lines() {
+        let m = Arc::new(Metrics::new());
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let m = m.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..1000 {
+                        m.request("/api", 200, MS * 3);
+                        m.request("/oauth/token", 400, Duration::from_micros(200));
+                    }
+                    m.request("-", 404, Duration::from_secs(20));
+                    m.token_issued(GRANTS[t % 2]);
+                    m.auth_failure("invalid_token");
+                    if t == 0 {
+                        m.upstream_error("timeout");
+                        m.auth_failure("invalid_client");
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let text = m.render(12, 3);
+        let samples = parse(&text);
+        let got = lines(&text);
+        for want in [
+            "# HELP whosthat_requests_total Requests answered, by route and HTTP status.",
+            "# TYPE whosthat_requests_total counter",
+            "whosthat_requests_total{route=\"-\",status=\"404\"} 8",
+            "whosthat_requests_total{route=\"/api\",status=\"200\"} 8000",
+            "whosthat_requests_total{route=\"/oauth/token\",status=\"400\"} 8000",
+            "# TYPE whosthat_request_duration_seconds histogram",
+            "whosthat_request_duration_seconds_bucket{route=\"/api\",le=\"0.0025\"} 0",
+            "whosthat_request_duration_seconds_bucket{route=\"/api\",le=\"0.005\"} 8000",
+            "whosthat_request_duration_seconds_bucket{route=\"/api\",le=\"+Inf\"} 8000",
+            "whosthat_request_duration_seconds_sum{route=\"/api\"} 24",
+            "whosthat_request_duration_seconds_count{route=\"/api\"} 8000",
+            "whosthat_request_duration_seconds_bucket{route=\"/oauth/token\",le=\"0.0005\"} 8000",
+            "whosthat_request_duration_seconds_sum{route=\"/oauth/token\"} 1.6",
+            "whosthat_request_duration_seconds_bucket{route=\"-\",le=\"10\"} 0",
+            "whosthat_request_duration_seconds_bucket{route=\"-\",le=\"+Inf\"} 8",
+            "whosthat_request_duration_seconds_sum{route=\"-\"} 160",
+            "whosthat_request_duration_seconds_count{route=\"-\"} 8",
+            "# TYPE whosthat_tokens_issued_total counter",
+            "whosthat_tokens_issued_total{grant=\"password\"} 4",
+            "whosthat_tokens_issued_total{grant=\"client_credentials\"} 4",
+            "whosthat_tokens_issued_total{grant=\"refresh_token\"} 0",
+            "whosthat_tokens_issued_total{grant=\"authorization_code\"} 0",
+            "# TYPE whosthat_auth_failures_total counter",
+            "whosthat_auth_failures_total{reason=\"invalid_token\"} 8",
+            "whosthat_auth_failures_total{reason=\"invalid_client\"} 1",
+            "# TYPE whosthat_upstream_errors_total counter",
+            "whosthat_upstream_errors_total{kind=\"timeout\"} 1",
+            "whosthat_upstream_errors_total{kind=\"unreachable\"} 0",
+            "# HELP whosthat_live_tokens Tokens held by the token store, including expired ones not yet swept.",
+            "# TYPE whosthat_live_tokens gauge",
+            "whosthat_live_tokens{kind=\"access\"} 12",
+            "whosthat_live_tokens{kind=\"refresh\"} 3",
+        ] {
+            assert!(got.contains(want), "missing {want:?} in\n{text}");
+        }
+        // Every family has HELP and TYPE; the sample count is exact.
+        for name in [
+            "whosthat_requests_total",
+            "whosthat_request_duration_seconds",
+            "whosthat_tokens_issued_total",
+            "whosthat_auth_failures_total",
+            "whosthat_upstream_errors_total",
+            "whosthat_live_tokens",
+        ] {
+            assert!(text.contains(&format!("# HELP {name} ")), "{name}");
+            assert!(text.contains(&format!("# TYPE {name} ")), "{name}");
+        }
+        // 3 request series, 3 routes x 17 histogram lines, 4 + 2 + 2 counters, 2 gauges.
+        assert_eq!(samples.len(), 3 + 3 * 17 + 4 + 2 + 2 + 2, "{text}");
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_inclusive() {
+        let m = Metrics::new();
+        for d in [
+            Duration::ZERO,
+            Duration::from_micros(500), // exactly on the first bound: le is inclusive
+            Duration::from_nanos(500_001),
+            MS * 7,
+            MS * 1000,
+            Duration::from_secs(10),
+            Duration::from_secs(11),
+        ] {
+            m.request("/r", 200, d);
+        }
+        let text = m.render(0, 0);
+        parse(&text);
+        let buckets: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("whosthat_request_duration_seconds"))
+            .collect();
+        assert_eq!(
+            buckets,
+            [
+                "whosthat_request_duration_seconds_bucket{route=\"/r\",le=\"0.0005\"} 2",
+                "whosthat_request_duration_seconds_bucket{route=\"/r\",le=\"0.001\"} 3",
+                "whosthat_request_duration_seconds_bucket{route=\"/r\",le=\"0.0025\"} 3",
+                "whosthat_request_duration_seconds_bucket{route=\"/r\",le=\"0.005\"} 3",
+                "whosthat_request_duration_seconds_bucket{route=\"/r\",le=\"0.01\"} 4",
+                "whosthat_request_duration_seconds_bucket{route=\"/r\",le=\"0.025\"} 4",
+                "whosthat_request_duration_seconds_bucket{route=\"/r\",le=\"0.05\"} 4",
+                "whosthat_request_duration_seconds_bucket{route=\"/r\",le=\"0.1\"} 4",
+                "whosthat_request_duration_seconds_bucket{route=\"/r\",le=\"0.25\"} 4",
+                "whosthat_request_duration_seconds_bucket{route=\"/r\",le=\"0.5\"} 4",
+                "whosthat_request_duration_seconds_bucket{route=\"/r\",le=\"1\"} 5",
+                "whosthat_request_duration_seconds_bucket{route=\"/r\",le=\"2.5\"} 5",
+                "whosthat_request_duration_seconds_bucket{route=\"/r\",le=\"5\"} 5",
+                "whosthat_request_duration_seconds_bucket{route=\"/r\",le=\"10\"} 6",
+                "whosthat_request_duration_seconds_bucket{route=\"/r\",le=\"+Inf\"} 7",
+                "whosthat_request_duration_seconds_sum{route=\"/r\"} 22.008000001",
+                "whosthat_request_duration_seconds_count{route=\"/r\"} 7",
+            ]
+        );
+    }
+
+    #[test]
+    fn an_empty_registry_is_valid_and_complete() {
+        let text = Metrics::new().render(0, 0);
+        let samples = parse(&text);
+        // Only the pre-registered counters and the gauges.
+        assert_eq!(samples.len(), 4 + 2 + 2, "{text}");
+        assert_eq!(text.matches("# HELP ").count(), 6);
+        assert_eq!(text.matches("# TYPE ").count(), 6);
+    }
+
+    #[test]
+    fn routes_beyond_the_limit_count_as_other() {
+        let m = Metrics::new();
+        for i in 0..MAX_ROUTES + 100 {
+            m.request(&format!("/r{i}"), 200, MS);
+        }
+        m.request("/r0", 200, MS); // known routes keep their own series
+        let text = m.render(0, 0);
+        let samples = parse(&text);
+        let routes: HashSet<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("whosthat_requests_total{"))
+            .map(|l| l.split('"').nth(1).unwrap())
+            .collect();
+        assert_eq!(routes.len(), MAX_ROUTES + 1);
+        assert_eq!(
+            samples["whosthat_requests_total{route=\"other\",status=\"200\"}"],
+            100.0
+        );
+        assert_eq!(
+            samples["whosthat_requests_total{route=\"/r0\",status=\"200\"}"],
+            2.0
+        );
+        assert_eq!(
+            samples["whosthat_request_duration_seconds_count{route=\"other\"}"],
+            100.0
+        );
+    }
+
+    #[test]
+    fn racing_inserts_of_new_labels_make_one_series_each() {
+        let m = Arc::new(Metrics::with_route_limit(50));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let m = m.clone();
+                std::thread::spawn(move || {
+                    for i in 0..80 {
+                        m.request(&format!("/r{i}"), 200 + (i % 3) as u16, MS);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let text = m.render(0, 0);
+        let samples = parse(&text);
+        let counts: Vec<f64> = samples
+            .iter()
+            .filter(|(k, _)| k.starts_with("whosthat_request_duration_seconds_count"))
+            .map(|(_, v)| *v)
+            .collect();
+        // 50 routes of their own (8 requests each) and "other" with the rest.
+        assert_eq!(counts.len(), 51, "{text}");
+        assert_eq!(counts.iter().sum::<f64>(), 8.0 * 80.0);
+        assert_eq!(counts.iter().filter(|&&c| c == 8.0).count(), 50);
+        assert_eq!(
+            samples["whosthat_request_duration_seconds_count{route=\"other\"}"],
+            240.0
+        );
+    }
+
+    #[test]
+    fn statuses_beyond_the_limit_count_as_other() {
+        let m = Metrics::new();
+        for s in 100..100 + MAX_STATUSES as u16 + 5 {
+            m.request("/r", s, MS);
+        }
+        m.request("/r", 100, MS);
+        m.request("/r", 0, MS);
+        let samples = parse(&m.render(0, 0));
+        assert_eq!(
+            samples["whosthat_requests_total{route=\"/r\",status=\"100\"}"],
+            2.0
+        );
+        assert_eq!(
+            samples["whosthat_requests_total{route=\"/r\",status=\"other\"}"],
+            6.0
+        );
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let m = Metrics::new();
+        m.request("/a\"b\\c\nd", 200, MS);
+        let text = m.render(0, 0);
+        parse(&text);
+        assert!(
+            text.contains("whosthat_requests_total{route=\"/a\\\"b\\\\c\\nd\",status=\"200\"} 1\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn gateway_errors_are_classified() {
+        let m = Metrics::new();
+        for e in [
+            GatewayError::UpstreamUnreachable,
+            GatewayError::UpstreamTimeout,
+            GatewayError::UpstreamTimeout,
+            GatewayError::OAuth(OAuthCode::InvalidClient, "x"),
+            GatewayError::OAuth(OAuthCode::InvalidRequest, "x"),
+            GatewayError::OAuth(OAuthCode::UnsupportedGrantType, "x"),
+            GatewayError::TooManyAttempts(3),
+            GatewayError::NoToken,
+            GatewayError::InvalidToken("x"),
+            GatewayError::InsufficientScope("read".into()),
+            GatewayError::NoRoute,
+            GatewayError::StoreUnavailable,
+        ] {
+            m.rejected(&e);
+        }
+        let samples = parse(&m.render(0, 0));
+        let failures: HashMap<&str, f64> = samples
+            .iter()
+            .filter_map(|(k, v)| {
+                k.strip_prefix("whosthat_auth_failures_total{reason=\"")
+                    .map(|r| (r.trim_end_matches("\"}"), *v))
+            })
+            .collect();
+        assert_eq!(
+            failures,
+            HashMap::from([
+                ("invalid_client", 1.0),
+                ("too_many_attempts", 1.0),
+                ("unauthorized", 1.0),
+                ("invalid_token", 1.0),
+                ("insufficient_scope", 1.0),
+            ])
+        );
+        assert_eq!(
+            samples["whosthat_upstream_errors_total{kind=\"unreachable\"}"],
+            1.0
+        );
+        assert_eq!(
+            samples["whosthat_upstream_errors_total{kind=\"timeout\"}"],
+            2.0
+        );
+    }
+
+    #[test]
+    fn recording_does_not_allocate() {
+        let m = Metrics::new();
+        // First sight of each label value allocates its entry, once.
+        m.request("/api", 200, MS);
+        m.auth_failure("invalid_token");
+        m.rejected(&GatewayError::NoToken);
+        let before = allocations();
+        for i in 0..1000u32 {
+            m.request("/api", 200, MS * i);
+            m.token_issued("password");
+            m.auth_failure("invalid_token");
+            m.upstream_error("timeout");
+            m.rejected(&GatewayError::NoToken);
+        }
+        assert_eq!(allocations(), before, "the recording path allocated");
+        // The check itself works.
+        let _ = m.render(0, 0);
+        assert!(allocations() > before);
+    }
+}

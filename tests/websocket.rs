@@ -1,6 +1,9 @@
 //! WebSocket through the gateway: authenticated like any request, then tunnelled
 //! both ways; refused without a token.
 
+// tungstenite's handshake callback and errors carry whole HTTP responses: large by design.
+#![allow(clippy::result_large_err)]
+
 mod common;
 use common::*;
 

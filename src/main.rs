@@ -29,8 +29,17 @@ struct Cli {
         default_value = "gateway.toml"
     )]
     config: PathBuf,
+    /// Log format of `serve`: human-readable text, or one JSON object per line.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -55,7 +64,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve(&cli.config),
+        Command::Serve => serve(&cli.config, cli.log_format),
         Command::CheckConfig => match Config::load(&cli.config) {
             Ok(c) => {
                 print!("{}", c.summary());
@@ -88,13 +97,23 @@ fn done(result: cli::CliResult<()>) -> ExitCode {
     }
 }
 
-fn serve(path: &std::path::Path) -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_ansi(std::io::stdout().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+fn serve(path: &std::path::Path, format: LogFormat) -> ExitCode {
+    // No log line carries a credential: the access log has the path without the
+    // query, and nothing else logs request data.
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    match format {
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_ansi(std::io::stdout().is_terminal())
+            .with_env_filter(filter)
+            .init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_env_filter(filter)
+            .init(),
+    }
     let config = match Config::load(path) {
         Ok(c) => Arc::new(c),
         Err(e) => {
@@ -117,7 +136,12 @@ fn serve(path: &std::path::Path) -> ExitCode {
         let listener = tokio::net::TcpListener::bind(config.server.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
-        whosthat::serve(config, listener, whosthat::shutdown_signal())
+        // SIGHUP re-reads the config file.
+        let reload = whosthat::Reload {
+            path: path.to_path_buf(),
+            requests: whosthat::sighup_reloads().map_err(|e| e.to_string())?,
+        };
+        whosthat::serve_with(config, listener, whosthat::shutdown_signal(), Some(reload))
             .await
             .map_err(|e| e.to_string())
     });

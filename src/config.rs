@@ -98,6 +98,7 @@ struct RawStore {
     backend: Option<Spanned<String>>,
     redis_url: Option<Spanned<String>>,
     sweep_interval: Option<Spanned<String>>,
+    state_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -186,6 +187,9 @@ pub struct OAuthConfig {
 pub struct StoreConfig {
     pub backend: StoreBackend,
     pub sweep_interval: Duration,
+    /// Memory backend: where live tokens are saved on graceful shutdown and
+    /// loaded (then deleted) at start. Relative to the config file.
+    pub state_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -720,6 +724,7 @@ impl Validator<'_> {
             None => StoreConfig {
                 backend: StoreBackend::Memory,
                 sweep_interval: Duration::from_secs(30),
+                state_file: None,
             },
             Some(s) => {
                 let s = s.get_ref();
@@ -771,8 +776,28 @@ impl Validator<'_> {
                         ));
                     }
                 };
+                let state_file = match &s.state_file {
+                    None => None,
+                    Some(_) if backend != StoreBackend::Memory => {
+                        return Err(self.err(
+                            s.state_file.as_ref().map_or(0..0, |f| f.span()),
+                            "store.state_file",
+                            "only used with store.backend = \"memory\" (Redis keeps the tokens itself)",
+                        ));
+                    }
+                    Some(f) if f.get_ref().trim().is_empty() => {
+                        return Err(self.err(f.span(), "store.state_file", "must be a file path"));
+                    }
+                    Some(f) => Some(
+                        self.file
+                            .parent()
+                            .unwrap_or(Path::new("."))
+                            .join(f.get_ref()),
+                    ),
+                };
                 StoreConfig {
                     backend,
+                    state_file,
                     sweep_interval: self.opt_duration(
                         &s.sweep_interval,
                         "store.sweep_interval",

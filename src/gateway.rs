@@ -35,6 +35,8 @@ pub struct AppState {
     pub authorizer: Authorizer,
     pub grants: Arc<Grants>,
     pub metrics: Arc<Metrics>,
+    /// The memory backend, when it is the store (saved and loaded across restarts).
+    pub memory: Option<Arc<MemoryStore>>,
 }
 
 impl AppState {
@@ -50,9 +52,12 @@ impl AppState {
             Duration::from_secs(10),
         );
         let grants = Arc::new(Grants::default());
-        let store: Arc<dyn TokenStore> = match &config.store.backend {
-            StoreBackend::Memory => Arc::new(MemoryStore::new()),
-            StoreBackend::Redis(url) => Arc::new(RedisStore::new(url, grants.clone())?),
+        let (store, memory): (Arc<dyn TokenStore>, _) = match &config.store.backend {
+            StoreBackend::Memory => {
+                let m = Arc::new(MemoryStore::new());
+                (m.clone(), Some(m))
+            }
+            StoreBackend::Redis(url) => (Arc::new(RedisStore::new(url, grants.clone())?), None),
         };
         Ok(AppState {
             store,
@@ -61,6 +66,7 @@ impl AppState {
             authorizer: Authorizer::new(),
             grants,
             metrics: Arc::new(Metrics::new()),
+            memory,
             config: ArcSwap::new(config),
         })
     }

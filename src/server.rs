@@ -100,6 +100,16 @@ pub async fn serve_with(
     reload_from: Option<Reload>,
 ) -> io::Result<()> {
     let state = Arc::new(AppState::new(config.clone()).map_err(io::Error::other)?);
+    if let (Some(memory), Some(file)) = (&state.memory, &config.store.state_file) {
+        match memory.load(file, &state.grants) {
+            Ok(n) => {
+                tracing::info!(tokens = n, file = %file.display(), "tokens saved at the last shutdown loaded")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, file = %file.display(), "saved tokens could not be loaded")
+            }
+        }
+    }
     let mut housekeeping = state.store.spawn_background();
     housekeeping.push(tokio::spawn(sweep_loop(
         state.clone(),
@@ -153,6 +163,15 @@ pub async fn serve_with(
     }
     for task in housekeeping {
         task.abort();
+    }
+    // Drained: save the live tokens so that a planned restart logs no one out.
+    if let (Some(memory), Some(file)) = (&state.memory, &state.config().store.state_file) {
+        match memory.save(file) {
+            Ok(n) => tracing::info!(tokens = n, file = %file.display(), "live tokens saved"),
+            Err(e) => {
+                tracing::error!(error = %e, file = %file.display(), "live tokens could not be saved")
+            }
+        }
     }
     result
 }

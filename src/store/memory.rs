@@ -3,9 +3,16 @@
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use dashmap::DashMap;
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Arc;
 
-use super::{CodeRecord, Redeem, StoreFuture, TokenHash, TokenRecord, TokenStore};
+use dashmap::DashMap;
+use serde::{Deserialize, Serialize};
+
+use super::{CodeRecord, Grants, Redeem, StoreFuture, TokenHash, TokenRecord, TokenStore};
+use crate::scope::ScopeSet;
 
 /// Takes the `u64` that [`TokenHash`] writes as the hash: its bytes are uniformly
 /// random already, so hashing them again would only cost time.
@@ -199,6 +206,131 @@ impl TokenStore for MemoryStore {
     }
 }
 
+/// One saved token: its hash, never the token.
+#[derive(Serialize, Deserialize)]
+struct SavedToken {
+    k: String,
+    u: Option<String>,
+    c: String,
+    s: String,
+    f: u64,
+    i: u64,
+    e: u64,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    used: bool,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct Saved {
+    access: Vec<SavedToken>,
+    refresh: Vec<SavedToken>,
+    /// Revoked families and until when.
+    revoked: Vec<(u64, u64)>,
+}
+
+fn saved(key: &TokenHash, rec: &TokenRecord, used: bool) -> SavedToken {
+    let g = &rec.grant;
+    SavedToken {
+        k: super::hex(key),
+        u: g.user.as_deref().map(str::to_string),
+        c: g.client.to_string(),
+        s: g.scope.to_string(),
+        f: rec.family,
+        i: rec.issued_at,
+        e: rec.expires_at,
+        used,
+    }
+}
+
+fn restored(t: SavedToken, grants: &Grants) -> Option<(TokenHash, TokenRecord)> {
+    let key = super::unhex(&t.k)?;
+    let grant = grants.intern(t.u.map(Arc::from), Arc::from(t.c), ScopeSet::parse(&t.s)?);
+    Some((
+        key,
+        TokenRecord {
+            grant,
+            family: t.f,
+            issued_at: t.i,
+            expires_at: t.e,
+        },
+    ))
+}
+
+impl MemoryStore {
+    /// Writes the live tokens (as hashes) and revoked families to `path`, readable
+    /// by the owner only, atomically. Called after a graceful shutdown drained.
+    pub fn save(&self, path: &Path) -> io::Result<usize> {
+        let now = super::now_secs();
+        let mut out = Saved::default();
+        for e in self.access.iter() {
+            if self.live(e.value(), now) {
+                out.access.push(saved(e.key(), e.value(), false));
+            }
+        }
+        for e in self.refresh.iter() {
+            if self.live(&e.value().rec, now) {
+                out.refresh
+                    .push(saved(e.key(), &e.value().rec, e.value().used));
+            }
+        }
+        out.revoked = self
+            .revoked
+            .iter()
+            .filter(|e| now < *e.value())
+            .map(|e| (*e.key(), *e.value()))
+            .collect();
+        let count = out.access.len() + out.refresh.len();
+        let tmp = path.with_extension("tmp");
+        {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            serde_json::to_writer(&mut f, &out)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, path)?;
+        Ok(count)
+    }
+
+    /// Loads what [`save`](Self::save) wrote, then deletes the file at once:
+    /// after a crash there is nothing to load, so a token revoked after this
+    /// start can never come back. Expired entries are skipped. A missing file is
+    /// no error (`Ok(0)`).
+    pub fn load(&self, path: &Path, grants: &Grants) -> io::Result<usize> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        std::fs::remove_file(path)?;
+        let saved: Saved = serde_json::from_slice(&bytes).map_err(io::Error::other)?;
+        let now = super::now_secs();
+        for (family, until) in saved.revoked {
+            if now < until && self.revoked.insert(family, until).is_none() {
+                self.revoked_count.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+        let mut count = 0;
+        for t in saved.access {
+            if let Some((k, rec)) = restored(t, grants).filter(|(_, r)| self.live(r, now)) {
+                self.access.insert(k, rec);
+                count += 1;
+            }
+        }
+        for t in saved.refresh {
+            let used = t.used;
+            if let Some((k, rec)) = restored(t, grants).filter(|(_, r)| self.live(r, now)) {
+                self.refresh.insert(k, OnceEntry { rec, used });
+                count += 1;
+            }
+        }
+        Ok(count)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -266,6 +398,45 @@ mod tests {
             s.take_refresh(TokenHash::of("x")).await.unwrap(),
             Redeem::Unknown
         ));
+    }
+
+    #[tokio::test]
+    async fn save_then_load_keeps_live_tokens_and_revocations_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let s = MemoryStore::new();
+        let (a, r, dead) = (
+            TokenHash::of("a"),
+            TokenHash::of("r"),
+            TokenHash::of("dead"),
+        );
+        s.put_access(a, rec_in(1, now_secs() + 60)).await.unwrap();
+        s.put_access(dead, rec_in(2, now_secs() - 1)).await.unwrap();
+        s.put_refresh(r, rec_in(1, now_secs() + 60)).await.unwrap();
+        s.take_refresh(r).await.unwrap();
+        s.revoke_family(9, now_secs() + 60).await.unwrap();
+        assert_eq!(s.save(&path).unwrap(), 2);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("\"a\""), "hashes only");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+
+        let grants = Grants::default();
+        let t = MemoryStore::new();
+        assert_eq!(t.load(&path, &grants).unwrap(), 2);
+        assert!(!path.exists(), "the file is gone once loaded");
+        assert!(t.get_access(a).await.unwrap().is_some());
+        assert!(t.get_access(dead).await.unwrap().is_none());
+        assert!(matches!(
+            t.take_refresh(r).await.unwrap(),
+            Redeem::Spent { family: 1 }
+        ));
+        assert!(t.family_revoked(9));
+        // A second start (as after a crash) finds nothing.
+        assert_eq!(MemoryStore::new().load(&path, &grants).unwrap(), 0);
     }
 
     #[tokio::test]

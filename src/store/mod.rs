@@ -67,6 +67,31 @@ impl fmt::Debug for TokenHash {
     }
 }
 
+/// The hash as 64 lower-case hex digits (storage keys).
+pub(crate) fn hex(h: &TokenHash) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(64);
+    for b in h.0 {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+    s
+}
+
+pub(crate) fn unhex(s: &str) -> Option<TokenHash> {
+    let bytes = s.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in bytes.chunks(2).enumerate() {
+        let hi = (pair[0] as char).to_digit(16)?;
+        let lo = (pair[1] as char).to_digit(16)?;
+        out[i] = u8::try_from(hi * 16 + lo).ok()?;
+    }
+    Some(TokenHash(out))
+}
+
 /// A fresh token from the OS random source, base64url without padding (43 characters).
 pub fn new_token() -> String {
     let mut bytes = [0u8; TOKEN_BYTES];

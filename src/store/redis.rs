@@ -27,8 +27,8 @@ use serde::{Deserialize, Serialize};
 
 use super::memory::PassThroughHasher;
 use super::{
-    CodeRecord, Grants, Redeem, StoreError, StoreFuture, TokenHash, TokenRecord, TokenStore,
-    now_secs,
+    CodeRecord, Grants, Redeem, StoreError, StoreFuture, TokenHash, TokenRecord, TokenStore, hex,
+    now_secs, unhex,
 };
 use crate::scope::ScopeSet;
 
@@ -78,30 +78,6 @@ struct StoredCode {
     r: String,
     g: bool,
     p: Option<String>,
-}
-
-fn hex(h: &TokenHash) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(64);
-    for b in h.0 {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 15)]));
-    }
-    s
-}
-
-fn unhex(s: &str) -> Option<TokenHash> {
-    let bytes = s.as_bytes();
-    if bytes.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, pair) in bytes.chunks(2).enumerate() {
-        let hi = (pair[0] as char).to_digit(16)?;
-        let lo = (pair[1] as char).to_digit(16)?;
-        out[i] = u8::try_from(hi * 16 + lo).ok()?;
-    }
-    Some(TokenHash(out))
 }
 
 fn down(e: redis::RedisError) -> StoreError {

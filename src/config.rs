@@ -71,6 +71,7 @@ struct RawServer {
     workers: Option<Spanned<i64>>,
     admin_listen: Option<Spanned<String>>,
     tls: Option<Spanned<RawTls>>,
+    max_connections: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -163,6 +164,8 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     /// Threads serving connections, each with its own runtime.
     pub workers: usize,
+    /// Open client connections at most; beyond it new ones are closed at once.
+    pub max_connections: usize,
     /// `/healthz` and `/readyz`, never on the public listener.
     pub admin_listen: Option<SocketAddr>,
     /// TLS on the public listener (TLS 1.2 and 1.3, ALPN h2 and http/1.1); the
@@ -613,6 +616,13 @@ impl Validator<'_> {
                 DEFAULT_MAX_HEADER_BYTES,
             )?,
             workers: self.positive(&server_raw.workers, "server.workers", 1, 1024, cores())?,
+            max_connections: self.positive(
+                &server_raw.max_connections,
+                "server.max_connections",
+                1,
+                10_000_000,
+                50_000,
+            )?,
             tls: match &server_raw.tls {
                 None => None,
                 Some(t) => Some(self.tls(t)?),

@@ -12,7 +12,7 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 use crate::config::{Config, ServerConfig};
@@ -135,9 +135,11 @@ pub async fn serve_with(
     let listener = listener.into_std()?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut finished = Vec::with_capacity(workers);
+    // One budget of connections for every worker.
+    let slots = Arc::new(Semaphore::new(config.server.max_connections));
     for n in 0..workers {
         let listener = listener.try_clone()?;
-        let (state, stop) = (state.clone(), stop_rx.clone());
+        let (state, stop, slots) = (state.clone(), stop_rx.clone(), slots.clone());
         let (done_tx, done_rx) = oneshot::channel();
         std::thread::Builder::new()
             .name(format!("whosthat-worker-{n}"))
@@ -145,7 +147,7 @@ pub async fn serve_with(
                 let result = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
-                    .and_then(|rt| rt.block_on(worker(listener, state, stop)));
+                    .and_then(|rt| rt.block_on(worker(listener, state, stop, slots)));
                 let _ = done_tx.send(result);
             })?;
         finished.push(done_rx);
@@ -225,6 +227,7 @@ async fn worker(
     listener: std::net::TcpListener,
     state: Arc<AppState>,
     mut stop: watch::Receiver<bool>,
+    slots: Arc<Semaphore>,
 ) -> io::Result<()> {
     let listener = TcpListener::from_std(listener)?;
     // Each connection gets its own receiver, to finish gracefully on shutdown.
@@ -242,8 +245,18 @@ async fn worker(
                         continue;
                     }
                 };
+                // Over the limit: closed at once, before any byte is read.
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    tracing::warn!("server.max_connections reached; closing a new connection");
+                    drop(stream);
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
-                connections.spawn(serve_connection(stream, peer, state.clone(), for_connections.clone()));
+                let conn = serve_connection(stream, peer, state.clone(), for_connections.clone());
+                connections.spawn(async move {
+                    conn.await;
+                    drop(slot);
+                });
             }
             // Reap finished connections as we go.
             Some(_) = connections.join_next(), if !connections.is_empty() => {}

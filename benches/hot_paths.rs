@@ -18,7 +18,6 @@ use std::future::Future;
 use std::hint::black_box;
 use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -115,7 +114,7 @@ fn route(prefix: &str) -> Route {
         methods: vec![Method::GET, Method::POST],
         auth: true,
         timeout: Duration::from_secs(30),
-        next_upstream: AtomicUsize::new(0),
+        ..Default::default()
     }
 }
 

@@ -138,6 +138,10 @@ struct RawRoute {
     methods: Option<Spanned<Vec<String>>>,
     auth: Option<bool>,
     timeout: Option<Spanned<String>>,
+    connect_timeout: Option<Spanned<String>>,
+    cooldown: Option<Spanned<String>>,
+    max_body_bytes: Option<Spanned<i64>>,
+    ca_file: Option<Spanned<String>>,
 }
 
 // ------------------------------------------------------------ checked types
@@ -503,6 +507,49 @@ impl Validator<'_> {
             )
         })?;
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    /// TLS to upstreams that trust the CA certificates in `file` (PEM, relative to
+    /// the config file) besides the webpki roots.
+    fn upstream_tls(
+        &self,
+        file: &Spanned<String>,
+        key: &str,
+    ) -> Result<Arc<rustls::ClientConfig>, ConfigError> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let path = self
+            .file
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join(file.get_ref());
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&path)
+            .and_then(|it| it.collect::<Result<_, _>>())
+            .map_err(|e| {
+                self.err(
+                    file.span(),
+                    key,
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let (added, _) = roots.add_parsable_certificates(certs);
+        if added == 0 {
+            return Err(self.err(
+                file.span(),
+                key,
+                format!("{} holds no usable CA certificate", path.display()),
+            ));
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| self.err(file.span(), key, e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
         Ok(Arc::new(config))
     }
 
@@ -1023,6 +1070,27 @@ impl Validator<'_> {
                 auth,
                 timeout: self.opt_duration(&r.timeout, &key("timeout"), Duration::from_secs(30))?,
                 next_upstream: Default::default(),
+                connect_timeout: self.opt_duration(
+                    &r.connect_timeout,
+                    &key("connect_timeout"),
+                    Duration::from_secs(5),
+                )?,
+                cooldown: self.opt_duration(
+                    &r.cooldown,
+                    &key("cooldown"),
+                    Duration::from_secs(10),
+                )?,
+                max_body_bytes: match &r.max_body_bytes {
+                    None => None,
+                    Some(n) if *n.get_ref() >= 0 => Some(*n.get_ref() as u64),
+                    Some(n) => {
+                        return Err(self.err(n.span(), key("max_body_bytes"), "must be 0 or more"));
+                    }
+                },
+                tls: match &r.ca_file {
+                    None => None,
+                    Some(f) => Some(self.upstream_tls(f, &key("ca_file"))?),
+                },
             });
         }
 

@@ -11,7 +11,10 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 
 /// The body type of every response the gateway sends.
-pub type Body = BoxBody<Bytes, hyper::Error>;
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// Errors of streamed bodies (the peer's, or a limit of ours).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into())

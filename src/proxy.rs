@@ -1,41 +1,121 @@
 //! Forwarding to upstreams: the pooled client, the header rules, streaming bodies.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::Scheme;
 use http::{Request, Response, Uri, Version};
 use http_body_util::BodyExt;
+use hyper::body::Frame;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use crate::error::{Body, GatewayError};
+use crate::error::{Body, BoxError, GatewayError};
 use crate::routes::{Route, Upstream};
 use crate::store::Grant;
 
-pub type UpstreamClient = Client<HttpConnector, Body>;
+/// A pooled upstream client: plain HTTP, or HTTPS through rustls.
+#[derive(Clone)]
+pub enum UpstreamClient {
+    Http(Client<HttpConnector, Body>),
+    Https(Client<HttpsConnector<HttpConnector>, Body>),
+}
+
+impl UpstreamClient {
+    fn request(&self, req: Request<Body>) -> ResponseFuture {
+        match self {
+            UpstreamClient::Http(c) => c.request(req),
+            UpstreamClient::Https(c) => c.request(req),
+        }
+    }
+}
+
+/// What tells pools apart: connect timeout (ms), TLS config (its address; 0 for
+/// the webpki roots), https or not.
+type ClientKey = (u64, usize, bool);
 
 thread_local! {
-    /// One keep-alive pool per worker thread, shared by every route: a pooled
-    /// connection is always driven by the thread that uses it.
-    static CLIENT: UpstreamClient = new_client();
+    /// Keep-alive pools per worker thread, shared by every route with the same
+    /// settings: a pooled connection is always driven by the thread that uses it.
+    static CLIENTS: RefCell<HashMap<ClientKey, UpstreamClient>> = RefCell::new(HashMap::new());
 }
 
-/// This thread's upstream client.
-pub fn upstream_client() -> UpstreamClient {
-    CLIENT.with(UpstreamClient::clone)
+/// TLS to public upstreams: the webpki roots, TLS 1.2 and 1.3.
+fn default_tls() -> Arc<rustls::ClientConfig> {
+    static TLS: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
+    TLS.get_or_init(|| {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .expect("ring supports TLS 1.2 and 1.3")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        Arc::new(config)
+    })
+    .clone()
 }
 
-fn new_client() -> UpstreamClient {
+/// This thread's client for `route`'s settings and `upstream`'s scheme.
+pub fn upstream_client(route: &Route, upstream: &Upstream) -> UpstreamClient {
+    let https = upstream.scheme == Scheme::HTTPS;
+    let tls_key = if https {
+        route.tls.as_ref().map_or(0, |t| Arc::as_ptr(t) as usize)
+    } else {
+        0
+    };
+    let key = (route.connect_timeout.as_millis() as u64, tls_key, https);
+    CLIENTS.with(|clients| {
+        let mut clients = clients.borrow_mut();
+        if let Some(c) = clients.get(&key) {
+            return c.clone();
+        }
+        // Reloads may leave pools for configs no longer in force: keep the map small.
+        if clients.len() >= 64 {
+            clients.clear();
+        }
+        let c = new_client(
+            route.connect_timeout,
+            https.then(|| route.tls.clone().unwrap_or_else(default_tls)),
+        );
+        clients.insert(key, c.clone());
+        c
+    })
+}
+
+fn new_client(connect_timeout: Duration, tls: Option<Arc<rustls::ClientConfig>>) -> UpstreamClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(5)));
-    Client::builder(TokioExecutor::new())
+    connector.set_connect_timeout(Some(connect_timeout));
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(1024)
-        .pool_timer(TokioTimer::new())
-        .build(connector)
+        .pool_timer(TokioTimer::new());
+    match tls {
+        None => UpstreamClient::Http(builder.build(connector)),
+        Some(tls) => {
+            connector.enforce_http(false);
+            let https = HttpsConnectorBuilder::new()
+                .with_tls_config((*tls).clone())
+                .https_or_http()
+                .enable_http1()
+                .wrap_connector(connector);
+            UpstreamClient::Https(builder.build(https))
+        }
+    }
 }
 
 static X_AUTH_USER: HeaderName = HeaderName::from_static("x-auth-user");
@@ -211,13 +291,28 @@ pub async fn forward(
     let upgrade = upgrade_protocol(&req);
     let client_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    let pq = route.upstream_path_and_query(upstream, path, parts.uri.query());
-    parts.uri = Uri::builder()
-        .scheme(upstream.scheme.clone())
-        .authority(upstream.authority.clone())
-        .path_and_query(pq)
-        .build()
-        .map_err(|_| GatewayError::BadPath("the path cannot be forwarded"))?;
+    // The route's body limit: refused up front when declared, cut off when not.
+    let over_limit = Arc::new(AtomicBool::new(false));
+    let body: Body = match route.max_body_bytes {
+        None => body.map_err(BoxError::from).boxed(),
+        Some(max) => {
+            let declared = parts
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            if declared.is_some_and(|n| n > max) {
+                return Err(GatewayError::PayloadTooLarge);
+            }
+            CappedBody {
+                inner: body,
+                left: max,
+                over: over_limit.clone(),
+            }
+            .boxed()
+        }
+    };
+    let query = parts.uri.query().map(str::to_string);
     upstream_request_headers(&mut parts.headers, parts.version, info);
     if let Some(protocol) = &upgrade {
         parts.headers.insert(header::UPGRADE, protocol.clone());
@@ -226,15 +321,28 @@ pub async fn forward(
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
     parts.version = Version::HTTP_11;
-    let upstream_req = Request::from_parts(parts, body.boxed());
-    let client = upstream_client();
-    let mut resp = match tokio::time::timeout(route.timeout, client.request(upstream_req)).await {
-        Err(_) => return Err(GatewayError::UpstreamTimeout),
-        Ok(Err(e)) => {
-            tracing::warn!(upstream = %upstream, error = %e, "upstream request failed");
-            return Err(GatewayError::UpstreamUnreachable);
+    // A connection failure of an idempotent request without a body is retried
+    // once on another target: it cannot have reached the upstream.
+    let retry = (route.upstreams.len() > 1
+        && upgrade.is_none()
+        && is_idempotent(&parts.method)
+        && hyper::body::Body::is_end_stream(&body))
+    .then(|| (parts.method.clone(), parts.headers.clone()));
+    parts.uri = upstream_uri(route, upstream, path, query.as_deref())?;
+    let first = send(route, upstream, Request::from_parts(parts, body)).await;
+    let mut resp = match first {
+        Ok(resp) => resp,
+        Err(Failure::Connect) if retry.is_some() && route.other_upstream(upstream).is_some() => {
+            let (method, headers) = retry.expect("checked");
+            let other = route.other_upstream(upstream).expect("checked");
+            let mut req = Request::new(crate::error::empty());
+            *req.method_mut() = method;
+            *req.headers_mut() = headers;
+            *req.uri_mut() = upstream_uri(route, other, path, query.as_deref())?;
+            send(route, other, req).await.map_err(GatewayError::from)?
         }
-        Ok(Ok(resp)) => resp,
+        Err(_) if over_limit.load(Ordering::Relaxed) => return Err(GatewayError::PayloadTooLarge),
+        Err(f) => return Err(f.into()),
     };
     let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
     let tunnel = match client_side {
@@ -259,7 +367,131 @@ pub async fn forward(
             let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
         });
     }
-    Ok(Response::from_parts(parts, body.boxed()))
+    Ok(Response::from_parts(
+        parts,
+        body.map_err(BoxError::from).boxed(),
+    ))
+}
+
+/// Why an upstream exchange failed.
+enum Failure {
+    /// Could not connect: the request never reached the upstream.
+    Connect,
+    Timeout,
+    Other,
+}
+
+impl From<Failure> for GatewayError {
+    fn from(f: Failure) -> GatewayError {
+        match f {
+            Failure::Timeout => GatewayError::UpstreamTimeout,
+            Failure::Connect | Failure::Other => GatewayError::UpstreamUnreachable,
+        }
+    }
+}
+
+/// One exchange with one target; a target that refuses or times out cools down.
+async fn send(
+    route: &Route,
+    upstream: &Upstream,
+    req: Request<Body>,
+) -> Result<Response<Incoming>, Failure> {
+    let client = upstream_client(route, upstream);
+    match tokio::time::timeout(route.timeout, client.request(req)).await {
+        Ok(Ok(resp)) => Ok(resp),
+        Err(_) => {
+            upstream.mark_down(route.cooldown);
+            Err(Failure::Timeout)
+        }
+        Ok(Err(e)) if e.is_connect() => {
+            tracing::warn!(upstream = %upstream, error = %e, "upstream refused the connection");
+            upstream.mark_down(route.cooldown);
+            Err(Failure::Connect)
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(upstream = %upstream, error = %e, "upstream request failed");
+            Err(Failure::Other)
+        }
+    }
+}
+
+fn upstream_uri(
+    route: &Route,
+    upstream: &Upstream,
+    path: &str,
+    query: Option<&str>,
+) -> Result<Uri, GatewayError> {
+    Uri::builder()
+        .scheme(upstream.scheme.clone())
+        .authority(upstream.authority.clone())
+        .path_and_query(route.upstream_path_and_query(upstream, path, query))
+        .build()
+        .map_err(|_| GatewayError::BadPath("the path cannot be forwarded"))
+}
+
+/// RFC 9110 section 9.2.2.
+fn is_idempotent(m: &http::Method) -> bool {
+    matches!(
+        *m,
+        http::Method::GET
+            | http::Method::HEAD
+            | http::Method::OPTIONS
+            | http::Method::PUT
+            | http::Method::DELETE
+            | http::Method::TRACE
+    )
+}
+
+/// A request body cut off past `left` more bytes; `over` tells the caller why.
+struct CappedBody {
+    inner: Incoming,
+    left: u64,
+    over: Arc<AtomicBool>,
+}
+
+#[derive(Debug)]
+struct TooLarge;
+
+impl std::fmt::Display for TooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("request body over the route's max_body_bytes")
+    }
+}
+
+impl std::error::Error for TooLarge {}
+
+impl hyper::body::Body for CappedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => frame,
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending => return Poll::Pending,
+        };
+        if let Some(data) = frame.data_ref() {
+            let n = data.len() as u64;
+            if n > self.left {
+                self.over.store(true, Ordering::Relaxed);
+                return Poll::Ready(Some(Err(Box::new(TooLarge))));
+            }
+            self.left -= n;
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// The protocol an HTTP/1.1 request asks to switch to (`Upgrade` with

@@ -7,13 +7,22 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::Method;
 use http::uri::{Authority, Scheme};
 
 use crate::scope::ScopeSet;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
 
 /// Why a path was refused (shown to the client in a 400).
 pub type PathRejection = &'static str;
@@ -100,13 +109,15 @@ pub fn normalize_prefix(raw: &str) -> Result<String, PathRejection> {
     })
 }
 
-/// One upstream server: `http://host:port[/base]`.
-#[derive(Debug, Clone)]
+/// One upstream server: `http(s)://host:port[/base]`.
+#[derive(Debug)]
 pub struct Upstream {
     pub scheme: Scheme,
     pub authority: Authority,
     /// Path prepended to what is forwarded, without a trailing `/` ("" for none).
     pub base_path: String,
+    /// Skipped until then (unix milliseconds) after refusing or timing out.
+    down_until_ms: AtomicU64,
 }
 
 impl Upstream {
@@ -114,10 +125,8 @@ impl Upstream {
         let uri: http::Uri = s.parse().map_err(|_| "is not a URL")?;
         let scheme = match uri.scheme_str() {
             Some("http") => Scheme::HTTP,
-            Some("https") => {
-                return Err("uses https, which upstreams do not support yet; use http://");
-            }
-            _ => return Err("must be an http:// URL"),
+            Some("https") => Scheme::HTTPS,
+            _ => return Err("must be an http:// or https:// URL"),
         };
         let authority = uri.authority().cloned().ok_or("has no host")?;
         if authority.as_str().contains('@') {
@@ -131,7 +140,18 @@ impl Upstream {
             scheme,
             authority,
             base_path: if base == "/" { String::new() } else { base },
+            down_until_ms: AtomicU64::new(0),
         })
+    }
+
+    fn is_down(&self, now_ms: u64) -> bool {
+        self.down_until_ms.load(Ordering::Relaxed) > now_ms
+    }
+
+    /// Takes the target out of rotation for `cooldown`.
+    pub fn mark_down(&self, cooldown: Duration) {
+        let until = now_ms().saturating_add(cooldown.as_millis() as u64);
+        self.down_until_ms.store(until, Ordering::Relaxed);
     }
 }
 
@@ -141,7 +161,7 @@ impl fmt::Display for Upstream {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Route {
     /// Normalised prefix, no trailing `/` (except `/`).
     pub prefix: String,
@@ -153,6 +173,14 @@ pub struct Route {
     pub auth: bool,
     pub timeout: Duration,
     pub next_upstream: AtomicUsize,
+    /// Connecting to an upstream may take this long.
+    pub connect_timeout: Duration,
+    /// How long a target that refused or timed out is skipped.
+    pub cooldown: Duration,
+    /// Largest request body forwarded (413 above it); `None`: no limit.
+    pub max_body_bytes: Option<u64>,
+    /// TLS to https upstreams with a private CA; `None`: the webpki roots.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Route {
@@ -161,12 +189,27 @@ impl Route {
     }
 
     /// Spreads requests over the route's upstreams in turn.
+    /// Targets that refused or timed out are skipped while cooling down (all of
+    /// them down: take turns anyway).
     pub fn pick_upstream(&self) -> &Upstream {
-        if self.upstreams.len() == 1 {
+        let len = self.upstreams.len();
+        if len == 1 {
             return &self.upstreams[0];
         }
         let n = self.next_upstream.fetch_add(1, Ordering::Relaxed);
-        &self.upstreams[n % self.upstreams.len()]
+        let now = now_ms();
+        (0..len)
+            .map(|i| &self.upstreams[(n + i) % len])
+            .find(|u| !u.is_down(now))
+            .unwrap_or(&self.upstreams[n % len])
+    }
+
+    /// Another target than `tried` that is not cooling down, for a retry.
+    pub fn other_upstream(&self, tried: &Upstream) -> Option<&Upstream> {
+        let now = now_ms();
+        self.upstreams
+            .iter()
+            .find(|u| !std::ptr::eq(*u, tried) && !u.is_down(now))
     }
 
     /// The path and query sent upstream for a normalised request path.
@@ -251,7 +294,7 @@ mod tests {
             methods: vec![],
             auth: true,
             timeout: Duration::from_secs(1),
-            next_upstream: AtomicUsize::new(0),
+            ..Default::default()
         }
     }
 
@@ -330,7 +373,8 @@ mod tests {
 
     #[test]
     fn upstream_urls() {
-        assert!(Upstream::parse("https://x").is_err());
+        assert!(Upstream::parse("https://x").is_ok());
+        assert!(Upstream::parse("ftp://x").is_err());
         assert!(Upstream::parse("127.0.0.1:9000").is_err());
         assert!(Upstream::parse("http://u:p@h").is_err());
         assert_eq!(

@@ -73,6 +73,8 @@ pub enum GatewayError {
     NoRoute,
     MethodNotAllowed(String),
     PayloadTooLarge,
+    /// The request body broke off or was malformed (e.g. a bad chunk size).
+    BadBody,
     // -- upstream
     UpstreamUnreachable,
     UpstreamTimeout,
@@ -87,7 +89,8 @@ impl GatewayError {
             GatewayError::OAuth(OAuthCode::InvalidClient, _) => StatusCode::UNAUTHORIZED,
             GatewayError::OAuth(..)
             | GatewayError::MalformedBearer(_)
-            | GatewayError::BadPath(_) => StatusCode::BAD_REQUEST,
+            | GatewayError::BadPath(_)
+            | GatewayError::BadBody => StatusCode::BAD_REQUEST,
             GatewayError::PostOnly | GatewayError::MethodNotAllowed(_) => {
                 StatusCode::METHOD_NOT_ALLOWED
             }
@@ -126,6 +129,10 @@ impl GatewayError {
                 "this route does not accept the method",
             ),
             GatewayError::PayloadTooLarge => ("invalid_request", "the request body is too large"),
+            GatewayError::BadBody => (
+                "invalid_request",
+                "the request body is malformed or incomplete",
+            ),
             GatewayError::UpstreamUnreachable => {
                 ("bad_gateway", "the upstream could not be reached")
             }

@@ -166,6 +166,7 @@ impl Metrics {
             | GatewayError::NoRoute
             | GatewayError::MethodNotAllowed(_)
             | GatewayError::PayloadTooLarge
+            | GatewayError::BadBody
             | GatewayError::PasswordBusy
             | GatewayError::StoreUnavailable => {}
         }

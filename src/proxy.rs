@@ -3,7 +3,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -292,26 +292,22 @@ pub async fn forward(
     let client_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     // The route's body limit: refused up front when declared, cut off when not.
-    let over_limit = Arc::new(AtomicBool::new(false));
-    let body: Body = match route.max_body_bytes {
-        None => body.map_err(BoxError::from).boxed(),
-        Some(max) => {
-            let declared = parts
-                .headers
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok());
-            if declared.is_some_and(|n| n > max) {
-                return Err(GatewayError::PayloadTooLarge);
-            }
-            CappedBody {
-                inner: body,
-                left: max,
-                over: over_limit.clone(),
-            }
-            .boxed()
-        }
-    };
+    let max = route.max_body_bytes.unwrap_or(u64::MAX);
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(GatewayError::PayloadTooLarge);
+    }
+    let body_fault = Arc::new(AtomicU8::new(BODY_OK));
+    let body: Body = DownstreamBody {
+        inner: body,
+        left: max,
+        fault: body_fault.clone(),
+    }
+    .boxed();
     let query = parts.uri.query().map(str::to_string);
     upstream_request_headers(&mut parts.headers, parts.version, info);
     if let Some(protocol) = &upgrade {
@@ -341,7 +337,13 @@ pub async fn forward(
             *req.uri_mut() = upstream_uri(route, other, path, query.as_deref())?;
             send(route, other, req).await.map_err(GatewayError::from)?
         }
-        Err(_) if over_limit.load(Ordering::Relaxed) => return Err(GatewayError::PayloadTooLarge),
+        // The client's body, not the upstream, is what failed.
+        Err(_) if body_fault.load(Ordering::Relaxed) == BODY_TOO_LARGE => {
+            return Err(GatewayError::PayloadTooLarge);
+        }
+        Err(_) if body_fault.load(Ordering::Relaxed) == BODY_BROKEN => {
+            return Err(GatewayError::BadBody);
+        }
         Err(f) => return Err(f.into()),
     };
     let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
@@ -442,58 +444,6 @@ fn is_idempotent(m: &http::Method) -> bool {
     )
 }
 
-/// A request body cut off past `left` more bytes; `over` tells the caller why.
-struct CappedBody {
-    inner: Incoming,
-    left: u64,
-    over: Arc<AtomicBool>,
-}
-
-#[derive(Debug)]
-struct TooLarge;
-
-impl std::fmt::Display for TooLarge {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("request body over the route's max_body_bytes")
-    }
-}
-
-impl std::error::Error for TooLarge {}
-
-impl hyper::body::Body for CappedBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => frame,
-            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
-            Poll::Ready(None) => return Poll::Ready(None),
-            Poll::Pending => return Poll::Pending,
-        };
-        if let Some(data) = frame.data_ref() {
-            let n = data.len() as u64;
-            if n > self.left {
-                self.over.store(true, Ordering::Relaxed);
-                return Poll::Ready(Some(Err(Box::new(TooLarge))));
-            }
-            self.left -= n;
-        }
-        Poll::Ready(Some(Ok(frame)))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 /// The protocol an HTTP/1.1 request asks to switch to (`Upgrade` with
 /// `Connection: upgrade`), if any.
 fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
@@ -509,6 +459,67 @@ fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
     asks.then(|| req.headers().get(header::UPGRADE).cloned())
         .flatten()
+}
+
+const BODY_OK: u8 = 0;
+const BODY_TOO_LARGE: u8 = 1;
+const BODY_BROKEN: u8 = 2;
+
+/// The client's request body on its way upstream: cut off past `left` more
+/// bytes, and `fault` records whether it ran over or broke (a bad chunk, a
+/// connection reset), so that the client is told 413 or 400, not 502.
+struct DownstreamBody {
+    inner: Incoming,
+    left: u64,
+    fault: Arc<AtomicU8>,
+}
+
+#[derive(Debug)]
+struct TooLarge;
+
+impl std::fmt::Display for TooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("request body over the route's max_body_bytes")
+    }
+}
+
+impl std::error::Error for TooLarge {}
+
+impl hyper::body::Body for DownstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => frame,
+            Poll::Ready(Some(Err(e))) => {
+                self.fault.store(BODY_BROKEN, Ordering::Relaxed);
+                return Poll::Ready(Some(Err(e.into())));
+            }
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending => return Poll::Pending,
+        };
+        if let Some(data) = frame.data_ref() {
+            let n = data.len() as u64;
+            if n > self.left {
+                self.fault.store(BODY_TOO_LARGE, Ordering::Relaxed);
+                return Poll::Ready(Some(Err(Box::new(TooLarge))));
+            }
+            self.left -= n;
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 #[cfg(test)]

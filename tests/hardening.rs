@@ -124,3 +124,24 @@ async fn connections_over_the_limit_are_closed_at_once() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(get(&gw.url("/public/"), &[]).await.status, 200);
 }
+
+#[tokio::test]
+async fn smuggling_shapes_are_refused_or_read_one_way() {
+    let (gw, up) = setup().await;
+    // A chunk size that is not hex: 400, and the connection is closed.
+    let bad_chunk =
+        b"POST /public/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n";
+    let answer = raw(gw.addr, bad_chunk).await;
+    assert_eq!(raw_status(&answer), 400, "{answer}");
+    // Two different Content-Lengths: 400.
+    let two_cl = b"POST /public/x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!";
+    let answer = raw(gw.addr, two_cl).await;
+    assert_eq!(raw_status(&answer), 400, "{answer}");
+    assert_eq!(up.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    // Content-Length with Transfer-Encoding: read by Transfer-Encoding only, and the
+    // connection closes after the answer, so the smuggled request is never served.
+    let cl_te = b"POST /public/x HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET /public/smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    let answer = raw(gw.addr, cl_te).await;
+    assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer}");
+    assert_eq!(up.hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+}

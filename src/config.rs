@@ -281,6 +281,7 @@ impl Client {
 // ----------------------------------------------------------------- loading
 
 const DEFAULT_TOKEN_PATH: &str = "/auth/access_token";
+const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 86400);
 /// The gateway's endpoints at fixed paths; no route or token path may take them.
 const FIXED_ENDPOINTS: [&str; 5] = [
     "/auth/authorize",
@@ -567,6 +568,10 @@ impl Validator<'_> {
         if d.is_zero() {
             return Err(self.err(v.span(), key, "must be longer than zero"));
         }
+        // Token expiry times are unix seconds plus a lifetime: keep them far from overflow.
+        if d > MAX_DURATION {
+            return Err(self.err(v.span(), key, "must be at most 10 years"));
+        }
         Ok(d)
     }
 
@@ -734,11 +739,12 @@ impl Validator<'_> {
                 if !matches!(uri.scheme_str(), Some("http" | "https"))
                     || uri.authority().is_none()
                     || uri.query().is_some()
+                    || i.get_ref().contains('#')
                 {
                     return Err(self.err(
                         i.span(),
                         "oauth.issuer",
-                        "must be an http(s) URL with a host and no query (RFC 8414 section 2)",
+                        "must be an http(s) URL with a host and no query or fragment (RFC 8414 section 2)",
                     ));
                 }
                 i.get_ref().trim_end_matches('/').to_string()

@@ -11,9 +11,8 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use http::HeaderMap;
 use http::header::AUTHORIZATION;
-use percent_encoding::percent_decode_str;
 
-use super::{OAuthContext, Params, guarded_verify};
+use super::{OAuthContext, Params, form_urldecode, guarded_verify};
 use crate::config::Client;
 use crate::error::{GatewayError, OAuthCode};
 
@@ -30,14 +29,6 @@ pub enum ClientCredentials {
 
 const AUTH_FAILED: GatewayError =
     GatewayError::OAuth(OAuthCode::InvalidClient, "client authentication failed");
-
-fn form_urldecode(s: &str) -> Option<String> {
-    let plus_decoded = s.replace('+', " ");
-    percent_decode_str(&plus_decoded)
-        .decode_utf8()
-        .ok()
-        .map(|c| c.into_owned())
-}
 
 /// Reads the client's credentials from the Authorization header and the body.
 pub fn extract(headers: &HeaderMap, params: &Params) -> Result<ClientCredentials, GatewayError> {

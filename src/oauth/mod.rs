@@ -42,6 +42,28 @@ fn invalid_request(d: &'static str) -> GatewayError {
     GatewayError::OAuth(OAuthCode::InvalidRequest, d)
 }
 
+/// One form-urlencoded component: `+` is a space, `%XX` a byte; `None` if the
+/// result is not UTF-8.
+pub(crate) fn form_urldecode(s: &str) -> Option<String> {
+    let plus_decoded = s.replace('+', " ");
+    percent_encoding::percent_decode_str(&plus_decoded)
+        .decode_utf8()
+        .ok()
+        .map(|c| c.into_owned())
+}
+
+/// The name/value pairs of a form body or query string, decoded strictly;
+/// `None` if any of them is not UTF-8 once decoded.
+pub(crate) fn form_pairs(s: &str) -> Option<Vec<(String, String)>> {
+    s.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|piece| {
+            let (name, value) = piece.split_once('=').unwrap_or((piece, ""));
+            Some((form_urldecode(name)?, form_urldecode(value)?))
+        })
+        .collect()
+}
+
 /// Form parameters of a token request: each name at most once; an empty value
 /// counts as absent (section 3.2).
 #[derive(Default)]
@@ -69,9 +91,14 @@ impl Params {
         Ok(Params(map))
     }
 
+    /// Decodes `application/x-www-form-urlencoded` strictly: a name or value that
+    /// is not UTF-8 once decoded refuses the whole form, instead of being read
+    /// with replacement characters (which would make `%FF` and `%FE` equal).
     pub fn parse(body: &[u8]) -> Result<Params, GatewayError> {
-        let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
-            .map_err(|_| invalid_request("the body is not a valid form"))?;
+        let pairs = std::str::from_utf8(body)
+            .ok()
+            .and_then(form_pairs)
+            .ok_or(invalid_request("the body is not a valid form"))?;
         Params::from_pairs(pairs)
     }
 
@@ -326,7 +353,9 @@ async fn client_credentials_grant(
 /// Revokes a grant family for as long as any of its tokens could live.
 pub async fn revoke_family(ctx: &OAuthContext<'_>, family: u64) -> Result<(), GatewayError> {
     let o = &ctx.config.oauth;
-    let until = now_secs() + ttl_secs(o.refresh_token_ttl.max(o.access_token_ttl)) + 1;
+    let until = now_secs()
+        .saturating_add(ttl_secs(o.refresh_token_ttl.max(o.access_token_ttl)))
+        .saturating_add(1);
     ctx.store
         .revoke_family(family, until)
         .await
@@ -452,7 +481,7 @@ async fn issue_tokens(
             grant: grant.clone(),
             family,
             issued_at: now,
-            expires_at: now + ttl_secs(ctx.config.oauth.refresh_token_ttl),
+            expires_at: now.saturating_add(ttl_secs(ctx.config.oauth.refresh_token_ttl)),
         };
         ctx.store
             .put_refresh(TokenHash::of(refresh), rec)
@@ -463,7 +492,7 @@ async fn issue_tokens(
         grant,
         family,
         issued_at: now,
-        expires_at: now + access_ttl,
+        expires_at: now.saturating_add(access_ttl),
     };
     ctx.store
         .put_access(TokenHash::of(&access), rec)

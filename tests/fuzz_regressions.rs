@@ -467,3 +467,13 @@ fn shipped_config_and_fuzz_seeds() {
         assert_eq!(e.key.as_deref(), Some(key), "{extra}: {e}");
     }
 }
+
+/// Found by `token_request` after the strict decoding landed: a raw byte that
+/// is not UTF-8 on its own (0xD8) completed by a percent-escape (%A9) decodes,
+/// byte by byte as the URL Standard says, to valid UTF-8 and must be accepted.
+#[test]
+fn raw_and_escaped_bytes_are_decoded_together() {
+    let body = b"x&gnt&sgtrant&grant_type=%C\xd8%A9t";
+    let p = Params::parse(body).expect("decodes to UTF-8");
+    assert_eq!(p.get("grant_type"), Some("%C\u{629}t"));
+}

@@ -356,8 +356,8 @@ enum Invalid {
 }
 
 fn validate(ctx: &OAuthContext<'_>, query: &str) -> Result<AuthzRequest, Invalid> {
-    let pairs =
-        super::form_pairs(query).ok_or(Invalid::Page("The authorization request is malformed."))?;
+    let pairs = super::form_pairs(query.as_bytes())
+        .ok_or(Invalid::Page("The authorization request is malformed."))?;
     let count = |k: &str| pairs.iter().filter(|(n, _)| n == k).count();
     let get = |k: &str| {
         pairs

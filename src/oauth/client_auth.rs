@@ -51,8 +51,8 @@ pub fn extract(headers: &HeaderMap, params: &Params) -> Result<ClientCredentials
             let decoded = String::from_utf8(decoded).map_err(|_| AUTH_FAILED)?;
             let (id, secret) = decoded.split_once(':').ok_or(AUTH_FAILED)?;
             Some((
-                form_urldecode(id).ok_or(AUTH_FAILED)?,
-                form_urldecode(secret).ok_or(AUTH_FAILED)?,
+                form_urldecode(id.as_bytes()).ok_or(AUTH_FAILED)?,
+                form_urldecode(secret.as_bytes()).ok_or(AUTH_FAILED)?,
             ))
         }
     };

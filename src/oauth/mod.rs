@@ -42,23 +42,27 @@ fn invalid_request(d: &'static str) -> GatewayError {
     GatewayError::OAuth(OAuthCode::InvalidRequest, d)
 }
 
-/// One form-urlencoded component: `+` is a space, `%XX` a byte; `None` if the
-/// result is not UTF-8.
-pub(crate) fn form_urldecode(s: &str) -> Option<String> {
-    let plus_decoded = s.replace('+', " ");
-    percent_encoding::percent_decode_str(&plus_decoded)
-        .decode_utf8()
-        .ok()
-        .map(|c| c.into_owned())
+/// One form-urlencoded component, byte by byte as the URL Standard does: `+` is
+/// a space, `%XX` a byte; `None` if the result is not UTF-8.
+pub(crate) fn form_urldecode(s: &[u8]) -> Option<String> {
+    let plus_decoded: Vec<u8> = s
+        .iter()
+        .map(|&b| if b == b'+' { b' ' } else { b })
+        .collect();
+    let bytes: Vec<u8> = percent_encoding::percent_decode(&plus_decoded).collect();
+    String::from_utf8(bytes).ok()
 }
 
 /// The name/value pairs of a form body or query string, decoded strictly;
 /// `None` if any of them is not UTF-8 once decoded.
-pub(crate) fn form_pairs(s: &str) -> Option<Vec<(String, String)>> {
-    s.split('&')
+pub(crate) fn form_pairs(s: &[u8]) -> Option<Vec<(String, String)>> {
+    s.split(|&b| b == b'&')
         .filter(|p| !p.is_empty())
         .map(|piece| {
-            let (name, value) = piece.split_once('=').unwrap_or((piece, ""));
+            let (name, value) = match piece.iter().position(|&b| b == b'=') {
+                Some(i) => (&piece[..i], &piece[i + 1..]),
+                None => (piece, &b""[..]),
+            };
             Some((form_urldecode(name)?, form_urldecode(value)?))
         })
         .collect()
@@ -95,10 +99,7 @@ impl Params {
     /// is not UTF-8 once decoded refuses the whole form, instead of being read
     /// with replacement characters (which would make `%FF` and `%FE` equal).
     pub fn parse(body: &[u8]) -> Result<Params, GatewayError> {
-        let pairs = std::str::from_utf8(body)
-            .ok()
-            .and_then(form_pairs)
-            .ok_or(invalid_request("the body is not a valid form"))?;
+        let pairs = form_pairs(body).ok_or(invalid_request("the body is not a valid form"))?;
         Params::from_pairs(pairs)
     }
 

@@ -346,35 +346,41 @@ async fn serve_connection(
                 _ = stop.wait_for(|stop| *stop) => None,
             };
             if let Some(h2) = h2 {
-                serve_http(
+                // Boxed, here and below: a connection's task then holds only the
+                // protocol and transport it uses, not room for every variant.
+                Box::pin(serve_http(
                     TokioIo::new(stream),
                     h2,
                     ConnInfo::new(peer, false),
                     state,
                     server,
                     stop,
-                )
+                ))
                 .await;
             }
         }
         Some(tls) => {
             // The handshake must finish within the header timeout too.
+            let handshake = Box::pin(tokio::time::timeout(
+                limit,
+                tokio_rustls::TlsAcceptor::from(tls).accept(stream),
+            ));
             let accepted = tokio::select! {
-                r = tokio::time::timeout(limit, tokio_rustls::TlsAcceptor::from(tls).accept(stream)) => r.ok().and_then(Result::ok),
+                r = handshake => r.ok().and_then(Result::ok),
                 _ = stop.wait_for(|stop| *stop) => None,
             };
             let Some(tls_stream) = accepted else {
                 return;
             };
             let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
-            serve_http(
+            Box::pin(serve_http(
                 TokioIo::new(tls_stream),
                 h2,
                 ConnInfo::new(peer, true),
                 state,
                 server,
                 stop,
-            )
+            ))
             .await;
         }
     }
@@ -410,8 +416,7 @@ async fn serve_http<I>(
             .max_concurrent_streams(256)
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(20));
-        let conn = b.serve_connection(io, service);
-        tokio::pin!(conn);
+        let mut conn = Box::pin(b.serve_connection(io, service));
         let finished = tokio::select! {
             r = conn.as_mut() => Some(r),
             _ = stop.wait_for(|stop| *stop) => None,
@@ -430,8 +435,7 @@ async fn serve_http<I>(
             .max_buf_size(server.max_header_bytes.max(8192))
             .max_headers(100);
         // with_upgrades: WebSocket and other upgraded connections are tunnelled.
-        let conn = b.serve_connection(io, service).with_upgrades();
-        tokio::pin!(conn);
+        let mut conn = Box::pin(b.serve_connection(io, service).with_upgrades());
         let finished = tokio::select! {
             r = conn.as_mut() => Some(r),
             _ = stop.wait_for(|stop| *stop) => None,

@@ -308,7 +308,6 @@ pub async fn forward(
         fault: body_fault.clone(),
     }
     .boxed();
-    let query = parts.uri.query().map(str::to_string);
     upstream_request_headers(&mut parts.headers, parts.version, info);
     if let Some(protocol) = &upgrade {
         parts.headers.insert(header::UPGRADE, protocol.clone());
@@ -323,14 +322,19 @@ pub async fn forward(
         && upgrade.is_none()
         && is_idempotent(&parts.method)
         && hyper::body::Body::is_end_stream(&body))
-    .then(|| (parts.method.clone(), parts.headers.clone()));
-    parts.uri = upstream_uri(route, upstream, path, query.as_deref())?;
+    .then(|| {
+        let query = parts.uri.query().map(str::to_string);
+        (parts.method.clone(), parts.headers.clone(), query)
+    });
+    parts.uri = upstream_uri(route, upstream, path, parts.uri.query())?;
     let first = send(route, upstream, Request::from_parts(parts, body)).await;
     let mut resp = match first {
         Ok(resp) => resp,
-        Err(Failure::Connect) if retry.is_some() && route.other_upstream(upstream).is_some() => {
-            let (method, headers) = retry.expect("checked");
-            let other = route.other_upstream(upstream).expect("checked");
+        Err(Failure::Connect) if retry.is_some() => {
+            let (method, headers, query) = retry.expect("checked");
+            let other = route
+                .other_upstream(upstream)
+                .ok_or(GatewayError::UpstreamUnreachable)?;
             let mut req = Request::new(crate::error::empty());
             *req.method_mut() = method;
             *req.headers_mut() = headers;

@@ -535,7 +535,6 @@ impl Validator<'_> {
                 )
             })?;
         let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         let (added, _) = roots.add_parsable_certificates(certs);
         if added == 0 {
             return Err(self.err(
@@ -544,14 +543,7 @@ impl Validator<'_> {
                 format!("{} holds no usable CA certificate", path.display()),
             ));
         }
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| self.err(file.span(), key, e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        Ok(Arc::new(config))
+        Ok(crate::proxy::upstream_tls(roots))
     }
 
     fn duration(&self, v: &Spanned<String>, key: &str) -> Result<Duration, ConfigError> {
@@ -1234,5 +1226,50 @@ upstream = "http://127.0.0.1:9000"
             parse(&text).unwrap_err().key.as_deref(),
             Some("oauth.default_client")
         );
+    }
+
+    #[test]
+    fn store_settings_are_checked() {
+        let key = |store: &str| {
+            parse(&(base() + "\n[store]\n" + store))
+                .err()
+                .and_then(|e| e.key)
+        };
+        assert_eq!(
+            key("backend = \"redis\"\n").as_deref(),
+            Some("store.redis_url")
+        );
+        assert_eq!(
+            key("backend = \"redis\"\nredis_url = \"http://x\"\n").as_deref(),
+            Some("store.redis_url")
+        );
+        assert_eq!(
+            key("redis_url = \"redis://x/0\"\n").as_deref(),
+            Some("store.backend")
+        );
+        assert_eq!(
+            key("backend = \"memory\"\nredis_url = \"redis://x/0\"\n").as_deref(),
+            Some("store.redis_url")
+        );
+        assert_eq!(
+            key("backend = \"disk\"\n").as_deref(),
+            Some("store.backend")
+        );
+        assert_eq!(
+            key("sweep_interval = \"400y\"\n").as_deref(),
+            Some("store.sweep_interval")
+        );
+    }
+
+    #[test]
+    fn the_summary_never_shows_a_redis_password() {
+        let text = base()
+            + "\n[store]\nbackend = \"redis\"\nredis_url = \"redis://:hunter2@10.0.0.5:6379/0\"\n";
+        let summary = parse(&text).unwrap().summary();
+        assert!(
+            summary.contains("redis redis://***@10.0.0.5:6379/0"),
+            "{summary}"
+        );
+        assert!(!summary.contains("hunter2"));
     }
 }

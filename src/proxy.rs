@@ -50,22 +50,27 @@ thread_local! {
     static CLIENTS: RefCell<HashMap<ClientKey, UpstreamClient>> = RefCell::new(HashMap::new());
 }
 
-/// TLS to public upstreams: the webpki roots, TLS 1.2 and 1.3.
+/// TLS to upstreams: TLS 1.2 and 1.3, trusting the webpki roots and `roots`
+/// (a route's `ca_file`). The one place upstream TLS is set up.
+pub fn upstream_tls(roots: rustls::RootCertStore) -> Arc<rustls::ClientConfig> {
+    let mut all = rustls::RootCertStore::empty();
+    all.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    all.roots.extend(roots.roots);
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+    .expect("ring supports TLS 1.2 and 1.3")
+    .with_root_certificates(all)
+    .with_no_client_auth();
+    Arc::new(config)
+}
+
+/// TLS to public upstreams: the webpki roots alone, built once.
 fn default_tls() -> Arc<rustls::ClientConfig> {
     static TLS: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
-    TLS.get_or_init(|| {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .expect("ring supports TLS 1.2 and 1.3")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        Arc::new(config)
-    })
-    .clone()
+    TLS.get_or_init(|| upstream_tls(rustls::RootCertStore::empty()))
+        .clone()
 }
 
 /// This thread's client for `route`'s settings and `upstream`'s scheme.

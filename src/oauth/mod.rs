@@ -375,18 +375,8 @@ async fn refresh_grant(
         OAuthCode::InvalidGrant,
         "the refresh token is invalid, expired, revoked or was issued to another client",
     );
-    let store_down = |_| GatewayError::StoreUnavailable;
-    let rec = match ctx.store.get_refresh(key).await.map_err(store_down)? {
-        Redeem::Fresh(rec) => rec,
-        Redeem::Unknown => return Err(BAD),
-        Redeem::Spent { family } => {
-            // A used refresh token again: stolen or replayed. Kill the whole grant
-            // (RFC 9700 section 4.14.2).
-            revoke_family(ctx, family).await?;
-            tracing::warn!(client = %client.client.id, "refresh token replayed; its grant is revoked");
-            return Err(BAD);
-        }
-    };
+    let id = &client.client.id;
+    let rec = redeemed(ctx, ctx.store.get_refresh(key).await, BAD, id).await?;
     // Checked before the token is spent, so a wrong request does not burn it.
     if rec.grant.client != client.client.id {
         return Err(BAD);
@@ -397,14 +387,7 @@ async fn refresh_grant(
     let scope = grant_scope(requested, &rec.grant.scope)?;
     // Of racing requests, only the one that takes the token goes on; the others
     // are replays.
-    let rec = match ctx.store.take_refresh(key).await.map_err(store_down)? {
-        Redeem::Fresh(rec) => rec,
-        Redeem::Unknown => return Err(BAD),
-        Redeem::Spent { family } => {
-            revoke_family(ctx, family).await?;
-            return Err(BAD);
-        }
-    };
+    let rec = redeemed(ctx, ctx.store.take_refresh(key).await, BAD, id).await?;
     let grant = if scope == rec.grant.scope {
         rec.grant.clone()
     } else {
@@ -412,6 +395,29 @@ async fn refresh_grant(
             .intern(rec.grant.user.clone(), rec.grant.client.clone(), scope)
     };
     issue_tokens(ctx, grant, rec.family, true).await
+}
+
+/// The record of a single-use credential (refresh token, code), or `bad`. One
+/// presented again after its use is a replay: its whole grant is revoked first
+/// (RFC 9700 section 4.14.2, RFC 6749 section 4.1.2).
+async fn redeemed<T>(
+    ctx: &OAuthContext<'_>,
+    looked_up: Result<Redeem<T>, crate::store::StoreError>,
+    bad: GatewayError,
+    client: &str,
+) -> Result<T, GatewayError> {
+    match looked_up.map_err(|_| GatewayError::StoreUnavailable)? {
+        Redeem::Fresh(rec) => Ok(rec),
+        Redeem::Unknown => Err(bad),
+        Redeem::Spent { family } => {
+            revoke_family(ctx, family).await?;
+            tracing::warn!(
+                client,
+                "a used refresh token or code was presented again; its grant is revoked"
+            );
+            Err(bad)
+        }
+    }
 }
 
 /// The authorization code grant (section 4.1.3) with PKCE (RFC 7636 section 4.6).
@@ -425,21 +431,8 @@ async fn code_grant(
         OAuthCode::InvalidGrant,
         "the code is invalid, expired, used, or does not match this request",
     );
-    let rec = match ctx
-        .store
-        .take_code(TokenHash::of(code))
-        .await
-        .map_err(|_| GatewayError::StoreUnavailable)?
-    {
-        Redeem::Fresh(rec) => rec,
-        Redeem::Unknown => return Err(BAD),
-        Redeem::Spent { family } => {
-            // A code used twice: revoke what the first use issued (section 4.1.2).
-            revoke_family(ctx, family).await?;
-            tracing::warn!(client = %client.client.id, "authorization code reused; its tokens are revoked");
-            return Err(BAD);
-        }
-    };
+    let taken = ctx.store.take_code(TokenHash::of(code)).await;
+    let rec = redeemed(ctx, taken, BAD, &client.client.id).await?;
     if rec.grant.client != client.client.id {
         return Err(BAD);
     }

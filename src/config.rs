@@ -72,6 +72,9 @@ struct RawServer {
     admin_listen: Option<Spanned<String>>,
     tls: Option<Spanned<RawTls>>,
     max_connections: Option<Spanned<i64>>,
+    max_connections_per_ip: Option<Spanned<i64>>,
+    body_read_timeout: Option<Spanned<String>>,
+    trusted_proxies: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -100,6 +103,7 @@ struct RawStore {
     redis_url: Option<Spanned<String>>,
     sweep_interval: Option<Spanned<String>>,
     state_file: Option<Spanned<String>>,
+    max_staleness: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -118,6 +122,7 @@ struct RawClient {
     grants: Spanned<Vec<String>>,
     scopes: Option<Spanned<Vec<String>>>,
     redirect_uris: Option<Spanned<Vec<String>>>,
+    introspect: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -142,6 +147,7 @@ struct RawRoute {
     cooldown: Option<Spanned<String>>,
     max_body_bytes: Option<Spanned<i64>>,
     ca_file: Option<Spanned<String>>,
+    upgrades: Option<Spanned<Vec<String>>>,
 }
 
 // ------------------------------------------------------------ checked types
@@ -170,6 +176,12 @@ pub struct ServerConfig {
     pub workers: usize,
     /// Open client connections at most; beyond it new ones are closed at once.
     pub max_connections: usize,
+    /// Open connections one client address may hold (trusted proxies exempt).
+    pub max_connections_per_ip: usize,
+    /// A request body for the gateway's own endpoints must arrive within this.
+    pub body_read_timeout: Duration,
+    /// Peers (load balancers) whose `X-Forwarded-For` / `Forwarded` name the client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// `/healthz` and `/readyz`, never on the public listener.
     pub admin_listen: Option<SocketAddr>,
     /// TLS on the public listener (TLS 1.2 and 1.3, ALPN h2 and http/1.1); the
@@ -197,6 +209,9 @@ pub struct StoreConfig {
     /// Memory backend: where live tokens are saved on graceful shutdown and
     /// loaded (then deleted) at start. Relative to the config file.
     pub state_file: Option<PathBuf>,
+    /// Redis backend: a cached token is trusted only while the instance heard
+    /// from Redis within this.
+    pub max_staleness: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -266,6 +281,8 @@ pub struct Client {
     pub grants: Vec<GrantType>,
     pub scopes: ScopeSet,
     pub redirect_uris: Vec<String>,
+    /// May call `/auth/introspect` (RFC 7662 section 4); confidential clients only.
+    pub introspect: bool,
 }
 
 impl Client {
@@ -291,6 +308,10 @@ const FIXED_ENDPOINTS: [&str; 5] = [
     "/.well-known/oauth-authorization-server",
 ];
 const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
+const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 256;
+const DEFAULT_MAX_STALENESS: Duration = Duration::from_millis(250);
+/// Upgrade protocols a route tunnels when it names none.
+const DEFAULT_UPGRADES: [&str; 1] = ["websocket"];
 
 impl Config {
     /// Reads and validates a config file.
@@ -616,6 +637,62 @@ impl Validator<'_> {
         Ok(ScopeSet::from_iter(v.get_ref().iter().map(String::as_str)))
     }
 
+    /// A list of CIDR blocks (`10.0.0.0/8`) or single addresses (`10.0.0.1`).
+    fn cidrs(
+        &self,
+        v: &Option<Spanned<Vec<String>>>,
+        key: &str,
+    ) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+        let mut out = Vec::new();
+        for (item, span) in spanned_items(v) {
+            let net = item
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| item.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    self.err(
+                        span,
+                        key,
+                        format!("`{item}` is not an address or CIDR block like \"10.0.0.0/8\""),
+                    )
+                })?;
+            out.push(net.trunc());
+        }
+        Ok(out)
+    }
+
+    /// Upgrade protocols a route tunnels (lower case); `h2c` is never one of them.
+    fn upgrades(
+        &self,
+        v: &Option<Spanned<Vec<String>>>,
+        key: &str,
+    ) -> Result<Vec<String>, ConfigError> {
+        let Some(list) = v else {
+            return Ok(DEFAULT_UPGRADES.iter().map(|s| s.to_string()).collect());
+        };
+        let mut out = Vec::new();
+        for item in list.get_ref() {
+            let p = item.trim().to_ascii_lowercase();
+            if p.is_empty() || !p.bytes().all(|b| b.is_ascii_graphic() && b != b',') {
+                return Err(self.err(
+                    list.span(),
+                    key,
+                    format!("`{item}` is not a protocol name like \"websocket\""),
+                ));
+            }
+            if p == "h2c" || p.starts_with("h2c/") {
+                return Err(self.err(
+                    list.span(),
+                    key,
+                    "h2c is never tunnelled: an upgraded h2c connection would carry requests the gateway never checks",
+                ));
+            }
+            if !out.contains(&p) {
+                out.push(p);
+            }
+        }
+        Ok(out)
+    }
+
     fn phc(&self, v: &Spanned<String>, key: &str) -> Result<String, ConfigError> {
         crate::password::check_phc(v.get_ref()).map_err(|why| {
             self.err(
@@ -667,6 +744,19 @@ impl Validator<'_> {
                 10_000_000,
                 50_000,
             )?,
+            max_connections_per_ip: self.positive(
+                &server_raw.max_connections_per_ip,
+                "server.max_connections_per_ip",
+                1,
+                10_000_000,
+                DEFAULT_MAX_CONNECTIONS_PER_IP,
+            )?,
+            body_read_timeout: self.opt_duration(
+                &server_raw.body_read_timeout,
+                "server.body_read_timeout",
+                Duration::from_secs(10),
+            )?,
+            trusted_proxies: self.cidrs(&server_raw.trusted_proxies, "server.trusted_proxies")?,
             tls: match &server_raw.tls {
                 None => None,
                 Some(t) => Some(self.tls(t)?),
@@ -780,6 +870,7 @@ impl Validator<'_> {
                 backend: StoreBackend::Memory,
                 sweep_interval: Duration::from_secs(30),
                 state_file: None,
+                max_staleness: DEFAULT_MAX_STALENESS,
             },
             Some(s) => {
                 let s = s.get_ref();
@@ -857,6 +948,11 @@ impl Validator<'_> {
                         &s.sweep_interval,
                         "store.sweep_interval",
                         Duration::from_secs(30),
+                    )?,
+                    max_staleness: self.opt_duration(
+                        &s.max_staleness,
+                        "store.max_staleness",
+                        DEFAULT_MAX_STALENESS,
                     )?,
                 }
             }
@@ -951,8 +1047,20 @@ impl Validator<'_> {
                     "authorization_code needs at least one redirect URI",
                 ));
             }
+            let introspect = match &c.introspect {
+                Some(flag) if *flag.get_ref() && secret_hash.is_none() => {
+                    return Err(self.err(
+                        flag.span(),
+                        key("introspect"),
+                        "only a confidential client (with secret_hash) may introspect",
+                    ));
+                }
+                Some(flag) => *flag.get_ref(),
+                None => false,
+            };
             let client = Client {
                 id: Arc::from(id.as_str()),
+                introspect,
                 secret_hash,
                 grants,
                 scopes: self.scopes(&c.scopes, &key("scopes"))?,
@@ -1089,6 +1197,7 @@ impl Validator<'_> {
                     None => None,
                     Some(f) => Some(self.upstream_tls(f, &key("ca_file"))?),
                 },
+                upgrades: self.upgrades(&r.upgrades, &key("upgrades"))?,
             });
         }
 

@@ -181,6 +181,8 @@ pub struct Route {
     pub max_body_bytes: Option<u64>,
     /// TLS to https upstreams with a private CA; `None`: the webpki roots.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// `Upgrade` protocols tunnelled (lower case); default `["websocket"]`.
+    pub upgrades: Vec<String>,
 }
 
 impl Route {

@@ -14,6 +14,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::cors::CorsPolicy;
+use crate::ratelimit::{RateKeyKind, RateLimitSpec, RateLimiter};
 use crate::routes::{Route, RouteTable, Upstream};
 use crate::scope::{ScopeSet, is_valid_scope_token};
 
@@ -148,6 +150,27 @@ struct RawRoute {
     max_body_bytes: Option<Spanned<i64>>,
     ca_file: Option<Spanned<String>>,
     upgrades: Option<Spanned<Vec<String>>>,
+    rate_limit: Option<Spanned<RawRateLimit>>,
+    cors: Option<Spanned<RawCors>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimit {
+    requests: Spanned<i64>,
+    per: Spanned<String>,
+    burst: Option<Spanned<i64>>,
+    key: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCors {
+    origins: Spanned<Vec<String>>,
+    methods: Option<Spanned<Vec<String>>>,
+    headers: Option<Spanned<Vec<String>>>,
+    max_age: Option<Spanned<String>>,
+    credentials: Option<bool>,
 }
 
 // ------------------------------------------------------------ checked types
@@ -660,6 +683,131 @@ impl Validator<'_> {
         Ok(out)
     }
 
+    /// `rate_limit = { requests, per, burst, key }`.
+    fn rate_limit(
+        &self,
+        v: &Spanned<RawRateLimit>,
+        auth: bool,
+        key: &str,
+    ) -> Result<RateLimitSpec, ConfigError> {
+        let raw = v.get_ref();
+        let sub = |k: &str| format!("{key}.{k}");
+        let requests = *raw.requests.get_ref();
+        if !(1..=i64::from(u32::MAX)).contains(&requests) {
+            return Err(self.err(raw.requests.span(), sub("requests"), "must be 1 or more"));
+        }
+        let per = self.duration(&raw.per, &sub("per"))?;
+        let burst = match &raw.burst {
+            None => requests,
+            Some(b) if (1..=i64::from(u32::MAX)).contains(b.get_ref()) => *b.get_ref(),
+            Some(b) => {
+                return Err(self.err(
+                    b.span(),
+                    sub("burst"),
+                    "must be 1 or more (the requests that may arrive at once)",
+                ));
+            }
+        };
+        let kind = match &raw.key {
+            None => RateKeyKind::Client,
+            Some(k) => RateKeyKind::parse(k.get_ref()).ok_or_else(|| {
+                self.err(
+                    k.span(),
+                    sub("key"),
+                    format!(
+                        "`{}` is not a key: use client, user or address",
+                        k.get_ref()
+                    ),
+                )
+            })?,
+        };
+        if !auth && kind != RateKeyKind::Address {
+            return Err(self.err(
+                raw.key.as_ref().map_or(v.span(), |k| k.span()),
+                sub("key"),
+                "a public route (auth = false) has no client or user: use key = \"address\"",
+            ));
+        }
+        Ok(RateLimitSpec {
+            requests: requests as u32,
+            per,
+            burst: burst as u32,
+            key: kind,
+        })
+    }
+
+    /// `cors = { origins, methods, headers, max_age, credentials }`.
+    fn cors(
+        &self,
+        v: &Spanned<RawCors>,
+        route_methods: &[http::Method],
+        key: &str,
+    ) -> Result<CorsPolicy, ConfigError> {
+        let raw = v.get_ref();
+        let sub = |k: &str| format!("{key}.{k}");
+        let origins = raw.origins.get_ref();
+        if origins.is_empty() {
+            return Err(self.err(
+                raw.origins.span(),
+                sub("origins"),
+                "name at least one origin",
+            ));
+        }
+        for o in origins {
+            if o != "*" && !crate::cors::is_origin(o) {
+                return Err(self.err(
+                    raw.origins.span(),
+                    sub("origins"),
+                    format!("`{o}` is not an origin like \"https://app.example\" (scheme, host, port; no path)"),
+                ));
+            }
+        }
+        let credentials = raw.credentials.unwrap_or(false);
+        if credentials && origins.iter().any(|o| o == "*") {
+            return Err(self.err(
+                raw.origins.span(),
+                sub("origins"),
+                "\"*\" cannot go with credentials = true (the Fetch standard forbids it): list the origins",
+            ));
+        }
+        let mut methods = Vec::new();
+        for (m, span) in spanned_items(&raw.methods) {
+            methods.push(
+                http::Method::from_bytes(m.to_ascii_uppercase().as_bytes()).map_err(|_| {
+                    self.err(span, sub("methods"), format!("`{m}` is not an HTTP method"))
+                })?,
+            );
+        }
+        if raw.methods.is_none() {
+            methods = if route_methods.is_empty() {
+                ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+                    .iter()
+                    .filter_map(|m| http::Method::from_bytes(m.as_bytes()).ok())
+                    .collect()
+            } else {
+                route_methods.to_vec()
+            };
+        }
+        let mut headers = Vec::new();
+        for (h, span) in spanned_items(&raw.headers) {
+            if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                return Err(self.err(span, sub("headers"), format!("`{h}` is not a header name")));
+            }
+            headers.push(h.to_ascii_lowercase());
+        }
+        if raw.headers.is_none() {
+            headers = vec!["authorization".into(), "content-type".into()];
+        }
+        let max_age = self.opt_duration(&raw.max_age, &sub("max_age"), Duration::from_secs(600))?;
+        Ok(CorsPolicy::new(
+            origins.clone(),
+            methods,
+            headers,
+            max_age,
+            credentials,
+        ))
+    }
+
     /// Upgrade protocols a route tunnels (lower case); `h2c` is never one of them.
     fn upgrades(
         &self,
@@ -1160,6 +1308,8 @@ impl Validator<'_> {
             }
             let auth = r.auth.unwrap_or(true);
             let scopes = self.scopes(&r.scopes, &key("scopes"))?;
+            let prefix_for_limits = prefix.clone();
+            let methods_for_cors = methods.clone();
             if !auth && !scopes.is_empty() {
                 return Err(self.err(
                     r.scopes.as_ref().map_or(span.clone(), |s| s.span()),
@@ -1198,6 +1348,17 @@ impl Validator<'_> {
                     Some(f) => Some(self.upstream_tls(f, &key("ca_file"))?),
                 },
                 upgrades: self.upgrades(&r.upgrades, &key("upgrades"))?,
+                rate_limit: match &r.rate_limit {
+                    None => None,
+                    Some(rl) => Some(Arc::new(RateLimiter::new(
+                        self.rate_limit(rl, auth, &key("rate_limit"))?,
+                        &prefix_for_limits,
+                    ))),
+                },
+                cors: match &r.cors {
+                    None => None,
+                    Some(c) => Some(Arc::new(self.cors(c, &methods_for_cors, &key("cors"))?)),
+                },
             });
         }
 

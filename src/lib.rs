@@ -6,12 +6,14 @@
 
 pub mod cli;
 pub mod config;
+pub mod cors;
 pub mod error;
 pub mod gateway;
 pub mod metrics;
 pub mod oauth;
 pub mod password;
 pub mod proxy;
+pub mod ratelimit;
 pub mod routes;
 pub mod scope;
 pub mod server;

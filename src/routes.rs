@@ -183,6 +183,10 @@ pub struct Route {
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// `Upgrade` protocols tunnelled (lower case); default `["websocket"]`.
     pub upgrades: Vec<String>,
+    /// `rate_limit`: the limit and this instance's buckets (reset on reload).
+    pub rate_limit: Option<Arc<crate::ratelimit::RateLimiter>>,
+    /// `cors`: answered preflights and allowed origins.
+    pub cors: Option<Arc<crate::cors::CorsPolicy>>,
 }
 
 impl Route {

@@ -367,14 +367,14 @@ impl Config {
             "http "
         };
         let _ = writeln!(s, "  {scheme} {}", self.server.listen);
+        if let Some(a) = self.server.admin_listen {
+            let _ = writeln!(s, "  admin {a} (/healthz, /readyz, /metrics)");
+        }
         let _ = writeln!(
             s,
             "token endpoint: {} (issuer {})",
             self.oauth.token_path, self.oauth.issuer
         );
-        if let Some(a) = self.server.admin_listen {
-            let _ = writeln!(s, "  admin {a} (/healthz, /readyz)");
-        }
         let _ = writeln!(s, "store: {}", self.store.backend);
         let _ = writeln!(s, "routes ({}):", self.routes.routes().len());
         for r in self.routes.routes() {
@@ -447,6 +447,67 @@ fn spanned_items(
         .flat_map(|l| l.get_ref().iter().map(move |item| (item, l.span())))
 }
 
+/// The dotted path of the key at byte `offset` of a TOML text, read the way a
+/// person would: the table header in force (`[[routes]]` counted, so the
+/// second is `routes[1]`), the key on that line, and the key inside an inline
+/// table when the offset is within one. `None` when no key is there.
+fn key_path_at(text: &str, offset: usize) -> Option<String> {
+    let offset = offset.min(text.len());
+    let mut table = String::new();
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    let mut line_start = 0;
+    for line in text.split_inclusive('\n') {
+        let end = line_start + line.len();
+        let trimmed = line.trim();
+        let header = |t: &str| t.trim().trim_matches('"').to_string();
+        if let Some(name) = trimmed
+            .strip_prefix("[[")
+            .and_then(|t| t.split_once("]]").map(|(n, _)| header(n)))
+        {
+            let n = counts.entry(name.clone()).or_insert(0);
+            table = format!("{name}[{n}]");
+            *n += 1;
+            if offset < end {
+                return Some(table);
+            }
+        } else if let Some(name) = trimmed
+            .strip_prefix('[')
+            .and_then(|t| t.split_once(']').map(|(n, _)| header(n)))
+        {
+            table = name;
+            if offset < end {
+                return Some(table);
+            }
+        } else if offset < end {
+            let (key, rest) = line.split_once('=')?;
+            let key = key.trim().trim_matches('"');
+            if key.is_empty() || key.starts_with('#') {
+                return None;
+            }
+            let mut path = if table.is_empty() {
+                key.to_string()
+            } else {
+                format!("{table}.{key}")
+            };
+            // Inside `{ a = 1, b = 2 }`: the last inner key before the offset.
+            let within = offset.saturating_sub(line_start + key.len() + 1);
+            let before = rest.get(..within.min(rest.len())).unwrap_or(rest);
+            if let Some(inner) = before.rfind('{').map(|i| &before[i + 1..]) {
+                if let Some(k) = inner
+                    .rsplit([',', '{'])
+                    .find_map(|part| part.split_once('=').map(|(k, _)| k.trim()))
+                    .filter(|k| !k.is_empty())
+                {
+                    path = format!("{path}.{}", k.trim_matches('"'));
+                }
+            }
+            return Some(path);
+        }
+        line_start = end;
+    }
+    None
+}
+
 fn cores() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
@@ -482,20 +543,14 @@ impl Validator<'_> {
         }
     }
 
-    /// Turns a toml/serde error into one naming file, line and key.
+    /// Turns a toml/serde error into one naming file, line and the key's whole
+    /// path (`routes[1].scopes`, `routes[0].rate_limit.requests`, `store`).
     fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
         let (line, key) = match e.span() {
-            Some(span) => {
-                let line = self.line_of(span.start);
-                let key = self
-                    .text
-                    .lines()
-                    .nth(line - 1)
-                    .and_then(|l| l.split_once('='))
-                    .map(|(k, _)| k.trim().trim_matches('"').to_string())
-                    .filter(|k| !k.is_empty() && !k.starts_with('['));
-                (Some(line), key)
-            }
+            Some(span) => (
+                Some(self.line_of(span.start)),
+                key_path_at(self.text, span.start),
+            ),
             None => (None, None),
         };
         ConfigError {
@@ -1408,6 +1463,27 @@ upstream = "http://127.0.0.1:9000"
     }
 
     #[test]
+    fn parse_errors_name_the_whole_key_path() {
+        let text = "[server]\nlisten = \"127.0.0.1:0\"\n\n[[routes]]\nprefix = \"/a\"\nupstream = \"http://127.0.0.1:1\"\n\n[[routes]]\nprefix = \"/b\"\nupstream = \"http://127.0.0.1:1\"\nscopes = \"read\"\nrate_limit = { requests = \"x\", per = \"1s\" }\n";
+        let at = |needle: &str| key_path_at(text, text.find(needle).unwrap());
+        assert_eq!(at("\"read\"").as_deref(), Some("routes[1].scopes"));
+        assert_eq!(
+            at("\"x\"").as_deref(),
+            Some("routes[1].rate_limit.requests")
+        );
+        assert_eq!(at("\"1s\"").as_deref(), Some("routes[1].rate_limit.per"));
+        assert_eq!(at("\"/a\"").as_deref(), Some("routes[0].prefix"));
+        assert_eq!(at("\"127.0.0.1:0\"").as_deref(), Some("server.listen"));
+        assert_eq!(at("[server]").as_deref(), Some("server"));
+        let e = parse(&text.replace("rate_limit = { requests = \"x\", per = \"1s\" }\n", ""))
+            .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("routes[1].scopes"));
+        assert_eq!(e.line, Some(11));
+        let dup = parse("[server]\nlisten = \"127.0.0.1:0\"\n[store]\nbackend = \"memory\"\n[store]\nbackend = \"memory\"\n").unwrap_err();
+        assert_eq!(dup.key.as_deref(), Some("store"));
+    }
+
+    #[test]
     fn base_config_is_valid() {
         let c = parse(&base()).unwrap();
         assert_eq!(c.oauth.token_path, "/auth/access_token");
@@ -1423,9 +1499,10 @@ upstream = "http://127.0.0.1:9000"
         );
         let e = parse(&text).unwrap_err();
         assert_eq!(e.line, Some(4));
-        assert_eq!(e.key.as_deref(), Some("listen_port"));
+        assert_eq!(e.key.as_deref(), Some("server.listen_port"));
         assert!(
-            e.to_string().starts_with("gw.toml:4: key `listen_port`"),
+            e.to_string()
+                .starts_with("gw.toml:4: key `server.listen_port`"),
             "{e}"
         );
     }

@@ -157,7 +157,7 @@ fn check_config_unknown_key() {
         "listen = \"127.0.0.1:0\"\nlisten_port = 3\n",
     );
     assert_eq!(line_of_last(&cfg, "listen_port"), 3);
-    assert_check_config_refuses(&cfg, 3, "listen_port");
+    assert_check_config_refuses(&cfg, 3, "server.listen_port");
 }
 
 #[test]

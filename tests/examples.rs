@@ -50,5 +50,8 @@ fn the_redis_example_uses_redis() {
         .output()
         .expect("running whosthat");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("store: redis redis://127.0.0.1:6379/0"), "{stdout}");
+    assert!(
+        stdout.contains("store: redis redis://127.0.0.1:6379/0"),
+        "{stdout}"
+    );
 }

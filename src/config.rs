@@ -492,14 +492,13 @@ fn key_path_at(text: &str, offset: usize) -> Option<String> {
             // Inside `{ a = 1, b = 2 }`: the last inner key before the offset.
             let within = offset.saturating_sub(line_start + key.len() + 1);
             let before = rest.get(..within.min(rest.len())).unwrap_or(rest);
-            if let Some(inner) = before.rfind('{').map(|i| &before[i + 1..]) {
-                if let Some(k) = inner
+            if let Some(k) = before.rfind('{').and_then(|i| {
+                before[i + 1..]
                     .rsplit([',', '{'])
                     .find_map(|part| part.split_once('=').map(|(k, _)| k.trim()))
                     .filter(|k| !k.is_empty())
-                {
-                    path = format!("{path}.{}", k.trim_matches('"'));
-                }
+            }) {
+                path = format!("{path}.{}", k.trim_matches('"'));
             }
             return Some(path);
         }

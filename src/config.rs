@@ -615,7 +615,7 @@ impl Validator<'_> {
         &self,
         file: &Spanned<String>,
         key: &str,
-    ) -> Result<Arc<rustls::ClientConfig>, ConfigError> {
+    ) -> Result<crate::proxy::UpstreamTls, ConfigError> {
         use rustls::pki_types::CertificateDer;
         use rustls::pki_types::pem::PemObject;
         let path = self

@@ -68,6 +68,9 @@ pub enum GatewayError {
     /// Carries the scopes the route requires.
     InsufficientScope(String),
     MalformedBearer(&'static str),
+    /// An authenticated client asked for something it is not allowed (403):
+    /// introspection without `introspect = true` (RFC 7662 section 4).
+    ClientForbidden(&'static str),
     // -- routing (downstream)
     BadPath(&'static str),
     NoRoute,
@@ -96,7 +99,9 @@ impl GatewayError {
             }
             GatewayError::TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::NoToken | GatewayError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
-            GatewayError::InsufficientScope(_) => StatusCode::FORBIDDEN,
+            GatewayError::InsufficientScope(_) | GatewayError::ClientForbidden(_) => {
+                StatusCode::FORBIDDEN
+            }
             GatewayError::NoRoute => StatusCode::NOT_FOUND,
             GatewayError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
@@ -122,6 +127,7 @@ impl GatewayError {
                 "the token lacks a scope this route requires",
             ),
             GatewayError::MalformedBearer(d) => ("invalid_request", d),
+            GatewayError::ClientForbidden(d) => ("unauthorized_client", d),
             GatewayError::BadPath(d) => ("invalid_request", d),
             GatewayError::NoRoute => ("not_found", "no route matches this path"),
             GatewayError::MethodNotAllowed(_) => (
@@ -165,6 +171,10 @@ impl GatewayError {
         let h = resp.headers_mut();
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         match &self {
+            GatewayError::ClientForbidden(_) => {
+                h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                h.insert(PRAGMA, HeaderValue::from_static("no-cache"));
+            }
             GatewayError::OAuth(c, _) => {
                 h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
                 h.insert(PRAGMA, HeaderValue::from_static("no-cache"));

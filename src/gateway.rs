@@ -179,6 +179,12 @@ async fn handle_inner<'s>(
         let allow: Vec<&str> = route.methods.iter().map(|m| m.as_str()).collect();
         return Err(GatewayError::MethodNotAllowed(allow.join(", ")));
     }
+    // X-HTTP-Method-Override and kin are dropped before forwarding; one naming a
+    // method the route refuses is answered as that method would be.
+    if crate::proxy::override_refused(route, req.headers()) {
+        let allow: Vec<&str> = route.methods.iter().map(|m| m.as_str()).collect();
+        return Err(GatewayError::MethodNotAllowed(allow.join(", ")));
+    }
 
     let record = if route.auth {
         let token = bearer_token(req.headers())?.ok_or(GatewayError::NoToken)?;

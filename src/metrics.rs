@@ -159,7 +159,8 @@ impl Metrics {
             | GatewayError::NoToken
             | GatewayError::InvalidToken(_)
             | GatewayError::MalformedBearer(_)
-            | GatewayError::InsufficientScope(_) => self.auth_failure(e.reason()),
+            | GatewayError::InsufficientScope(_)
+            | GatewayError::ClientForbidden(_) => self.auth_failure(e.reason()),
             GatewayError::OAuth(..)
             | GatewayError::PostOnly
             | GatewayError::BadPath(_)

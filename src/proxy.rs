@@ -3,15 +3,15 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::Scheme;
-use http::{Request, Response, Uri, Version};
+use http::{Method, Request, Response, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Frame;
 use hyper::body::Incoming;
@@ -40,19 +40,38 @@ impl UpstreamClient {
     }
 }
 
-/// What tells pools apart: connect timeout (ms), TLS config (its address; 0 for
-/// the webpki roots), https or not.
-type ClientKey = (u64, usize, bool);
+/// What tells pools apart: connect timeout (ms), the TLS config's id (0 for
+/// plain HTTP), https or not. Ids are never reused, so a pool built for one
+/// set of trust roots can never serve a route with another (an address could
+/// be: a config freed by a reload may leave its address to the next one).
+type ClientKey = (u64, u64, bool);
+
+/// Pools kept per thread at most: reloads leave pools for configs no longer in force.
+const MAX_CLIENTS: usize = 64;
+
+/// One thread's pools, and for those of a route's own TLS config a weak
+/// handle on it: once no route holds the config, its pool is dropped.
+type Clients = HashMap<ClientKey, (UpstreamClient, Option<Weak<rustls::ClientConfig>>)>;
 
 thread_local! {
     /// Keep-alive pools per worker thread, shared by every route with the same
     /// settings: a pooled connection is always driven by the thread that uses it.
-    static CLIENTS: RefCell<HashMap<ClientKey, UpstreamClient>> = RefCell::new(HashMap::new());
+    static CLIENTS: RefCell<Clients> = RefCell::new(HashMap::new());
+}
+
+/// TLS to a route's upstreams, with an id of its own that is never reused:
+/// what upstream pools are keyed by.
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    pub id: u64,
+    pub config: Arc<rustls::ClientConfig>,
 }
 
 /// TLS to upstreams: TLS 1.2 and 1.3, trusting the webpki roots and `roots`
 /// (a route's `ca_file`). The one place upstream TLS is set up.
-pub fn upstream_tls(roots: rustls::RootCertStore) -> Arc<rustls::ClientConfig> {
+pub fn upstream_tls(roots: rustls::RootCertStore) -> UpstreamTls {
+    // 0 stands for plain HTTP in pool keys; ids start at 1.
+    static NEXT_ID: AtomicU64 = AtomicU64::new(1);
     let mut all = rustls::RootCertStore::empty();
     all.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     all.roots.extend(roots.roots);
@@ -63,44 +82,59 @@ pub fn upstream_tls(roots: rustls::RootCertStore) -> Arc<rustls::ClientConfig> {
     .expect("ring supports TLS 1.2 and 1.3")
     .with_root_certificates(all)
     .with_no_client_auth();
-    Arc::new(config)
+    UpstreamTls {
+        id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        config: Arc::new(config),
+    }
 }
 
 /// TLS to public upstreams: the webpki roots alone, built once.
-fn default_tls() -> Arc<rustls::ClientConfig> {
-    static TLS: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
+fn default_tls() -> &'static UpstreamTls {
+    static TLS: OnceLock<UpstreamTls> = OnceLock::new();
     TLS.get_or_init(|| upstream_tls(rustls::RootCertStore::empty()))
-        .clone()
+}
+
+/// The TLS settings used for `route`'s `upstream`, if it is https.
+fn tls_for<'r>(route: &'r Route, upstream: &Upstream) -> Option<&'r UpstreamTls> {
+    (upstream.scheme == Scheme::HTTPS).then(|| route.tls.as_ref().unwrap_or_else(|| default_tls()))
+}
+
+fn client_key(route: &Route, upstream: &Upstream) -> ClientKey {
+    let tls = tls_for(route, upstream);
+    (
+        route.connect_timeout.as_millis() as u64,
+        tls.map_or(0, |t| t.id),
+        tls.is_some(),
+    )
 }
 
 /// This thread's client for `route`'s settings and `upstream`'s scheme.
 pub fn upstream_client(route: &Route, upstream: &Upstream) -> UpstreamClient {
-    let https = upstream.scheme == Scheme::HTTPS;
-    let tls_key = if https {
-        route.tls.as_ref().map_or(0, |t| Arc::as_ptr(t) as usize)
-    } else {
-        0
-    };
-    let key = (route.connect_timeout.as_millis() as u64, tls_key, https);
+    let key = client_key(route, upstream);
     CLIENTS.with(|clients| {
         let mut clients = clients.borrow_mut();
-        if let Some(c) = clients.get(&key) {
+        if let Some((c, _)) = clients.get(&key) {
             return c.clone();
         }
-        // Reloads may leave pools for configs no longer in force: keep the map small.
-        if clients.len() >= 64 {
-            clients.clear();
+        if clients.len() >= MAX_CLIENTS {
+            // Pools of TLS configs no route holds any more first; then all.
+            clients.retain(|_, (_, tls)| tls.as_ref().is_none_or(|w| w.strong_count() > 0));
+            if clients.len() >= MAX_CLIENTS {
+                clients.clear();
+            }
         }
-        let c = new_client(
-            route.connect_timeout,
-            https.then(|| route.tls.clone().unwrap_or_else(default_tls)),
-        );
-        clients.insert(key, c.clone());
+        let tls = tls_for(route, upstream);
+        let c = new_client(route.connect_timeout, tls.map(|t| &t.config));
+        let own = route.tls.as_ref().filter(|_| tls.is_some());
+        clients.insert(key, (c.clone(), own.map(|t| Arc::downgrade(&t.config))));
         c
     })
 }
 
-fn new_client(connect_timeout: Duration, tls: Option<Arc<rustls::ClientConfig>>) -> UpstreamClient {
+fn new_client(
+    connect_timeout: Duration,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> UpstreamClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(connect_timeout));
@@ -114,7 +148,7 @@ fn new_client(connect_timeout: Duration, tls: Option<Arc<rustls::ClientConfig>>)
         Some(tls) => {
             connector.enforce_http(false);
             let https = HttpsConnectorBuilder::new()
-                .with_tls_config((*tls).clone())
+                .with_tls_config((**tls).clone())
                 .https_or_http()
                 .enable_http1()
                 .wrap_connector(connector);
@@ -131,6 +165,8 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Hop-by-hop headers (RFC 9110 section 7.6.1), never forwarded either way.
+/// `HTTP2-Settings` belongs to an h2c upgrade of this one connection (RFC 7540
+/// section 3.2.1; h2c is deprecated, RFC 9113 section 3.1) and is never passed on.
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
@@ -141,6 +177,7 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
             | "trailer"
             | "transfer-encoding"
             | "upgrade"
+            | "http2-settings"
             | "proxy-authorization"
             | "proxy-authenticate"
     )
@@ -165,6 +202,68 @@ pub fn is_spoofable(name: &str) -> bool {
         || folded == b"forwarded"
         || folded == b"x-real-ip"
         || folded == b"x-client-ip"
+}
+
+/// Whether `name` is `target` (lower case, `-`) in any case, with `_` and `.`
+/// read as `-` (as [`is_spoofable`] folds them).
+fn same_folded(name: &str, target: &str) -> bool {
+    name.len() == target.len()
+        && name
+            .bytes()
+            .zip(target.bytes())
+            .all(|(a, b)| match a.to_ascii_lowercase() {
+                b'_' | b'.' => b == b'-',
+                c => c == b,
+            })
+}
+
+/// Headers naming another method than the request's, honoured by frameworks
+/// behind the gateway (Symfony, Laravel, Express's method-override, ASP.NET...).
+const METHOD_OVERRIDES: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+/// Headers naming another URL than the request's (IIS URL Rewrite, Symfony, Zend,
+/// nginx `auth_request` set-ups).
+const URL_OVERRIDES: [&str; 3] = ["x-original-url", "x-rewrite-url", "x-original-uri"];
+
+fn is_method_override(name: &str) -> bool {
+    METHOD_OVERRIDES.iter().any(|t| same_folded(name, t))
+}
+
+/// Method and URL override headers: the route's method list and path are what
+/// the gateway checked, so an upstream must never be told another method or
+/// URL. Never forwarded.
+pub fn is_override(name: &str) -> bool {
+    name.len() >= 13
+        && name.as_bytes()[0].eq_ignore_ascii_case(&b'x')
+        && (is_method_override(name) || URL_OVERRIDES.iter().any(|t| same_folded(name, t)))
+}
+
+/// Whether a method override header names a method `route` does not allow
+/// (answered 405 like the method itself would be). Values are read as
+/// frameworks read them: upper-cased, and each of a comma-separated list.
+pub fn override_refused(route: &Route, headers: &HeaderMap) -> bool {
+    if route.methods.is_empty() {
+        return false;
+    }
+    headers
+        .iter()
+        .filter(|(name, _)| is_method_override(name.as_str()))
+        .any(|(_, value)| {
+            let Ok(value) = value.to_str() else {
+                return true;
+            };
+            value
+                .split(',')
+                .map(str::trim)
+                .filter(|m| !m.is_empty())
+                .any(|m| {
+                    Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+                        .map_or(true, |m| !route.allows_method(&m))
+                })
+        })
 }
 
 /// Names listed in `Connection` (they are hop-by-hop for this message).
@@ -242,6 +341,7 @@ pub fn upstream_request_headers(headers: &mut HeaderMap, version: Version, info:
             || *name == header::HOST
             || (*name == header::AUTHORIZATION && is_bearer(&value))
             || is_spoofable(name.as_str())
+            || is_override(name.as_str())
             || listed.contains(name);
         if !dropped {
             out.append(name.clone(), value);
@@ -291,9 +391,13 @@ pub async fn forward(
     path: &str,
     info: &ForwardInfo<'_>,
 ) -> Result<Response<Body>, GatewayError> {
-    // WebSocket and other `Upgrade` requests: authenticated like any other
+    // WebSocket and the route's other `upgrades`: authenticated like any other
     // request (the caller did that), then tunnelled once the upstream agrees.
-    let upgrade = upgrade_protocol(&req);
+    // Any other Upgrade (h2c always) is ignored, as RFC 9110 section 7.8 lets a
+    // server do: the request goes on as a plain one, its Upgrade, HTTP2-Settings
+    // and Connection dropped, and the connection stays HTTP/1.1, so whatever the
+    // client sends next is read and checked as a request of its own.
+    let upgrade = allowed_upgrade(&req, route);
     let client_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     // The route's body limit: refused up front when declared, cut off when not.
@@ -355,10 +459,22 @@ pub async fn forward(
         }
         Err(f) => return Err(f.into()),
     };
-    let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
-    let tunnel = match client_side {
-        Some(client_side) if switching => Some((client_side, hyper::upgrade::on(&mut resp))),
-        _ => None,
+    let tunnel = if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+        // Only to a protocol the client asked for and the route allows; a 101
+        // to anything else would make the connection a tunnel nobody checked.
+        let agreed = resp
+            .headers()
+            .get(header::UPGRADE)
+            .is_some_and(|v| switches_to_allowed(v, upgrade.as_ref(), route));
+        match client_side {
+            Some(client_side) if agreed => Some((client_side, hyper::upgrade::on(&mut resp))),
+            _ => {
+                tracing::warn!(upstream = %upstream, "upstream switched protocols unasked: refused");
+                return Err(GatewayError::UpstreamUnreachable);
+            }
+        }
+    } else {
+        None
     };
     let (mut parts, body) = resp.into_parts();
     let upstream_protocol = parts.headers.get(header::UPGRADE).cloned();
@@ -453,10 +569,33 @@ fn is_idempotent(m: &http::Method) -> bool {
     )
 }
 
-/// The protocol an HTTP/1.1 request asks to switch to (`Upgrade` with
-/// `Connection: upgrade`), if any.
-fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
-    if req.version() != Version::HTTP_11 {
+/// Upgrade tokens (`name[/version]`) in `values`, trimmed, empty ones skipped.
+fn upgrade_tokens<'a>(
+    values: impl Iterator<Item = &'a HeaderValue>,
+) -> impl Iterator<Item = &'a str> {
+    values
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Whether `route` tunnels the Upgrade token `token` (its `upgrades` name it, or
+/// its protocol name); never h2c (RFC 9113 section 3.1), whatever the config.
+fn upgrade_allowed(route: &Route, token: &str) -> bool {
+    let name = token.split('/').next().unwrap_or("").trim_end();
+    !name.eq_ignore_ascii_case("h2c")
+        && route
+            .upgrades
+            .iter()
+            .any(|u| u.eq_ignore_ascii_case(token) || u.eq_ignore_ascii_case(name))
+}
+
+/// The protocols an HTTP/1.1 request asks to switch to (`Upgrade` with
+/// `Connection: upgrade`) that `route` tunnels, in the client's order, as one
+/// `Upgrade` value; `None` when it asks for none of them.
+fn allowed_upgrade<B>(req: &Request<B>, route: &Route) -> Option<HeaderValue> {
+    if req.version() != Version::HTTP_11 || route.upgrades.is_empty() {
         return None;
     }
     let asks = req
@@ -466,8 +605,37 @@ fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    asks.then(|| req.headers().get(header::UPGRADE).cloned())
-        .flatten()
+    if !asks {
+        return None;
+    }
+    let allowed: Vec<&str> = upgrade_tokens(req.headers().get_all(header::UPGRADE).iter())
+        .filter(|t| upgrade_allowed(route, t))
+        .collect();
+    if allowed.is_empty() {
+        return None;
+    }
+    HeaderValue::from_str(&allowed.join(", ")).ok()
+}
+
+/// Whether a 101's `Upgrade` names only protocols that were asked for
+/// (`asked`, what went upstream) and that `route` tunnels.
+fn switches_to_allowed(value: &HeaderValue, asked: Option<&HeaderValue>, route: &Route) -> bool {
+    let Some(asked) = asked else {
+        return false;
+    };
+    let mut any = false;
+    for t in upgrade_tokens(std::iter::once(value)) {
+        any = true;
+        let name = t.split('/').next().unwrap_or("");
+        let offered = upgrade_tokens(std::iter::once(asked)).any(|a| {
+            a.eq_ignore_ascii_case(t)
+                || a.split('/').next().unwrap_or("").eq_ignore_ascii_case(name)
+        });
+        if !offered || !upgrade_allowed(route, t) {
+            return false;
+        }
+    }
+    any
 }
 
 const BODY_OK: u8 = 0;
@@ -599,5 +767,237 @@ mod tests {
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["via"], "1.1 edge, 1.1 whosthat");
         assert_eq!(h["accept"], "*/*");
+    }
+
+    #[test]
+    fn override_names_in_any_spelling() {
+        for n in [
+            "x-http-method-override",
+            "X-HTTP-Method-Override",
+            "x_http_method_override",
+            "X.Http.Method.Override",
+            "x-http-method",
+            "X_HTTP_METHOD",
+            "x-method-override",
+            "x.method_override",
+            "x-original-url",
+            "X_Original_URL",
+            "x-rewrite-url",
+            "X.Rewrite.Url",
+            "x-original-uri",
+        ] {
+            assert!(is_override(n), "{n}");
+        }
+        for n in [
+            "x-http-methods",
+            "x-original",
+            "accept",
+            "x-http-method-overridex",
+            "y-http-method",
+        ] {
+            assert!(!is_override(n), "{n}");
+        }
+    }
+
+    #[test]
+    fn override_headers_never_forwarded() {
+        let mut h = HeaderMap::new();
+        for n in [
+            "x-http-method-override",
+            "x_http_method",
+            "x.method.override",
+            "x-original-url",
+            "x_rewrite_url",
+        ] {
+            h.insert(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_static("DELETE"),
+            );
+        }
+        h.insert("accept", HeaderValue::from_static("*/*"));
+        h.insert(
+            "http2-settings",
+            HeaderValue::from_static("AAMAAABkAARAAAAAAAIAAAAA"),
+        );
+        let xff = HeaderValue::from_static("127.0.0.1");
+        let info = ForwardInfo {
+            forwarded_for: &xff,
+            tls: false,
+            host: None,
+            identity: None,
+        };
+        upstream_request_headers(&mut h, Version::HTTP_11, &info);
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(
+            names.iter().filter(|n| is_override(n)).count(),
+            0,
+            "{names:?}"
+        );
+        assert!(h.get("http2-settings").is_none());
+        assert_eq!(h["accept"], "*/*");
+    }
+
+    fn route_with(methods: &[Method], upgrades: &[&str]) -> Route {
+        Route {
+            prefix: "/".into(),
+            upstreams: vec![Upstream::parse("http://127.0.0.1:9").unwrap()],
+            methods: methods.to_vec(),
+            upgrades: upgrades.iter().map(|s| s.to_string()).collect(),
+            connect_timeout: Duration::from_secs(5),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn overrides_checked_against_the_routes_methods() {
+        let get_only = route_with(&[Method::GET], &[]);
+        let any = route_with(&[], &[]);
+        let with = |name: &'static str, v: &'static [u8]| {
+            let mut h = HeaderMap::new();
+            h.insert(name, HeaderValue::from_bytes(v).unwrap());
+            h
+        };
+        for (name, v) in [
+            ("x-http-method-override", &b"DELETE"[..]),
+            ("x_http_method", b"delete"),
+            ("x-method-override", b" Put "),
+            ("x-http-method-override", b"GET, DELETE"),
+            ("x-http-method-override", b"NOT A METHOD"),
+            ("x-http-method-override", b"\xff"),
+        ] {
+            assert!(override_refused(&get_only, &with(name, v)), "{name}: {v:?}");
+            assert!(!override_refused(&any, &with(name, v)), "{name}: {v:?}");
+        }
+        assert!(!override_refused(
+            &get_only,
+            &with("x-http-method-override", b"get")
+        ));
+        assert!(!override_refused(
+            &get_only,
+            &with("x-http-method-override", b"")
+        ));
+        // URL overrides are dropped, not checked against methods.
+        assert!(!override_refused(
+            &get_only,
+            &with("x-original-url", b"DELETE")
+        ));
+    }
+
+    fn upgrade_request(version: Version, connection: &str, upgrade: &str) -> Request<()> {
+        Request::builder()
+            .version(version)
+            .header("connection", connection)
+            .header("upgrade", upgrade)
+            .body(())
+            .unwrap()
+    }
+
+    #[test]
+    fn only_the_routes_upgrades_are_asked_for() {
+        let ws = route_with(&[], &["websocket"]);
+        let none = route_with(&[], &[]);
+        let h11 = Version::HTTP_11;
+        let asked = |r: &Route, req: &Request<()>| {
+            allowed_upgrade(req, r).map(|v| v.to_str().unwrap().to_string())
+        };
+        assert_eq!(
+            asked(&ws, &upgrade_request(h11, "Upgrade", "websocket")).as_deref(),
+            Some("websocket")
+        );
+        assert_eq!(
+            asked(
+                &ws,
+                &upgrade_request(h11, "keep-alive, upgrade", "WebSocket")
+            )
+            .as_deref(),
+            Some("WebSocket")
+        );
+        assert_eq!(
+            asked(&ws, &upgrade_request(h11, "Upgrade", "h2c, websocket")).as_deref(),
+            Some("websocket")
+        );
+        assert_eq!(
+            asked(&ws, &upgrade_request(h11, "Upgrade, HTTP2-Settings", "h2c")),
+            None
+        );
+        assert_eq!(asked(&ws, &upgrade_request(h11, "Upgrade", "H2C/1")), None);
+        assert_eq!(
+            asked(&ws, &upgrade_request(h11, "keep-alive", "websocket")),
+            None
+        );
+        assert_eq!(
+            asked(
+                &ws,
+                &upgrade_request(Version::HTTP_10, "Upgrade", "websocket")
+            ),
+            None
+        );
+        assert_eq!(
+            asked(&none, &upgrade_request(h11, "Upgrade", "websocket")),
+            None
+        );
+        // Even a route that names h2c (the config refuses it) never tunnels it.
+        let h2c = route_with(&[], &["h2c"]);
+        assert_eq!(asked(&h2c, &upgrade_request(h11, "Upgrade", "h2c")), None);
+    }
+
+    #[test]
+    fn a_101_must_switch_to_what_was_asked_and_allowed() {
+        let ws = route_with(&[], &["websocket", "foo"]);
+        let asked = HeaderValue::from_static("websocket");
+        let v = HeaderValue::from_static;
+        assert!(switches_to_allowed(&v("WebSocket"), Some(&asked), &ws));
+        assert!(!switches_to_allowed(&v("h2c"), Some(&asked), &ws));
+        assert!(!switches_to_allowed(&v("foo"), Some(&asked), &ws));
+        assert!(!switches_to_allowed(
+            &v("websocket, h2c"),
+            Some(&asked),
+            &ws
+        ));
+        assert!(!switches_to_allowed(&v(""), Some(&asked), &ws));
+        assert!(!switches_to_allowed(&v("websocket"), None, &ws));
+    }
+
+    #[test]
+    fn pool_keys_never_reused_across_tls_configs() {
+        let https = Upstream::parse("https://127.0.0.1:9").unwrap();
+        let http = Upstream::parse("http://127.0.0.1:9").unwrap();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..200 {
+            // Each config is freed before the next is built: its address may come
+            // back, its id never does.
+            let mut route = route_with(&[], &[]);
+            route.tls = Some(upstream_tls(rustls::RootCertStore::empty()));
+            let key = client_key(&route, &https);
+            assert!(seen.insert(key), "pool key {key:?} reused");
+            assert_eq!(client_key(&route, &http), (5000, 0, false));
+            let clone = route_with(&[], &[]);
+            let clone = Route {
+                tls: route.tls.clone(),
+                ..clone
+            };
+            assert_eq!(client_key(&clone, &https), key, "one config, one pool");
+        }
+        let plain = route_with(&[], &[]);
+        assert_eq!(client_key(&plain, &https).1, default_tls().id);
+        assert_ne!(default_tls().id, 0);
+    }
+
+    #[test]
+    fn pool_map_stays_bounded_and_drops_pools_of_freed_configs() {
+        let https = Upstream::parse("https://127.0.0.1:9").unwrap();
+        let len = || CLIENTS.with(|c| c.borrow().len());
+        let mut kept = route_with(&[], &[]);
+        kept.tls = Some(upstream_tls(rustls::RootCertStore::empty()));
+        upstream_client(&kept, &https);
+        for _ in 0..3 * MAX_CLIENTS {
+            let mut route = route_with(&[], &[]);
+            route.tls = Some(upstream_tls(rustls::RootCertStore::empty()));
+            upstream_client(&route, &https);
+            assert!(len() <= MAX_CLIENTS, "{} pools", len());
+        }
+        // Pools of freed configs went first: the live one is still pooled.
+        let key = client_key(&kept, &https);
+        assert!(CLIENTS.with(|c| c.borrow().contains_key(&key)));
     }
 }

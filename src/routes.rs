@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -179,8 +178,9 @@ pub struct Route {
     pub cooldown: Duration,
     /// Largest request body forwarded (413 above it); `None`: no limit.
     pub max_body_bytes: Option<u64>,
-    /// TLS to https upstreams with a private CA; `None`: the webpki roots.
-    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// TLS to https upstreams with a private CA (with the id upstream pools are
+    /// keyed by); `None`: the webpki roots.
+    pub tls: Option<crate::proxy::UpstreamTls>,
     /// `Upgrade` protocols tunnelled (lower case); default `["websocket"]`.
     pub upgrades: Vec<String>,
     /// `rate_limit`: the limit and this instance's buckets (reset on reload).

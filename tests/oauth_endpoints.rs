@@ -444,6 +444,55 @@ async fn introspection_needs_a_confidential_client() {
     assert_eq!(r.status, 405, "{}", r.text());
 }
 
+#[tokio::test]
+async fn introspection_needs_the_introspect_permission() {
+    // RFC 7662 section 4: callers are authenticated and specifically authorized.
+    // web and a:b prove the svc secret but lack `introspect = true`.
+    let (gw, _up) = setup().await;
+    let at = access_token(&gw, "alice", ALICE_PW).await;
+    let web = basic("web", SVC_SECRET);
+    let ab = basic("a%3Ab", SVC_SECRET);
+    for (what, pairs, headers) in [
+        (
+            "web by Basic",
+            vec![("token", at.as_str())],
+            vec![("authorization", web.as_str())],
+        ),
+        (
+            "web by client_secret_post",
+            vec![
+                ("token", at.as_str()),
+                ("client_id", "web"),
+                ("client_secret", SVC_SECRET),
+            ],
+            vec![],
+        ),
+        (
+            "a:b by Basic",
+            vec![("token", at.as_str())],
+            vec![("authorization", ab.as_str())],
+        ),
+    ] {
+        let r = post_form(&gw, INTROSPECT, &pairs, &headers).await;
+        let j = assert_oauth_error(&r, 403, "unauthorized_client");
+        assert!(j.get("active").is_none(), "{what}: {j}");
+        assert!(j.get("scope").is_none(), "{what}: {j}");
+        assert_eq!(r.header("cache-control"), Some("no-store"), "{what}");
+    }
+    // A failed authentication is still 401 invalid_client, before any permission.
+    let wrong = basic("web", "not-the-secret");
+    let r = post_form(
+        &gw,
+        INTROSPECT,
+        &[("token", at.as_str())],
+        &[("authorization", wrong.as_str())],
+    )
+    .await;
+    assert_oauth_error(&r, 401, "invalid_client");
+    // svc has `introspect = true`.
+    assert_eq!(introspect(&gw, &at).await["active"], true);
+}
+
 // --------------------------------------------------------------------- userinfo
 
 #[tokio::test]

@@ -95,7 +95,11 @@ pub async fn revoke(
 }
 
 /// `POST /auth/introspect`: only a confidential client (one that proved its
-/// secret) may ask. Anything not live is `{"active": false}` and nothing more.
+/// secret) with `introspect = true` may ask (RFC 7662 section 4: callers are
+/// authenticated and specifically authorized). A failed authentication is 401
+/// `invalid_client` (section 2.3); an authenticated client not allowed to
+/// introspect gets 403, and learns nothing of the token. Anything not live is
+/// `{"active": false}` and nothing more.
 pub async fn introspect(
     ctx: &OAuthContext<'_>,
     req: Request<Incoming>,
@@ -105,6 +109,11 @@ pub async fn introspect(
         return Err(GatewayError::OAuth(
             OAuthCode::InvalidClient,
             "client authentication failed",
+        ));
+    }
+    if !client.client.introspect {
+        return Err(GatewayError::ClientForbidden(
+            "this client is not allowed to introspect tokens",
         ));
     }
     let (rec, token_type) = match find(ctx, &params).await? {

@@ -51,7 +51,7 @@ fn hashes() -> &'static Hashes {
 ///
 /// - users: alice (read, write, admin), bob (read)
 /// - clients: `cli` public (password, refresh_token; read write admin),
-///   `svc` confidential (client_credentials, password, refresh_token; read write),
+///   `svc` confidential (client_credentials, password, refresh_token; read write; may introspect),
 ///   `a:b` confidential with the svc secret (password), `cc-only` public (refresh_token only),
 ///   `spa` public (authorization_code, refresh_token; read write admin; redirect URIs
 ///   `http://127.0.0.1:8765/callback` and `http://127.0.0.1:8765/other?x=1`),
@@ -96,6 +96,7 @@ id = "svc"
 secret_hash = "{svc}"
 grants = ["client_credentials", "password", "refresh_token"]
 scopes = ["read", "write"]
+introspect = true
 
 [[clients]]
 id = "a:b"

@@ -889,3 +889,63 @@ async fn memory_and_redis_limiters_follow_the_same_rules() {
         ["true", "Some(TooMany(60))", "true"]
     );
 }
+
+/// The access log names the same client address as the limits and the upstream
+/// (the real binary, `--log-format json`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_names_the_client_address() {
+    use std::io::{BufRead, BufReader};
+    let up = spawn_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    let text = config_text(up.addr).replacen(
+        "listen = \"127.0.0.1:0\"\n",
+        "listen = \"127.0.0.1:0\"\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
+        1,
+    );
+    std::fs::write(&path, text).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_whosthat"))
+        .args(["--log-format", "json", "-c"])
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str(&line) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    let next = |want: &dyn Fn(&serde_json::Value) -> bool| loop {
+        let v = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the expected log line");
+        if want(&v) {
+            return v;
+        }
+    };
+    let serving = next(&|v| v.to_string().contains("whosthat is serving"));
+    let addr = serving["listen"].as_str().unwrap().to_string();
+    let url = format!("http://{addr}/public/x");
+    for (from, xff, client) in [
+        (1, "6.6.6.6, 203.0.113.44", "203.0.113.44"),
+        (6, "203.0.113.44", "127.0.0.6"),
+    ] {
+        let req = Request::builder()
+            .uri(&url)
+            .header("x-forwarded-for", xff)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let seen = send_from(lo(from), req).await.seen();
+        assert_eq!(seen.header_all("x-forwarded-for"), vec![client]);
+        let line = tokio::task::block_in_place(|| next(&|v| v["target"] == "whosthat::access"));
+        assert_eq!(line["client"], client, "{line}");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

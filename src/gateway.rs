@@ -2,7 +2,7 @@
 //! log. `handle` wraps `handle_inner`: the inner returns `Result`, the outer
 //! turns errors into responses and writes the access-log line.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,7 +21,7 @@ use crate::oauth::endpoints::{self, INTROSPECT_PATH, METADATA_PATH, REVOKE_PATH,
 use crate::oauth::limiter::Limiter;
 use crate::oauth::{OAuthContext, grant_still_allowed, token_endpoint};
 use crate::password::PasswordPool;
-use crate::proxy::{ForwardInfo, forward};
+use crate::proxy::{ForwardInfo, client_address, forward};
 use crate::routes::normalize_path;
 use crate::store::{Grants, MemoryStore, RedisStore, StoreError, TokenHash, TokenStore};
 
@@ -52,17 +52,23 @@ impl AppState {
             Duration::from_secs(10),
         );
         let grants = Arc::new(Grants::default());
-        let (store, memory): (Arc<dyn TokenStore>, _) = match &config.store.backend {
+        // The brute-force counters live where the tokens do: with Redis, every
+        // instance counts against the same numbers.
+        let (store, memory, limiter): (Arc<dyn TokenStore>, _, _) = match &config.store.backend {
             StoreBackend::Memory => {
                 let m = Arc::new(MemoryStore::new());
-                (m.clone(), Some(m))
+                (m.clone(), Some(m), Limiter::memory())
             }
-            StoreBackend::Redis(url) => (Arc::new(RedisStore::new(url, grants.clone())?), None),
+            StoreBackend::Redis(url) => {
+                let r = RedisStore::new(url, grants.clone())?;
+                let limiter = Limiter::redis(r.connection());
+                (Arc::new(r), None, limiter)
+            }
         };
         Ok(AppState {
             store,
             passwords,
-            limiter: Limiter::default(),
+            limiter,
             authorizer: Authorizer::new(),
             grants,
             metrics: Arc::new(Metrics::new()),
@@ -113,8 +119,14 @@ pub async fn handle(
         .then(|| (req.method().clone(), req.uri().path().to_string()));
     // The config in force when the request arrived, for the whole request.
     let config = state.config();
+    // Per request: a load balancer's connection carries many clients.
+    let client = client_address(
+        &config.server.trusted_proxies,
+        conn.peer.ip(),
+        req.headers(),
+    );
     let mut log = LogContext::default();
-    let resp = match handle_inner(&state, &config, req, &conn, &mut log).await {
+    let resp = match handle_inner(&state, &config, req, &conn, client, &mut log).await {
         Ok(r) => r,
         Err(e) => {
             state.metrics.rejected(&e);
@@ -133,6 +145,7 @@ pub async fn handle(
         target: "whosthat::access",
         method = %method,
         path = %path,
+        client = %client,
         route = log.route.unwrap_or("-"),
         status = resp.status().as_u16(),
         user = log.user.as_deref().unwrap_or("-"),
@@ -148,6 +161,7 @@ async fn handle_inner<'s>(
     config: &'s Config,
     req: Request<Incoming>,
     conn: &ConnInfo,
+    client: IpAddr,
     log: &mut LogContext<'s>,
 ) -> Result<Response<Body>, GatewayError> {
     let path = normalize_path(req.uri().path()).map_err(GatewayError::BadPath)?;
@@ -161,7 +175,7 @@ async fn handle_inner<'s>(
             limiter: &state.limiter,
             grants: &state.grants,
             metrics: &state.metrics,
-            peer: conn.peer.ip(),
+            peer: client,
         };
         return match endpoint {
             Endpoint::Token => token_endpoint(&ctx, req).await,
@@ -219,8 +233,17 @@ async fn handle_inner<'s>(
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
     };
+    // Rendered once per connection for the usual case: no proxy in front.
+    let rendered;
+    let forwarded_for = if client == conn.peer.ip() {
+        &conn.forwarded_for
+    } else {
+        rendered = HeaderValue::try_from(client.to_string())
+            .unwrap_or(HeaderValue::from_static("unknown"));
+        &rendered
+    };
     let info = ForwardInfo {
-        forwarded_for: &conn.forwarded_for,
+        forwarded_for,
         tls: conn.tls,
         host,
         identity: record.as_ref().map(|r| r.grant.as_ref()),

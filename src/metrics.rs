@@ -77,6 +77,8 @@ pub struct Metrics {
     tokens_issued: Labeled<AtomicU64>,
     auth_failures: Labeled<AtomicU64>,
     upstream_errors: Labeled<AtomicU64>,
+    /// argon2 checks run (passwords and client secrets), whatever their result.
+    password_checks: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -104,6 +106,7 @@ impl Metrics {
             tokens_issued: Labeled::new(MAX_SMALL),
             auth_failures: Labeled::new(MAX_SMALL),
             upstream_errors: Labeled::new(MAX_SMALL),
+            password_checks: AtomicU64::new(0),
         };
         for g in GRANTS {
             m.tokens_issued.get(g);
@@ -125,6 +128,11 @@ impl Metrics {
     /// A token response sent for `grant` (one of [`GRANTS`]).
     pub fn token_issued(&self, grant: &str) {
         self.tokens_issued.get(grant).fetch_add(1, Relaxed);
+    }
+
+    /// One argon2 check of a password or client secret has run.
+    pub fn password_checked(&self) {
+        self.password_checks.fetch_add(1, Relaxed);
     }
 
     /// A request refused for its credentials or permissions; `reason` is
@@ -247,6 +255,18 @@ impl Metrics {
             "Proxied requests whose upstream could not be reached or timed out, by kind.",
             "kind",
             &self.upstream_errors,
+        );
+
+        family(
+            &mut out,
+            "whosthat_password_checks_total",
+            "counter",
+            "argon2 checks run on passwords and client secrets (guesses the brute-force limits let through).",
+        );
+        let _ = writeln!(
+            out,
+            "whosthat_password_checks_total {}",
+            self.password_checks.load(Relaxed)
         );
 
         family(
@@ -730,8 +750,8 @@ mod tests {
             assert!(text.contains(&format!("# HELP {name} ")), "{name}");
             assert!(text.contains(&format!("# TYPE {name} ")), "{name}");
         }
-        // 3 request series, 3 routes x 17 histogram lines, 4 + 2 + 2 counters, 2 gauges.
-        assert_eq!(samples.len(), 3 + 3 * 17 + 4 + 2 + 2 + 2, "{text}");
+        // 3 request series, 3 routes x 17 histogram lines, 4 + 2 + 2 + 1 counters, 2 gauges.
+        assert_eq!(samples.len(), 3 + 3 * 17 + 4 + 2 + 2 + 1 + 2, "{text}");
     }
 
     #[test]
@@ -783,9 +803,9 @@ mod tests {
         let text = Metrics::new().render(0, 0);
         let samples = parse(&text);
         // Only the pre-registered counters and the gauges.
-        assert_eq!(samples.len(), 4 + 2 + 2, "{text}");
-        assert_eq!(text.matches("# HELP ").count(), 6);
-        assert_eq!(text.matches("# TYPE ").count(), 6);
+        assert_eq!(samples.len(), 4 + 2 + 1 + 2, "{text}");
+        assert_eq!(text.matches("# HELP ").count(), 7);
+        assert_eq!(text.matches("# TYPE ").count(), 7);
     }
 
     #[test]

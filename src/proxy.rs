@@ -2,6 +2,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
@@ -298,9 +299,100 @@ fn is_bearer(v: &HeaderValue) -> bool {
     b.len() >= 6 && b[..6].eq_ignore_ascii_case(b"bearer")
 }
 
+/// The client's address for one request. The peer, unless the peer is one of
+/// `trusted` (`server.trusted_proxies`, the load balancers); then the right-most
+/// entry of `X-Forwarded-For` (or, when there is none, of `Forwarded`'s `for=`,
+/// RFC 7239 section 5.2) that is not itself a trusted proxy: each proxy appends
+/// the address it saw, so entries left of the first untrusted one were written by
+/// the client and prove nothing. An entry that names no address there
+/// (`unknown`, an obfuscated node, garbage) stops the walk at the proxy that
+/// wrote it. Limits, logs and the upstream's `X-Forwarded-For` all use this one
+/// address.
+pub fn client_address(trusted: &[ipnet::IpNet], peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+    let peer = peer.to_canonical();
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if trusted.is_empty() || !is_trusted(&peer) {
+        return peer;
+    }
+    let mut hops: Vec<Option<IpAddr>> = Vec::new();
+    if headers.contains_key(&X_FORWARDED_FOR) {
+        for v in headers.get_all(&X_FORWARDED_FOR) {
+            match v.to_str() {
+                Ok(v) => hops.extend(v.split(',').map(|e| parse_node(e.trim()))),
+                Err(_) => hops.push(None),
+            }
+        }
+    } else {
+        for v in headers.get_all(header::FORWARDED) {
+            match v.to_str() {
+                Ok(v) => hops.extend(split_quoted(v, ',').into_iter().map(forwarded_for)),
+                Err(_) => hops.push(None),
+            }
+        }
+    }
+    let mut nearest = peer;
+    for hop in hops.iter().rev() {
+        match hop {
+            Some(ip) if is_trusted(ip) => nearest = *ip,
+            Some(ip) => return *ip,
+            None => return nearest,
+        }
+    }
+    // Every hop is one of ours: the left-most is as far as anyone can see.
+    nearest
+}
+
+/// `s` split at `sep`, except inside double quotes.
+fn split_quoted(s: &str, sep: char) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (i, c) in s.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            c if c == sep && !quoted => {
+                out.push(&s[start..i]);
+                start = i + c.len_utf8();
+            }
+            _ => {}
+        }
+    }
+    out.push(&s[start..]);
+    out
+}
+
+/// The `for=` node of one `Forwarded` element (RFC 7239 section 4), if it is an address.
+fn forwarded_for(element: &str) -> Option<IpAddr> {
+    let value = split_quoted(element, ';').into_iter().find_map(|pair| {
+        let (name, value) = pair.trim().split_once('=')?;
+        name.trim()
+            .eq_ignore_ascii_case("for")
+            .then_some(value.trim())
+    })?;
+    let value = match value.strip_prefix('"') {
+        Some(v) => v.strip_suffix('"')?,
+        None => value,
+    };
+    parse_node(value)
+}
+
+/// An address, with or without a port: `192.0.2.1`, `192.0.2.1:80`,
+/// `2001:db8::1`, `[2001:db8::1]`, `[2001:db8::1]:80`.
+fn parse_node(s: &str) -> Option<IpAddr> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some(ip.to_canonical());
+    }
+    if let Ok(sa) = s.parse::<std::net::SocketAddr>() {
+        return Some(sa.ip().to_canonical());
+    }
+    let inner = s.strip_prefix('[')?.strip_suffix(']')?;
+    inner.parse::<IpAddr>().ok().map(|ip| ip.to_canonical())
+}
+
 /// What the upstream receives (INTERFACE.md, "What the upstream receives").
 pub struct ForwardInfo<'a> {
-    /// The peer's address, rendered once per connection.
+    /// The client's address ([`client_address`]), the one value sent upstream.
     pub forwarded_for: &'a HeaderValue,
     /// Whether the client came over TLS.
     pub tls: bool,
@@ -999,5 +1091,76 @@ mod tests {
         // Pools of freed configs went first: the live one is still pooled.
         let key = client_key(&kept, &https);
         assert!(CLIENTS.with(|c| c.borrow().contains_key(&key)));
+    }
+
+    fn xff(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append("x-forwarded-for", HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn client_address_trusts_forwarding_only_from_trusted_proxies() {
+        let lb: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let spoofed = xff(&["1.2.3.4"]);
+        // An untrusted peer: its headers are ignored.
+        assert_eq!(
+            client_address(&lb, ip("192.0.2.7"), &spoofed),
+            ip("192.0.2.7")
+        );
+        // No proxies configured: never read.
+        assert_eq!(
+            client_address(&[], ip("10.0.0.1"), &spoofed),
+            ip("10.0.0.1")
+        );
+        // From the load balancer: the right-most untrusted entry.
+        let h = xff(&["6.6.6.6, 198.51.100.9", "10.0.0.2"]);
+        assert_eq!(client_address(&lb, ip("10.0.0.1"), &h), ip("198.51.100.9"));
+        // No header from the balancer: the balancer itself.
+        assert_eq!(
+            client_address(&lb, ip("10.0.0.1"), &HeaderMap::new()),
+            ip("10.0.0.1")
+        );
+        // Every entry trusted: the left-most.
+        let h = xff(&["10.1.1.1, 10.2.2.2"]);
+        assert_eq!(client_address(&lb, ip("10.0.0.1"), &h), ip("10.1.1.1"));
+        // Garbage where the client should be: the proxy that wrote it.
+        let h = xff(&["1.2.3.4, garbage, 10.0.0.3"]);
+        assert_eq!(client_address(&lb, ip("10.0.0.1"), &h), ip("10.0.0.3"));
+        // Ports and brackets are tolerated; mapped IPv4 is IPv4.
+        let h = xff(&["[2001:db8::5]:443, 10.0.0.9:80"]);
+        assert_eq!(client_address(&lb, ip("10.0.0.1"), &h), ip("2001:db8::5"));
+        assert_eq!(
+            client_address(&lb, ip("::ffff:10.0.0.1"), &xff(&["::ffff:192.0.2.1"])),
+            ip("192.0.2.1")
+        );
+    }
+
+    #[test]
+    fn client_address_from_forwarded() {
+        let lb: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut h = HeaderMap::new();
+        h.append(
+            "forwarded",
+            HeaderValue::from_static(
+                "for=6.6.6.6, for=\"[2001:db8:cafe::17]:4711\";proto=https, For=10.0.0.5;by=10.0.0.1",
+            ),
+        );
+        assert_eq!(
+            client_address(&lb, ip("10.0.0.1"), &h),
+            ip("2001:db8:cafe::17")
+        );
+        let mut h = HeaderMap::new();
+        h.append("forwarded", HeaderValue::from_static("for=unknown"));
+        assert_eq!(client_address(&lb, ip("10.0.0.1"), &h), ip("10.0.0.1"));
+        // X-Forwarded-For, when present, is the one read.
+        h.append("x-forwarded-for", HeaderValue::from_static("192.0.2.3"));
+        assert_eq!(client_address(&lb, ip("10.0.0.1"), &h), ip("192.0.2.3"));
     }
 }

@@ -3,6 +3,7 @@
 //! password pool's behaviour under a login flood.
 
 mod common;
+mod oauth_helpers;
 use common::*;
 
 use std::sync::Arc;
@@ -958,10 +959,23 @@ async fn login_flood_does_not_stall_proxied_traffic() {
     let gw = Arc::new(gw);
     let finished = Arc::new(AtomicUsize::new(0));
     let mut logins = Vec::new();
-    for _ in 0..LOGINS {
+    // From 40 addresses at 40 names: the brute-force limits (a few checks in flight
+    // per address and per name) let every one of them reach argon2.
+    for i in 0..LOGINS {
         let (gw, finished) = (gw.clone(), finished.clone());
         logins.push(tokio::spawn(async move {
-            let r = password_grant(&gw, "alice", ALICE_PW, &[], &[]).await;
+            let from = std::net::Ipv4Addr::new(127, 0, 1, 10 + i as u8);
+            let user = format!("flood-{i}");
+            let r = oauth_helpers::token_from(
+                from,
+                &gw,
+                &[
+                    ("grant_type", "password"),
+                    ("username", &user),
+                    ("password", "pw"),
+                ],
+            )
+            .await;
             finished.fetch_add(1, Ordering::SeqCst);
             r
         }));
@@ -989,8 +1003,9 @@ async fn login_flood_does_not_stall_proxied_traffic() {
     for t in logins {
         let r = t.await.unwrap();
         match r.status.as_u16() {
-            200 => {
-                assert_token_ok(&r);
+            // Checked (unknown names cost a check against the dummy hash).
+            400 => {
+                assert_eq!(r.json()["error"], "invalid_grant");
                 ok += 1;
             }
             503 => {
@@ -1005,5 +1020,5 @@ async fn login_flood_does_not_stall_proxied_traffic() {
         }
     }
     assert_eq!(ok + busy, LOGINS);
-    assert!(ok >= 1, "some logins of the flood must succeed");
+    assert!(ok >= 1, "some logins of the flood must be checked");
 }

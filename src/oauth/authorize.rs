@@ -220,6 +220,10 @@ impl Authorizer {
             return Ok(self.expired());
         };
         let key = TokenHash::of(&id);
+        // The device cookie (OWASP): a browser that signed in as a name before is
+        // not locked out by an attack on that name from elsewhere.
+        let device =
+            super::limiter::device_cookie(req.headers()).map_or_else(new_token, str::to_string);
         let (_, form) = read_form(req, false).await?;
         // Copy what is needed out of the map: no lock is held across an await.
         let (csrf, has_user, areq) = match self.txns.get(&key) {
@@ -236,7 +240,7 @@ impl Authorizer {
             ));
         }
         match (form.get("action"), has_user) {
-            (Some("login"), false) => self.login(ctx, key, &areq, &form).await,
+            (Some("login"), false) => self.login(ctx, key, &areq, &form, &device).await,
             (Some("approve"), true) => {
                 let Some((_, txn)) = self.txns.remove(&key) else {
                     return Ok(self.expired());
@@ -289,13 +293,14 @@ impl Authorizer {
         key: TokenHash,
         areq: &AuthzRequest,
         form: &super::Params,
+        device: &str,
     ) -> Result<Response<Body>, GatewayError> {
         let username = form.get("username").unwrap_or("");
         let password = form.get("password").unwrap_or("");
         let outcome = if username.is_empty() || password.is_empty() {
             Err("Enter your username and password.".to_string())
         } else {
-            match super::check_user_password(ctx, username, password).await {
+            match super::check_user_password_from(ctx, username, Some(device), password).await {
                 Ok(Some(user)) => Ok(user.clone()),
                 Ok(None) => {
                     ctx.metrics.auth_failure("invalid_grant");
@@ -341,7 +346,12 @@ impl Authorizer {
                     }
                     None => return Ok(self.expired()),
                 }
-                Ok(see_other(AUTHORIZE_PATH))
+                let mut resp = see_other(AUTHORIZE_PATH);
+                let secure = ctx.config.oauth.issuer.starts_with("https://");
+                if let Some(v) = super::limiter::device_set_cookie(device, secure) {
+                    resp.headers_mut().append(SET_COOKIE, v);
+                }
+                Ok(resp)
             }
         }
     }

@@ -143,7 +143,8 @@ pub struct OAuthContext<'a> {
     pub limiter: &'a Limiter,
     pub grants: &'a Grants,
     pub metrics: &'a crate::metrics::Metrics,
-    /// The client's address, for brute-force accounting.
+    /// The client's address (through `server.trusted_proxies`), for
+    /// brute-force accounting.
     pub peer: IpAddr,
 }
 
@@ -270,30 +271,58 @@ fn grant_scope(requested: Option<ScopeSet>, allowed: &ScopeSet) -> Result<ScopeS
     }
 }
 
-/// Runs a password check under brute-force accounting (RFC 6749 section 4.3.2):
-/// refused with 429 while the address or the (name, address) pair is blocked,
-/// failures answered late. `account` names what is being guessed at.
+/// Runs a password check under brute-force accounting (RFC 6749 section 4.3.2;
+/// see [`limiter`]): the guess is counted before argon2 runs, and refused with
+/// 429 (no argon2 work) when a limit has no room; a right password refunds it.
+/// Failed answers are held back a little once failures pile up. `account` names
+/// what is being guessed at (a user name, or `client:<id>`).
 pub async fn guarded_verify(
     ctx: &OAuthContext<'_>,
     account: &str,
     password: &[u8],
     hash: Option<Arc<str>>,
 ) -> Result<bool, GatewayError> {
-    if let Err(retry) = ctx.limiter.check(account, ctx.peer) {
-        return Err(GatewayError::TooManyAttempts(retry.as_secs().max(1)));
-    }
-    let ok = ctx
-        .passwords
-        .verify(password, hash)
+    guarded_verify_from(ctx, account, None, password, hash).await
+}
+
+/// [`guarded_verify`] for a browser that may carry a device cookie (the login page).
+pub async fn guarded_verify_from(
+    ctx: &OAuthContext<'_>,
+    account: &str,
+    device: Option<&str>,
+    password: &[u8],
+    hash: Option<Arc<str>>,
+) -> Result<bool, GatewayError> {
+    let origin = limiter::Origin {
+        addr: ctx.peer,
+        device,
+    };
+    let attempt = ctx
+        .limiter
+        .begin(account, &origin)
         .await
-        .map_err(|_| GatewayError::PasswordBusy)?;
+        .map_err(|r| match r {
+            limiter::Refusal::TooMany(secs) => GatewayError::TooManyAttempts(secs),
+            limiter::Refusal::Unavailable => GatewayError::StoreUnavailable,
+        })?;
+    let ok = match ctx.passwords.verify(password, hash).await {
+        Ok(ok) => ok,
+        Err(_) => {
+            attempt.not_checked().await;
+            return Err(GatewayError::PasswordBusy);
+        }
+    };
+    ctx.metrics.password_checked();
     if ok {
-        ctx.limiter.success(account, ctx.peer);
+        attempt.succeeded().await;
     } else {
-        let delay = ctx.limiter.failure(account, ctx.peer);
+        // Held back with its slots still taken: waiting out the delay in
+        // parallel gains nothing.
+        let delay = attempt.failure_delay();
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
+        attempt.failed().await;
     }
     Ok(ok)
 }
@@ -305,9 +334,21 @@ pub async fn check_user_password<'c>(
     username: &str,
     password: &str,
 ) -> Result<Option<&'c Arc<User>>, GatewayError> {
+    check_user_password_from(ctx, username, None, password).await
+}
+
+/// [`check_user_password`] from a browser with a device cookie (the login page):
+/// a device that signed in as `username` before is limited on its own, so an
+/// attack on the name from elsewhere does not lock it out.
+pub async fn check_user_password_from<'c>(
+    ctx: &OAuthContext<'c>,
+    username: &str,
+    device: Option<&str>,
+    password: &str,
+) -> Result<Option<&'c Arc<User>>, GatewayError> {
     let user = ctx.config.users.get(username);
     let hash = user.map(|u| Arc::from(u.password_hash.as_str()));
-    let ok = guarded_verify(ctx, username, password.as_bytes(), hash).await?;
+    let ok = guarded_verify_from(ctx, username, device, password.as_bytes(), hash).await?;
     Ok(user.filter(|_| ok))
 }
 

@@ -133,6 +133,14 @@ impl RedisStore {
     }
 }
 
+impl RedisStore {
+    /// The command connection (multiplexed; cheap to clone), for the
+    /// brute-force limiter's counters, which live in the same Redis.
+    pub fn connection(&self) -> ConnectionManager {
+        self.inner.conn.clone()
+    }
+}
+
 impl Inner {
     fn healthy(&self) -> bool {
         self.subscribed.load(Ordering::Acquire) && self.reachable.load(Ordering::Acquire)

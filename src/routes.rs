@@ -184,9 +184,9 @@ pub struct Route {
     /// `Upgrade` protocols tunnelled (lower case); default `["websocket"]`.
     pub upgrades: Vec<String>,
     /// `rate_limit`: the limit and this instance's buckets (reset on reload).
-    pub rate_limit: Option<Arc<crate::ratelimit::RateLimiter>>,
+    pub rate_limit: Option<std::sync::Arc<crate::ratelimit::RateLimiter>>,
     /// `cors`: answered preflights and allowed origins.
-    pub cors: Option<Arc<crate::cors::CorsPolicy>>,
+    pub cors: Option<std::sync::Arc<crate::cors::CorsPolicy>>,
 }
 
 impl Route {

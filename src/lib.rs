@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod fsutil;
 pub mod gateway;
 pub mod metrics;
 pub mod oauth;

@@ -57,7 +57,14 @@ impl AppState {
                 let m = Arc::new(MemoryStore::new());
                 (m.clone(), Some(m))
             }
-            StoreBackend::Redis(url) => (Arc::new(RedisStore::new(url, grants.clone())?), None),
+            StoreBackend::Redis(url) => (
+                Arc::new(RedisStore::new(
+                    url,
+                    grants.clone(),
+                    config.store.max_staleness,
+                )?),
+                None,
+            ),
         };
         Ok(AppState {
             store,

@@ -7,10 +7,10 @@
 //! a refused or failed edit leaves the file as it was.
 
 use std::fmt::Write as _;
-use std::fs::{File, OpenOptions};
-use std::io::{IsTerminal, Read, Write};
+use std::fs::File;
+use std::io::{IsTerminal, Read};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
@@ -506,41 +506,15 @@ fn lock_config(path: &Path) -> CliResult<Locked> {
     ))
 }
 
-/// Writes `text` over `target` atomically: a temporary file in the same
-/// directory, with the original's permissions and owner, synced, then renamed.
+/// Writes `text` over `target` atomically (see [`crate::fsutil::write_atomic`]),
+/// keeping the original's permissions and (best effort) owner.
 fn write_atomically(target: &Path, text: &str, like: &std::fs::Metadata) -> std::io::Result<()> {
-    let dir = target.parent().unwrap_or(Path::new("."));
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(
-        ".{name}.{}.{}.tmp",
-        std::process::id(),
-        &crate::store::new_token()[..8]
-    ));
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        // Best effort: only root may give a file away.
-        let _ = std::os::unix::fs::fchown(&f, Some(like.uid()), Some(like.gid()));
-        f.set_permissions(std::fs::Permissions::from_mode(like.mode() & 0o7777))?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, target)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result?;
-    // The rename itself, on disk.
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    crate::fsutil::write_atomic(
+        target,
+        text.as_bytes(),
+        like.mode() & 0o7777,
+        Some((like.uid(), like.gid())),
+    )
 }
 
 /// Applies `edit` to the config at `path` under the lock, validates the result

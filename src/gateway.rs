@@ -60,7 +60,7 @@ impl AppState {
                 (m.clone(), Some(m), Limiter::memory())
             }
             StoreBackend::Redis(url) => {
-                let r = RedisStore::new(url, grants.clone())?;
+                let r = RedisStore::new(url, grants.clone(), config.store.max_staleness)?;
                 let limiter = Limiter::redis(r.connection());
                 (Arc::new(r), None, limiter)
             }

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod cors;
 pub mod error;
+pub mod fsutil;
 pub mod gateway;
 pub mod metrics;
 pub mod oauth;

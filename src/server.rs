@@ -101,7 +101,7 @@ pub async fn serve_with(
 ) -> io::Result<()> {
     let state = Arc::new(AppState::new(config.clone()).map_err(io::Error::other)?);
     if let (Some(memory), Some(file)) = (&state.memory, &config.store.state_file) {
-        match memory.load(file, &state.grants) {
+        match memory.load(file, &state.grants, &config) {
             Ok(n) => {
                 tracing::info!(tokens = n, file = %file.display(), "tokens saved at the last shutdown loaded")
             }

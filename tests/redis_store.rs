@@ -299,9 +299,9 @@ struct Instance {
     admin: SocketAddr,
 }
 
-/// The standard test config on the Redis store, with an admin listener on a port
-/// picked here. Returns the text and the admin address.
-fn redis_config(up: SocketAddr, redis: &Redis) -> (String, SocketAddr) {
+/// The standard test config on the Redis store at `url`, with an admin listener
+/// on a port picked here. Returns the text and the admin address.
+fn redis_config_at(up: SocketAddr, url: &str) -> (String, SocketAddr) {
     let admin_port = closed_port();
     let base = config_text(up);
     let listen = "listen = \"127.0.0.1:0\"\n";
@@ -315,8 +315,7 @@ fn redis_config(up: SocketAddr, redis: &Redis) -> (String, SocketAddr) {
         1,
     );
     text.push_str(&format!(
-        "\n[store]\nbackend = \"redis\"\nredis_url = \"{}\"\n",
-        redis.url()
+        "\n[store]\nbackend = \"redis\"\nredis_url = \"{url}\"\n"
     ));
     (text, SocketAddr::from(([127, 0, 0, 1], admin_port)))
 }
@@ -324,7 +323,12 @@ fn redis_config(up: SocketAddr, redis: &Redis) -> (String, SocketAddr) {
 /// A gateway on `redis`, once its `/readyz` says 200: an instance answers 503 until
 /// it has subscribed to the revocation channel, as a load balancer would see.
 async fn instance(up: &Upstream, redis: &Redis) -> Instance {
-    let (text, admin) = redis_config(up.addr, redis);
+    instance_at(up, &redis.url()).await
+}
+
+/// [`instance`] on Redis at `url`.
+async fn instance_at(up: &Upstream, url: &str) -> Instance {
+    let (text, admin) = redis_config_at(up.addr, url);
     let gw = spawn_gateway_with(&text).await;
     wait_status(admin, "/readyz", 200, Duration::from_secs(5)).await;
     Instance { gw, admin }
@@ -969,5 +973,357 @@ async fn ready_after_a_quick_redis_restart_means_requests_are_served() {
     assert_eq!(
         get_with_token(&b.gw.url("/api/x"), &at_new).await.status,
         200
+    );
+}
+
+// ------------------------------------------ bounded staleness (store.max_staleness)
+
+/// The default `store.max_staleness`: the test configs do not set it.
+const MAX_STALENESS: Duration = Duration::from_millis(250);
+
+/// A TCP relay between gateways and Redis that can stall the subscription
+/// connections open at that moment: bytes from Redis to the subscriber stop
+/// (they wait, in order, in the relay) while every other connection flows. A
+/// subscription silently stuck, as behind a broken NAT or a hung proxy, that
+/// neither errors nor closes.
+struct Relay {
+    port: u16,
+    /// One flag per subscription connection seen (it sent `SUBSCRIBE`).
+    subscriptions: Arc<std::sync::Mutex<Vec<Arc<std::sync::atomic::AtomicBool>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(redis_port: u16) -> Relay {
+        use std::sync::atomic::AtomicBool;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let subscriptions: Arc<std::sync::Mutex<Vec<Arc<AtomicBool>>>> = Arc::default();
+        let subs = subscriptions.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    continue;
+                };
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", redis_port)).await
+                else {
+                    continue;
+                };
+                let stalled = Arc::new(AtomicBool::new(false));
+                let closed = Arc::new(AtomicBool::new(false));
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let (subs, flag, done) = (subs.clone(), stalled.clone(), closed.clone());
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16384];
+                    let mut registered = false;
+                    while let Ok(n @ 1..) = cr.read(&mut buf).await {
+                        if !registered && contains(&buf[..n], b"SUBSCRIBE") {
+                            subs.lock().unwrap().push(flag.clone());
+                            registered = true;
+                        }
+                        if sw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    done.store(true, Ordering::SeqCst);
+                });
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16384];
+                    let held = |stalled: &AtomicBool, closed: &AtomicBool| {
+                        stalled.load(Ordering::SeqCst) && !closed.load(Ordering::SeqCst)
+                    };
+                    loop {
+                        while held(&stalled, &closed) {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                        let n = match sr.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        // Bytes read just as the stall began wait as well.
+                        while held(&stalled, &closed) {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                        if closed.load(Ordering::SeqCst) || cw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        Relay {
+            port,
+            subscriptions,
+            task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Stalls every subscription connection open now (not later ones); returns
+    /// how many there were.
+    fn stall_subscriptions(&self) -> usize {
+        let subs = self.subscriptions.lock().unwrap();
+        for s in subs.iter() {
+            s.store(true, Ordering::SeqCst);
+        }
+        subs.len()
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// `GET url` with `token`, failing the test if no answer comes within 60 s.
+async fn lookup(url: &str, token: &str) -> Reply {
+    tokio::time::timeout(Duration::from_secs(60), get_with_token(url, token))
+        .await
+        .unwrap_or_else(|_| panic!("GET {url}: no answer within 60 s"))
+}
+
+/// The issue's finding: with Redis frozen, cached tokens were accepted for about
+/// 1.2 s. Now the cache is trusted only while the subscription answered a PING
+/// sent at most `max_staleness` ago; past that, the lookup asks Redis, which does
+/// not answer: 503. Measured: the longest a cached token was accepted after the
+/// freeze. Asserted: no lookup started `max_staleness` after the freeze was
+/// accepted (this rests on which PINGs were answered, not on speed), the
+/// eventual refusal, and that it stays refused (ordering).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_redis_stops_cached_tokens_after_max_staleness() {
+    let redis = Redis::start().await;
+    let up = spawn_upstream().await;
+    let a = instance(&up, &redis).await;
+    let at = access_token(&a.gw, "alice", ALICE_PW).await;
+    let url = a.gw.url("/api/x");
+    // Cached on A (issued there) and served from the cache.
+    assert_eq!(lookup(&url, &at).await.status, 200);
+    assert_eq!(lookup(&url, &at).await.status, 200);
+    let hits = up.hits.load(Ordering::SeqCst);
+
+    redis.freeze();
+    let frozen = Instant::now();
+    let mut accepted = 0u32;
+    let mut last_accepted = None;
+    let refused_at = loop {
+        let started = frozen.elapsed();
+        let r = lookup(&url, &at).await;
+        let answered = frozen.elapsed();
+        if r.status == 200 {
+            accepted += 1;
+            last_accepted = Some(answered);
+            // No pong can come from a frozen server: a lookup that starts
+            // max_staleness after the freeze finds the cache stale, whatever the
+            // machine's load.
+            assert!(
+                started < MAX_STALENESS,
+                "A accepted a cached token in a lookup started {started:?} after Redis froze"
+            );
+            continue;
+        }
+        assert_unavailable_with_retry_after(&r, "a cached token once stale");
+        break answered;
+    };
+    // Once refused, refused for as long as Redis stays frozen.
+    for _ in 0..10 {
+        let r = lookup(&url, &at).await;
+        assert_unavailable_with_retry_after(&r, "a cached token, later");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "max_staleness {MAX_STALENESS:?}: after the freeze the cached token was accepted \
+         {accepted} times, the last answer {last_accepted:?} after the freeze; first 503 \
+         answered {refused_at:?} after it"
+    );
+    assert_eq!(
+        up.hits.load(Ordering::SeqCst),
+        hits + accepted as usize,
+        "only the accepted requests reached the upstream"
+    );
+
+    redis.thaw();
+    wait_status(a.admin, "/readyz", 200, Duration::from_secs(60)).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while lookup(&url, &at).await.status != 200 {
+        assert!(Instant::now() < deadline, "the token never worked again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A revocation published while the revoking instance and Redis are fine but
+/// A's subscription is silently stuck (its bytes held in a relay; A's command
+/// connection flows): A's cache goes stale `max_staleness` after the last
+/// answered PING, A asks Redis and refuses the token. Before bounded staleness,
+/// A vouched for the revoked token from its cache for as long as the
+/// subscription stayed stuck. Asserted: A refuses the token eventually and
+/// never accepts it again; it serves other tokens; measured: how long after the
+/// revocation A still accepted it. Asserted as well: no lookup that started
+/// `max_staleness` after the revocation was accepted (a bound that holds
+/// however slow the machine is: it rests on which PINGs were answered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_subscription_cannot_hide_a_revocation() {
+    let redis = Redis::start().await;
+    let relay = Relay::start(redis.port).await;
+    let up = spawn_upstream().await;
+    let a = instance_at(&up, &relay.url()).await;
+    let b = instance(&up, &redis).await;
+    let at = access_token(&a.gw, "alice", ALICE_PW).await;
+    let url_a = a.gw.url("/api/x");
+    assert_eq!(lookup(&url_a, &at).await.status, 200);
+    assert_eq!(
+        relay.stall_subscriptions(),
+        1,
+        "A's subscription goes through the relay"
+    );
+
+    let r = revoke(&b.gw, &at).await;
+    assert_eq!(r.status, 200, "revocation on B: {}", r.text());
+    let revoked = Instant::now();
+    assert_eq!(lookup(&b.gw.url("/api/x"), &at).await.status, 401);
+
+    let mut last_accepted = None;
+    let (status, refused_after) = loop {
+        let started = revoked.elapsed();
+        let r = lookup(&url_a, &at).await;
+        let answered = revoked.elapsed();
+        if r.status != 200 {
+            break (r.status.as_u16(), answered);
+        }
+        last_accepted = Some(answered);
+        // No PING sent after the stall is answered: a lookup that starts
+        // max_staleness after the revocation finds A's cache stale and asks
+        // Redis, whatever the machine's load.
+        assert!(
+            started < MAX_STALENESS,
+            "A accepted the token revoked on B in a lookup started {started:?} after the \
+             revocation: its stuck subscription hid the revocation"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    println!(
+        "stuck subscription, max_staleness {MAX_STALENESS:?}: A last accepted the token \
+         revoked on B {last_accepted:?} after the revocation; first refusal {status} \
+         {refused_after:?} after it"
+    );
+    // 401 from asking Redis over the command connection, or 503 while A makes a
+    // new subscription: refused either way, and never accepted again.
+    assert!(status == 401 || status == 503, "A answered {status}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut statuses = Vec::new();
+    loop {
+        let r = lookup(&url_a, &at).await;
+        statuses.push(r.status.as_u16());
+        assert_ne!(r.status, 200, "A accepted the revoked token again");
+        // A resubscribes (through the relay, on a connection that flows) and
+        // keeps serving: a fresh token works while the revoked one stays out.
+        let fresh = access_token(&b.gw, "alice", ALICE_PW).await;
+        if r.status == 401 && lookup(&url_a, &fresh).await.status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "A did not serve again within 60 s: {statuses:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for _ in 0..10 {
+        assert_eq!(lookup(&url_a, &at).await.status, 401);
+    }
+}
+
+/// Many concurrent lookups on A (a cold cache: each is a fill from Redis) while
+/// B revokes the token: a fill whose answer was read before the revocation must
+/// not leave the token in A's cache after the revocation message passed it.
+/// Asserted, per round: no lookup that started `max_staleness` or more after the
+/// revocation returned was accepted, and once that much time has passed A
+/// refuses the token. Measured: how many rounds had lookups accepted after the
+/// revocation returned (lookups racing it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocations_racing_cache_fills_never_leave_the_token_cached() {
+    const ROUNDS: usize = 20;
+    const LOOKUPS: usize = 40;
+    let redis = Redis::start().await;
+    let up = spawn_upstream().await;
+    let a = instance(&up, &redis).await;
+    let b = instance(&up, &redis).await;
+    let url_a = a.gw.url("/api/x");
+    let mut raced = 0;
+    let mut latest = None::<Duration>;
+    for round in 0..ROUNDS {
+        // Issued on B: not in A's cache.
+        let at = access_token(&b.gw, "alice", ALICE_PW).await;
+        let barrier = Arc::new(tokio::sync::Barrier::new(LOOKUPS + 1));
+        let lookups: Vec<_> = (0..LOOKUPS)
+            .map(|i| {
+                let (url, at, barrier) = (url_a.clone(), at.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    // Staggered a little, so lookups keep starting while the
+                    // revocation is on its way.
+                    tokio::time::sleep(Duration::from_micros(100 * (i as u64 % 10))).await;
+                    let mut seen = Vec::new();
+                    for _ in 0..3 {
+                        let start = Instant::now();
+                        let r = lookup(&url, &at).await;
+                        seen.push((start, Instant::now(), r.status.as_u16()));
+                    }
+                    seen
+                })
+            })
+            .collect();
+        barrier.wait().await;
+        let r = revoke(&b.gw, &at).await;
+        let done = Instant::now();
+        assert_eq!(
+            r.status,
+            200,
+            "round {round}: revocation on B: {}",
+            r.text()
+        );
+        let mut round_raced = false;
+        for task in lookups {
+            for (start, end, status) in task.await.unwrap() {
+                assert!(
+                    status == 200 || status == 401,
+                    "round {round}: A answered {status}"
+                );
+                if status != 200 {
+                    continue;
+                }
+                assert!(
+                    start < done + MAX_STALENESS,
+                    "round {round}: A accepted the token in a lookup that started {:?} after \
+                     B's revocation returned",
+                    start - done
+                );
+                if end > done {
+                    round_raced = true;
+                    let after = end - done;
+                    latest = Some(latest.map_or(after, |l| l.max(after)));
+                }
+            }
+        }
+        raced += usize::from(round_raced);
+        // Once max_staleness has passed, A refuses it, every time.
+        tokio::time::sleep_until((done + MAX_STALENESS).into()).await;
+        for _ in 0..5 {
+            let r = lookup(&url_a, &at).await;
+            assert_eq!(
+                r.status,
+                401,
+                "round {round}: A accepts the revoked token: {}",
+                r.text()
+            );
+        }
+    }
+    println!(
+        "{raced} of {ROUNDS} rounds had lookups on A answered 200 after B's revocation \
+         returned (racing it); the latest such answer {latest:?} after it"
     );
 }

@@ -4,7 +4,6 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -12,6 +11,7 @@ use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 
 use super::{CodeRecord, Grants, Redeem, StoreFuture, TokenHash, TokenRecord, TokenStore};
+use crate::config::Config;
 use crate::scope::ScopeSet;
 
 /// Takes the `u64` that [`TokenHash`] writes as the hash: its bytes are uniformly
@@ -242,23 +242,121 @@ fn saved(key: &TokenHash, rec: &TokenRecord, used: bool) -> SavedToken {
     }
 }
 
-fn restored(t: SavedToken, grants: &Grants) -> Option<(TokenHash, TokenRecord)> {
-    let key = super::unhex(&t.k)?;
-    let grant = grants.intern(t.u.map(Arc::from), Arc::from(t.c), ScopeSet::parse(&t.s)?);
-    Some((
-        key,
-        TokenRecord {
-            grant,
-            family: t.f,
-            issued_at: t.i,
-            expires_at: t.e,
+/// Which of a token's lifetimes bounds a saved record.
+#[derive(Clone, Copy)]
+enum Kind {
+    Access,
+    Refresh,
+}
+
+/// What became of one saved record on loading.
+enum Restored {
+    /// As saved.
+    Kept(TokenHash, TokenRecord),
+    /// Narrowed to the config in force (scope, issue time or expiry).
+    Clamped(TokenHash, TokenRecord),
+    /// Malformed, of a user or client no longer configured, or no longer live.
+    Dropped,
+}
+
+/// A saved record, held to the config in force now: the user (if any) and the
+/// client must still exist, the scope is cut to what both may have now, the
+/// issue time may not be in the future and the expiry not beyond issue time +
+/// the configured lifetime. The file is only as trustworthy as the config that
+/// would issue the same token today.
+fn restored(t: SavedToken, kind: Kind, config: &Config, grants: &Grants, now: u64) -> Restored {
+    let Some(key) = super::unhex(&t.k) else {
+        return Restored::Dropped;
+    };
+    let Some(client) = config.clients.get(t.c.as_str()) else {
+        return Restored::Dropped;
+    };
+    let allowed = match &t.u {
+        Some(name) => match config.users.get(name.as_str()) {
+            Some(user) => user.scopes.intersection(&client.scopes),
+            None => return Restored::Dropped,
         },
-    ))
+        None => client.scopes.clone(),
+    };
+    let Some(saved_scope) = ScopeSet::parse(&t.s) else {
+        return Restored::Dropped;
+    };
+    let scope = saved_scope.intersection(&allowed);
+    let ttl = match kind {
+        Kind::Access => config.oauth.access_token_ttl,
+        Kind::Refresh => config.oauth.refresh_token_ttl,
+    };
+    let issued_at = t.i.min(now);
+    let expires_at =
+        t.e.min(issued_at.saturating_add(crate::oauth::ttl_secs(ttl)));
+    let clamped = scope != saved_scope || issued_at != t.i || expires_at != t.e;
+    let grant = grants.intern(t.u.map(Arc::from), client.id.clone(), scope);
+    let rec = TokenRecord {
+        grant,
+        family: t.f,
+        issued_at,
+        expires_at,
+    };
+    if clamped {
+        Restored::Clamped(key, rec)
+    } else {
+        Restored::Kept(key, rec)
+    }
+}
+
+/// Why a state file is refused, if it is: see [`refusal_of`].
+fn refusal(meta: &std::fs::Metadata) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let ft = meta.file_type();
+    // SAFETY: geteuid cannot fail and touches no memory.
+    let me = unsafe { libc::geteuid() };
+    refusal_of(ft.is_symlink(), ft.is_file(), meta.uid(), meta.mode(), me)
+}
+
+/// A state file is trusted only if it is a regular file (not a symlink: it
+/// could point anywhere) owned by the gateway's user `me`, with no permission
+/// for group or others: anyone else who could write it could mint tokens.
+fn refusal_of(symlink: bool, regular: bool, uid: u32, mode: u32, me: u32) -> Option<String> {
+    if symlink {
+        return Some("it is a symbolic link".into());
+    }
+    if !regular {
+        return Some("it is not a regular file".into());
+    }
+    if uid != me {
+        return Some(format!(
+            "it is owned by uid {uid}, not by the gateway's user (uid {me})"
+        ));
+    }
+    if mode & 0o077 != 0 {
+        return Some(format!(
+            "its mode {:04o} lets group or others read or write it (must be 0600)",
+            mode & 0o7777
+        ));
+    }
+    None
+}
+
+/// A state file that could not be used: logged, then deleted (only the name:
+/// a symlink goes, never what it points to).
+fn refuse(path: &Path, why: &str) -> io::Error {
+    let deleted = crate::fsutil::remove_durably(path);
+    tracing::error!(
+        file = %path.display(),
+        reason = why,
+        deleted = deleted.is_ok(),
+        "state file refused: no token in it is restored"
+    );
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("state file refused: {why}"),
+    )
 }
 
 impl MemoryStore {
     /// Writes the live tokens (as hashes) and revoked families to `path`, readable
-    /// by the owner only, atomically. Called after a graceful shutdown drained.
+    /// by the owner only, atomically (see [`crate::fsutil::write_atomic`]).
+    /// Called after a graceful shutdown drained.
     pub fn save(&self, path: &Path) -> io::Result<usize> {
         let now = super::now_secs();
         let mut out = Saved::default();
@@ -280,55 +378,121 @@ impl MemoryStore {
             .map(|e| (*e.key(), *e.value()))
             .collect();
         let count = out.access.len() + out.refresh.len();
-        let tmp = path.with_extension("tmp");
-        {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            serde_json::to_writer(&mut f, &out)?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, path)?;
+        let bytes = serde_json::to_vec(&out).map_err(io::Error::other)?;
+        crate::fsutil::write_atomic(path, &bytes, 0o600, None)?;
         Ok(count)
     }
 
     /// Loads what [`save`](Self::save) wrote, then deletes the file at once:
     /// after a crash there is nothing to load, so a token revoked after this
-    /// start can never come back. Expired entries are skipped. A missing file is
-    /// no error (`Ok(0)`).
-    pub fn load(&self, path: &Path, grants: &Grants) -> io::Result<usize> {
-        let bytes = match std::fs::read(path) {
-            Ok(b) => b,
+    /// start can never come back. A missing file is no error (`Ok(0)`).
+    ///
+    /// The file is trusted only if it is a regular file (not a symlink) owned by
+    /// the gateway's user and neither readable nor writable by group or others:
+    /// anyone else able to write it could mint tokens. Any other file, or one
+    /// that does not parse, is refused, logged and deleted. Each record is held
+    /// to `config` (see [`restored`]); expired and revoked ones are skipped.
+    /// Returns how many tokens were restored.
+    pub fn load(&self, path: &Path, grants: &Grants, config: &Config) -> io::Result<usize> {
+        use std::io::Read;
+        use std::os::unix::fs::MetadataExt;
+        let meta = match std::fs::symlink_metadata(path) {
+            Ok(m) => m,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
             Err(e) => return Err(e),
         };
-        std::fs::remove_file(path)?;
-        let saved: Saved = serde_json::from_slice(&bytes).map_err(io::Error::other)?;
+        if let Some(why) = refusal(&meta) {
+            return Err(refuse(path, &why));
+        }
+        // Opened without following a symlink, then checked again through the
+        // descriptor: a file swapped in after the check above is not the one read.
+        let mut file = match crate::fsutil::open_nofollow(path) {
+            Ok(f) => f,
+            Err(e) => return Err(refuse(path, &format!("it cannot be opened: {e}"))),
+        };
+        let opened = file.metadata()?;
+        if (opened.dev(), opened.ino()) != (meta.dev(), meta.ino()) {
+            return Err(refuse(path, "it was replaced while being opened"));
+        }
+        if let Some(why) = refusal(&opened) {
+            return Err(refuse(path, &why));
+        }
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        drop(file);
+        crate::fsutil::remove_durably(path)?;
+        let saved: Saved = match serde_json::from_slice(&bytes) {
+            Ok(s) => s,
+            Err(e) => return Err(refuse_parsed(path, &e)),
+        };
         let now = super::now_secs();
         for (family, until) in saved.revoked {
             if now < until && self.revoked.insert(family, until).is_none() {
                 self.revoked_count.fetch_add(1, Ordering::AcqRel);
             }
         }
-        let mut count = 0;
-        for t in saved.access {
-            if let Some((k, rec)) = restored(t, grants).filter(|(_, r)| self.live(r, now)) {
-                self.access.insert(k, rec);
-                count += 1;
+        let (mut kept, mut clamped, mut dropped) = (0usize, 0usize, 0usize);
+        let mut restore = |t: SavedToken, kind: Kind| -> Option<(TokenHash, TokenRecord)> {
+            let (k, rec, was_clamped) = match restored(t, kind, config, grants, now) {
+                Restored::Kept(k, r) => (k, r, false),
+                Restored::Clamped(k, r) => (k, r, true),
+                Restored::Dropped => {
+                    dropped += 1;
+                    return None;
+                }
+            };
+            if !self.live(&rec, now) {
+                dropped += 1;
+                return None;
             }
+            if was_clamped {
+                clamped += 1;
+            } else {
+                kept += 1;
+            }
+            Some((k, rec))
+        };
+        let mut access = Vec::with_capacity(saved.access.len());
+        for t in saved.access {
+            access.extend(restore(t, Kind::Access));
         }
+        let mut refresh = Vec::with_capacity(saved.refresh.len());
         for t in saved.refresh {
             let used = t.used;
-            if let Some((k, rec)) = restored(t, grants).filter(|(_, r)| self.live(r, now)) {
-                self.refresh.insert(k, OnceEntry { rec, used });
-                count += 1;
-            }
+            refresh.extend(restore(t, Kind::Refresh).map(|(k, rec)| (k, OnceEntry { rec, used })));
         }
-        Ok(count)
+        for (k, rec) in access {
+            self.access.insert(k, rec);
+        }
+        for (k, e) in refresh {
+            self.refresh.insert(k, e);
+        }
+        if clamped + dropped > 0 {
+            tracing::warn!(
+                file = %path.display(),
+                kept,
+                clamped,
+                dropped,
+                "state file: records held to the config in force (users, clients, scopes, lifetimes)"
+            );
+        }
+        Ok(kept + clamped)
     }
+}
+
+/// A state file that passed the checks but is not what [`MemoryStore::save`]
+/// writes (already deleted).
+fn refuse_parsed(path: &Path, e: &serde_json::Error) -> io::Error {
+    tracing::error!(
+        file = %path.display(),
+        reason = %e,
+        deleted = true,
+        "state file refused: it does not parse; no token in it is restored"
+    );
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("state file refused: it does not parse: {e}"),
+    )
 }
 
 #[cfg(test)]
@@ -354,6 +518,17 @@ mod tests {
 
     fn rec(expires_at: u64) -> TokenRecord {
         rec_in(1, expires_at)
+    }
+
+    /// User `u` (read, write) and client `c` (read, admin); tokens live 1h, refresh 1d.
+    fn config() -> Config {
+        let hash = crate::password::hash_password(b"pw");
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[oauth]\naccess_token_ttl = \"1h\"\nrefresh_token_ttl = \"1d\"\n\
+             [[users]]\nname = \"u\"\npassword_hash = \"{hash}\"\nscopes = [\"read\", \"write\"]\n\
+             [[clients]]\nid = \"c\"\ngrants = [\"password\", \"refresh_token\"]\nscopes = [\"read\", \"admin\"]\n"
+        );
+        Config::parse(&text, Path::new("t.toml")).unwrap()
     }
 
     #[tokio::test]
@@ -426,7 +601,7 @@ mod tests {
 
         let grants = Grants::default();
         let t = MemoryStore::new();
-        assert_eq!(t.load(&path, &grants).unwrap(), 2);
+        assert_eq!(t.load(&path, &grants, &config()).unwrap(), 2);
         assert!(!path.exists(), "the file is gone once loaded");
         assert!(t.get_access(a).await.unwrap().is_some());
         assert!(t.get_access(dead).await.unwrap().is_none());
@@ -436,7 +611,196 @@ mod tests {
         ));
         assert!(t.family_revoked(9));
         // A second start (as after a crash) finds nothing.
-        assert_eq!(MemoryStore::new().load(&path, &grants).unwrap(), 0);
+        assert_eq!(
+            MemoryStore::new().load(&path, &grants, &config()).unwrap(),
+            0
+        );
+    }
+
+    fn saved_token(
+        key: &str,
+        user: Option<&str>,
+        client: &str,
+        scope: &str,
+        i: u64,
+        e: u64,
+    ) -> SavedToken {
+        SavedToken {
+            k: crate::store::hex(&TokenHash::of(key)),
+            u: user.map(str::to_string),
+            c: client.to_string(),
+            s: scope.to_string(),
+            f: 1,
+            i,
+            e,
+            used: false,
+        }
+    }
+
+    #[test]
+    fn records_are_held_to_the_config_in_force() {
+        let (config, grants, now) = (config(), Grants::default(), now_secs());
+        let r = |t| restored(t, Kind::Access, &config, &grants, now);
+        // As issued today: kept.
+        assert!(matches!(
+            r(saved_token("a", Some("u"), "c", "read", now, now + 60)),
+            Restored::Kept(..)
+        ));
+        // A user or client no longer configured: dropped.
+        assert!(matches!(
+            r(saved_token("a", Some("gone"), "c", "read", now, now + 60)),
+            Restored::Dropped
+        ));
+        assert!(matches!(
+            r(saved_token("a", Some("u"), "gone", "read", now, now + 60)),
+            Restored::Dropped
+        ));
+        // More scope than the user and the client may both have now: cut down.
+        let Restored::Clamped(_, rec) = r(saved_token(
+            "a",
+            Some("u"),
+            "c",
+            "read write admin",
+            now,
+            now + 60,
+        )) else {
+            panic!("not clamped")
+        };
+        assert_eq!(rec.grant.scope.to_string(), "read");
+        // A client_credentials record: the client's scopes bound it.
+        let Restored::Clamped(_, rec) =
+            r(saved_token("a", None, "c", "admin write", now, now + 60))
+        else {
+            panic!("not clamped")
+        };
+        assert_eq!(rec.grant.scope.to_string(), "admin");
+        // Expiry beyond issue + TTL (1h for access tokens, 1d for refresh tokens).
+        let Restored::Clamped(_, rec) = r(saved_token(
+            "a",
+            Some("u"),
+            "c",
+            "read",
+            now,
+            now + 365 * 86400,
+        )) else {
+            panic!("not clamped")
+        };
+        assert_eq!(rec.expires_at, now + 3600);
+        let Restored::Clamped(_, rec) = restored(
+            saved_token("a", Some("u"), "c", "read", now, now + 365 * 86400),
+            Kind::Refresh,
+            &config,
+            &grants,
+            now,
+        ) else {
+            panic!("not clamped")
+        };
+        assert_eq!(rec.expires_at, now + 86400);
+        // An issue time in the future is brought back to now, and the expiry with it.
+        let Restored::Clamped(_, rec) = r(saved_token(
+            "a",
+            Some("u"),
+            "c",
+            "read",
+            now + 86400,
+            now + 86400 + 60,
+        )) else {
+            panic!("not clamped")
+        };
+        assert_eq!((rec.issued_at, rec.expires_at), (now, now + 3600));
+        // Malformed key or scope: dropped.
+        let mut bad = saved_token("a", Some("u"), "c", "read", now, now + 60);
+        bad.k = "zz".into();
+        assert!(matches!(r(bad), Restored::Dropped));
+        assert!(matches!(
+            r(saved_token("a", Some("u"), "c", "re\"ad", now, now + 60)),
+            Restored::Dropped
+        ));
+    }
+
+    #[test]
+    fn refusal_reasons() {
+        assert!(
+            refusal_of(true, false, 5, 0o600, 5)
+                .unwrap()
+                .contains("symbolic link")
+        );
+        assert!(
+            refusal_of(false, false, 5, 0o600, 5)
+                .unwrap()
+                .contains("regular file")
+        );
+        assert!(
+            refusal_of(false, true, 6, 0o600, 5)
+                .unwrap()
+                .contains("owned by uid 6")
+        );
+        assert!(
+            refusal_of(false, true, 5, 0o644, 5)
+                .unwrap()
+                .contains("0644")
+        );
+        assert!(refusal_of(false, true, 5, 0o610, 5).is_some());
+        assert!(refusal_of(false, true, 5, 0o601, 5).is_some());
+        assert_eq!(refusal_of(false, true, 5, 0o600, 5), None);
+        assert_eq!(refusal_of(false, true, 5, 0o400, 5), None);
+    }
+
+    #[test]
+    fn only_an_owner_only_regular_file_is_loaded() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (config, grants) = (config(), Grants::default());
+        let path = dir.path().join("state.json");
+        let body = format!(
+            "{{\"access\":[{}],\"refresh\":[],\"revoked\":[]}}",
+            serde_json::to_string(&saved_token(
+                "a",
+                Some("u"),
+                "c",
+                "read",
+                now_secs(),
+                now_secs() + 60
+            ))
+            .unwrap()
+        );
+        for mode in [0o644, 0o640, 0o604, 0o620, 0o602] {
+            std::fs::write(&path, &body).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let s = MemoryStore::new();
+            let e = s.load(&path, &grants, &config).unwrap_err();
+            assert!(e.to_string().contains("mode"), "{mode:o}: {e}");
+            assert!(!path.exists(), "{mode:o}: a refused file is deleted");
+            assert_eq!(s.token_counts(), (0, 0));
+        }
+        // A symlink to a good file: refused, the link deleted, the file left alone.
+        let real = dir.path().join("real.json");
+        std::fs::write(&real, &body).unwrap();
+        std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::os::unix::fs::symlink(&real, &path).unwrap();
+        let e = MemoryStore::new()
+            .load(&path, &grants, &config)
+            .unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert!(std::fs::symlink_metadata(&path).is_err());
+        assert!(real.exists());
+        // A directory: refused.
+        std::fs::create_dir(&path).unwrap();
+        let e = MemoryStore::new()
+            .load(&path, &grants, &config)
+            .unwrap_err();
+        assert!(e.to_string().contains("regular file"), "{e}");
+        std::fs::remove_dir(&path).unwrap();
+        // Garbage with the right mode: refused and deleted.
+        std::fs::write(&path, b"not json").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(MemoryStore::new().load(&path, &grants, &config).is_err());
+        assert!(!path.exists());
+        // The good file, 0600: loaded.
+        std::fs::rename(&real, &path).unwrap();
+        let s = MemoryStore::new();
+        assert_eq!(s.load(&path, &grants, &config).unwrap(), 1);
+        assert!(!path.exists());
     }
 
     #[tokio::test]

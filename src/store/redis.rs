@@ -8,6 +8,16 @@
 //! - Each instance keeps a local cache of access tokens it has seen, so the hot
 //!   path makes no round trip for them; revocations reach every instance's cache
 //!   through the `whosthat:revocations` pub/sub channel.
+//! - Bounded staleness: the cache is used only while the subscription is known
+//!   to be current, i.e. a PING sent on it at most `store.max_staleness` ago has
+//!   been answered. Redis answers a subscriber in order, so every revocation
+//!   published before that PING has been applied by then. Past that, a lookup
+//!   asks Redis (the truth); if Redis does not answer either, it fails (503). A
+//!   revocation is thus honoured everywhere at most `max_staleness` after it
+//!   was made, even when the subscription is silently stuck.
+//! - A revocation that races a cache fill never leaves the token cached: every
+//!   invalidation bumps an epoch, and a fill that saw the epoch move while its
+//!   lookup was in flight takes its entry out again.
 //! - Fail closed: while the pub/sub subscription or the command connection is
 //!   down, the instance cannot know of revocations, so it vouches for no token at
 //!   all (every lookup is an error: 503). When Redis returns, the subscription is
@@ -16,12 +26,12 @@
 
 use std::hash::BuildHasherDefault;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
-use futures_util::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use futures_util::{FutureExt, StreamExt};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubStream};
 use redis::{AsyncCommands, Script};
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +43,9 @@ use super::{
 use crate::scope::ScopeSet;
 
 const CHANNEL: &str = "whosthat:revocations";
+/// A PING on the subscription unanswered this long: the connection is taken
+/// for dead and made again (a silently dropped TCP connection never errors).
+const PONG_TIMEOUT: Duration = Duration::from_secs(3);
 const FAMILY_PREFIX: &str = "whosthat:fam:";
 
 /// `GET` an access token unless its family is revoked.
@@ -100,6 +113,16 @@ struct Inner {
     reachable: AtomicBool,
     get_live: Script,
     redeem: Script,
+    /// The cache is trusted only while `heard` is younger than this.
+    max_staleness: Duration,
+    /// The origin of `heard`: a monotonic clock, immune to wall-clock steps.
+    clock: Instant,
+    /// When (µs since `clock`, 0 = never) the latest PING or SUBSCRIBE was sent
+    /// on the subscription whose answer has arrived: every revocation published
+    /// before then has been applied.
+    heard: AtomicU64,
+    /// Bumped by every cache invalidation; see [`Inner::fill`].
+    epoch: AtomicU64,
 }
 
 pub struct RedisStore {
@@ -109,7 +132,13 @@ pub struct RedisStore {
 impl RedisStore {
     /// Prepares the store; nothing connects until [`TokenStore::spawn_background`]
     /// and the first command. Call it within a tokio runtime.
-    pub fn new(url: &str, grants: Arc<Grants>) -> Result<RedisStore, StoreError> {
+    /// A cached token is trusted only while the instance has heard from its
+    /// subscription within `max_staleness` (`store.max_staleness`).
+    pub fn new(
+        url: &str,
+        grants: Arc<Grants>,
+        max_staleness: Duration,
+    ) -> Result<RedisStore, StoreError> {
         let client = redis::Client::open(url).map_err(down)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_millis(500)))
@@ -128,6 +157,10 @@ impl RedisStore {
                 reachable: AtomicBool::new(false),
                 get_live: Script::new(GET_LIVE),
                 redeem: Script::new(REDEEM),
+                max_staleness,
+                clock: Instant::now(),
+                heard: AtomicU64::new(0),
+                epoch: AtomicU64::new(0),
             }),
         })
     }
@@ -173,6 +206,52 @@ impl Inner {
 
     fn family_revoked(&self, family: u64) -> bool {
         !self.revoked.is_empty() && self.revoked.contains_key(&family)
+    }
+
+    /// Now, in µs since `clock`; never 0 (0 means "never" in `heard`).
+    fn now_us(&self) -> u64 {
+        u64::try_from(self.clock.elapsed().as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
+    /// Whether the cache may answer: the subscription was known to be current
+    /// less than `max_staleness` ago.
+    fn cache_fresh(&self) -> bool {
+        let heard = self.heard.load(Ordering::Acquire);
+        heard != 0
+            && u128::from(self.now_us().saturating_sub(heard)) < self.max_staleness.as_micros()
+    }
+
+    /// How often the subscription is pinged: well within `max_staleness`, so
+    /// that a healthy subscription keeps the cache usable without a gap.
+    fn ping_every(&self) -> Duration {
+        (self.max_staleness / 3).clamp(Duration::from_millis(10), Duration::from_secs(1))
+    }
+
+    /// Takes `key` out of the cache for good: the epoch moves first, so a fill
+    /// in flight either sees it move or is removed here (see [`Inner::fill`]).
+    fn invalidate(&self, key: &TokenHash) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.cache.remove(key);
+    }
+
+    /// Forgets every cached token (revocations may have been missed).
+    fn forget_cache(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.cache.clear();
+    }
+
+    /// Caches a record fetched from Redis by a lookup that started at `epoch`.
+    /// If any invalidation happened since, the record may be one revoked while
+    /// the lookup was in flight: it is taken out again. (Insert, then check:
+    /// an invalidation bumps, then removes; whichever order the two interleave
+    /// in, the entry does not survive.)
+    fn fill(&self, key: TokenHash, rec: TokenRecord, epoch: u64) {
+        self.cache.insert(key, rec);
+        if self.epoch.load(Ordering::SeqCst) != epoch {
+            self.cache.remove(&key);
+        }
     }
 
     fn encode_token(rec: &TokenRecord) -> String {
@@ -278,7 +357,7 @@ impl Inner {
     /// A revocation heard on the channel.
     fn apply(&self, message: &str) {
         if let Some(h) = message.strip_prefix("t:").and_then(unhex) {
-            self.cache.remove(&h);
+            self.invalidate(&h);
         } else if let Some(rest) = message.strip_prefix("f:") {
             let mut parts = rest.split(':');
             if let (Some(Ok(family)), Some(Ok(until))) = (
@@ -293,28 +372,22 @@ impl Inner {
     /// Keeps a subscription to the revocation channel, forever.
     async fn listen(self: Arc<Self>) {
         loop {
-            let connected =
-                tokio::time::timeout(Duration::from_secs(1), self.client.get_async_pubsub()).await;
-            if let Ok(Ok(mut pubsub)) = connected
-                && pubsub.subscribe(CHANNEL).await.is_ok()
-            {
+            if let Some((sink, stream, sent)) = self.subscribe().await {
                 // Whatever was revoked while we were not listening is unknown:
                 // forget every cached token before vouching again.
-                self.cache.clear();
+                self.forget_cache();
                 // Ready only once commands get through as well: the command
                 // connection may still be the one that broke.
                 while !self.ping_once().await {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
+                // Everything published after the SUBSCRIBE reaches us.
+                self.heard.fetch_max(sent, Ordering::AcqRel);
                 self.reachable.store(true, Ordering::Release);
                 self.subscribed.store(true, Ordering::Release);
                 tracing::info!("subscribed to redis revocations");
-                let mut messages = pubsub.on_message();
-                while let Some(msg) = messages.next().await {
-                    if let Ok(payload) = msg.get_payload::<String>() {
-                        self.apply(&payload);
-                    }
-                }
+                self.follow(sink, stream).await;
+                self.heard.store(0, Ordering::Release);
                 self.subscribed.store(false, Ordering::Release);
                 self.reachable.store(false, Ordering::Release);
                 tracing::warn!(
@@ -322,6 +395,78 @@ impl Inner {
                 );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A new subscription to the channel, and when its SUBSCRIBE was sent.
+    async fn subscribe(&self) -> Option<(PubSubSink, PubSubStream, u64)> {
+        let connected =
+            tokio::time::timeout(Duration::from_secs(1), self.client.get_async_pubsub()).await;
+        let (mut sink, stream) = connected.ok()?.ok()?.split();
+        let sent = self.now_us();
+        // Within a deadline: a frozen server accepts the connection and then
+        // answers nothing.
+        tokio::time::timeout(Duration::from_secs(1), sink.subscribe(CHANNEL))
+            .await
+            .ok()?
+            .ok()?;
+        Some((sink, stream, sent))
+    }
+
+    /// Applies revocations as they arrive and PINGs the subscription every
+    /// [`ping_every`](Self::ping_every); each answered PING moves `heard` to
+    /// when it was sent. Returns when the subscription is lost or stuck.
+    async fn follow(&self, sink: PubSubSink, mut stream: PubSubStream) {
+        type Pong =
+            std::pin::Pin<Box<dyn Future<Output = redis::RedisResult<redis::Value>> + Send>>;
+        let mut tick = tokio::time::interval(self.ping_every());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut pong: Option<(u64, Pong)> = None;
+        loop {
+            tokio::select! {
+                biased;
+                msg = stream.next() => match msg {
+                    Some(msg) => self.apply_msg(&msg),
+                    None => return,
+                },
+                answer = async { pong.as_mut().expect("guarded").1.as_mut().await }, if pong.is_some() => {
+                    let (sent, _) = pong.take().expect("guarded");
+                    if answer.is_err() {
+                        return;
+                    }
+                    // The connection hands messages over before the answer to a
+                    // later PING: they are queued for us now. Apply them all
+                    // before declaring the cache current as of `sent`.
+                    loop {
+                        match stream.next().now_or_never() {
+                            Some(Some(msg)) => self.apply_msg(&msg),
+                            Some(None) => return,
+                            None => break,
+                        }
+                    }
+                    self.heard.fetch_max(sent, Ordering::AcqRel);
+                },
+                _ = tick.tick() => match &pong {
+                    Some((sent, _)) => {
+                        let waited = Duration::from_micros(self.now_us().saturating_sub(*sent));
+                        if waited > PONG_TIMEOUT {
+                            tracing::warn!(?waited, "the redis subscription does not answer PING; reconnecting");
+                            return;
+                        }
+                    }
+                    None => {
+                        let mut sink = sink.clone();
+                        let sent = self.now_us();
+                        pong = Some((sent, Box::pin(async move { sink.ping::<redis::Value>().await })));
+                    }
+                },
+            }
+        }
+    }
+
+    fn apply_msg(&self, msg: &redis::Msg) {
+        if let Ok(payload) = msg.get_payload::<String>() {
+            self.apply(&payload);
         }
     }
 
@@ -356,9 +501,13 @@ impl TokenStore for RedisStore {
             let inner = &self.inner;
             inner.check()?;
             let now = now_secs();
-            if let Some(rec) = inner.cache.get(&key).map(|r| r.clone()) {
+            // The cache answers only while the subscription is known current.
+            if inner.cache_fresh()
+                && let Some(rec) = inner.cache.get(&key).map(|r| r.clone())
+            {
                 return Ok((rec.is_live(now) && !inner.family_revoked(rec.family)).then_some(rec));
             }
+            let epoch = inner.epoch.load(Ordering::SeqCst);
             let value: Option<String> = inner
                 .get_live
                 .key(format!("whosthat:at:{}", hex(&key)))
@@ -369,7 +518,7 @@ impl TokenStore for RedisStore {
             let rec = value.as_deref().and_then(|v| inner.decode_token(v));
             Ok(match rec {
                 Some(rec) if rec.is_live(now) && !inner.family_revoked(rec.family) => {
-                    inner.cache.insert(key, rec.clone());
+                    inner.fill(key, rec.clone(), epoch);
                     Some(rec)
                 }
                 _ => None,
@@ -387,7 +536,8 @@ impl TokenStore for RedisStore {
                 .del(format!("whosthat:at:{h}"))
                 .await
                 .map_err(|e| inner.failed(e))?;
-            inner.cache.remove(&key);
+            // Also bumps the epoch: a lookup of ours in flight does not cache it.
+            inner.invalidate(&key);
             inner.publish(format!("t:{h}")).await
         })
     }
@@ -513,7 +663,12 @@ mod tests {
     #[tokio::test]
     async fn records_round_trip() {
         let grants = Arc::new(Grants::default());
-        let store = RedisStore::new("redis://127.0.0.1:1/0", grants.clone()).unwrap();
+        let store = RedisStore::new(
+            "redis://127.0.0.1:1/0",
+            grants.clone(),
+            Duration::from_millis(250),
+        )
+        .unwrap();
         let rec = TokenRecord {
             grant: grants.intern(
                 Some(Arc::from("u")),
@@ -531,9 +686,83 @@ mod tests {
         assert_eq!((back.family, back.issued_at, back.expires_at), (42, 1, 2));
     }
 
+    fn store(max_staleness: Duration) -> RedisStore {
+        RedisStore::new(
+            "redis://127.0.0.1:1/0",
+            Arc::new(Grants::default()),
+            max_staleness,
+        )
+        .unwrap()
+    }
+
+    fn record(inner: &Inner) -> TokenRecord {
+        TokenRecord {
+            grant: inner
+                .grants
+                .intern(None, Arc::from("c"), ScopeSet::parse("a").unwrap()),
+            family: 1,
+            issued_at: now_secs(),
+            expires_at: now_secs() + 60,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_fill_that_raced_an_invalidation_is_not_kept() {
+        let s = store(Duration::from_millis(250));
+        let inner = &s.inner;
+        let (k, other) = (TokenHash::of("k"), TokenHash::of("o"));
+        // No invalidation while the lookup was in flight: cached.
+        let epoch = inner.epoch.load(Ordering::SeqCst);
+        inner.fill(k, record(inner), epoch);
+        assert!(inner.cache.contains_key(&k));
+        // The revocation message arrived while the lookup was in flight (before
+        // the insert): the entry does not stay.
+        let epoch = inner.epoch.load(Ordering::SeqCst);
+        inner.invalidate(&k);
+        inner.fill(k, record(inner), epoch);
+        assert!(!inner.cache.contains_key(&k));
+        // Any invalidation meanwhile (another token's, a resubscription) counts:
+        // a refetch later costs less than a stale entry.
+        let epoch = inner.epoch.load(Ordering::SeqCst);
+        inner.forget_cache();
+        inner.fill(other, record(inner), epoch);
+        assert!(!inner.cache.contains_key(&other));
+        // A revocation heard on the channel bumps the epoch too.
+        let epoch = inner.epoch.load(Ordering::SeqCst);
+        inner.apply(&format!("t:{}", hex(&k)));
+        assert_ne!(inner.epoch.load(Ordering::SeqCst), epoch);
+    }
+
+    #[tokio::test]
+    async fn the_cache_is_fresh_only_within_max_staleness_of_an_answered_ping() {
+        let s = store(Duration::from_millis(250));
+        let inner = &s.inner;
+        assert!(!inner.cache_fresh(), "never heard");
+        inner.heard.store(inner.now_us(), Ordering::Release);
+        assert!(inner.cache_fresh());
+        // Heard at the clock's origin, at least 300 ms ago.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        inner.heard.store(1, Ordering::Release);
+        assert!(!inner.cache_fresh(), "heard 300 ms ago");
+        // max_staleness = 0: the cache never answers.
+        let s = store(Duration::ZERO);
+        s.inner.heard.store(s.inner.now_us(), Ordering::Release);
+        assert!(!s.inner.cache_fresh());
+        assert_eq!(s.inner.ping_every(), Duration::from_millis(10));
+        assert_eq!(
+            store(Duration::from_secs(60)).inner.ping_every(),
+            Duration::from_secs(1)
+        );
+    }
+
     #[tokio::test]
     async fn channel_messages() {
-        let store = RedisStore::new("redis://127.0.0.1:1/0", Arc::new(Grants::default())).unwrap();
+        let store = RedisStore::new(
+            "redis://127.0.0.1:1/0",
+            Arc::new(Grants::default()),
+            Duration::from_millis(250),
+        )
+        .unwrap();
         let h = TokenHash::of("t");
         store.inner.apply(&format!("f:7:{}", now_secs() + 60));
         assert!(store.inner.family_revoked(7));

@@ -1,0 +1,162 @@
+//! Replacing a file atomically: the one way whosthat writes the files it owns
+//! (the token state file, the CLI's in-place config edits).
+//!
+//! A reader sees the old file or the new one, never a mix, and a crash at any
+//! point leaves one of the two on disk.
+
+use std::fs::{File, OpenOptions, Permissions};
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// Who should own the new file: `(uid, gid)`. Only root may give a file away,
+/// so this is best effort.
+pub type Owner = (u32, u32);
+
+/// Writes `bytes` over `target` atomically:
+///
+/// 1. a temporary file in the same directory (so the rename stays on one file
+///    system), with a random name, created with `O_CREAT|O_EXCL|O_NOFOLLOW`: a
+///    file or symlink planted at that name is never opened or followed;
+/// 2. its mode set to `mode` with `fchmod` (not through the umask), its owner to
+///    `owner` if given;
+/// 3. the data written and `fsync`ed;
+/// 4. renamed over `target` (a symlink at `target` is replaced, not followed);
+/// 5. the directory `fsync`ed, so the rename itself is on disk.
+///
+/// On any error the temporary file is removed and `target` is left as it was.
+pub fn write_atomic(
+    target: &Path,
+    bytes: &[u8],
+    mode: u32,
+    owner: Option<Owner>,
+) -> io::Result<()> {
+    let dir = parent_dir(target);
+    let name = target
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a file path"))?
+        .to_string_lossy();
+    let tmp = dir.join(format!(
+        ".{name}.{:016x}{:016x}.tmp",
+        crate::store::random_u64(),
+        crate::store::random_u64()
+    ));
+    let written = (|| {
+        // Created owner-only: nothing can open it before its final mode is set.
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)?;
+        if let Some((uid, gid)) = owner {
+            let _ = std::os::unix::fs::fchown(&f, Some(uid), Some(gid));
+        }
+        f.set_permissions(Permissions::from_mode(mode & 0o7777))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, target)
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    sync_dir(&dir)
+}
+
+/// The directory `path` is in (`.` for a bare file name).
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// `fsync` of a directory: makes a rename or unlink in it durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    let d = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(dir)?;
+    match d.sync_all() {
+        // Some file systems cannot sync a directory; the rename happened regardless.
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(()),
+        r => r,
+    }
+}
+
+/// Removes `path` (a symlink itself, never its target) and syncs the directory.
+pub fn remove_durably(path: &Path) -> io::Result<()> {
+    std::fs::remove_file(path)?;
+    sync_dir(&parent_dir(path))
+}
+
+/// Opens `path` for reading without following a symlink at its last component
+/// and without blocking on a FIFO.
+pub fn open_nofollow(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn replaces_the_file_with_the_mode_asked_and_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.json");
+        std::fs::write(&path, b"old").unwrap();
+        write_atomic(&path, b"new", 0o600, None).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+        // Not through the umask: a group-readable mode is kept as asked.
+        write_atomic(&path, b"newer", 0o640, None).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o640);
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("f.json")]);
+    }
+
+    #[test]
+    fn a_symlink_at_the_target_is_replaced_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"keep").unwrap();
+        let path = dir.path().join("state");
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        write_atomic(&path, b"data", 0o600, None).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+        assert!(!std::fs::symlink_metadata(&path).unwrap().is_symlink());
+        assert_eq!(std::fs::read(&path).unwrap(), b"data");
+    }
+
+    #[test]
+    fn a_failed_write_leaves_the_target_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        // The target is a non-empty directory: the rename fails.
+        let path = dir.path().join("d");
+        std::fs::create_dir(&path).unwrap();
+        std::fs::write(path.join("x"), b"x").unwrap();
+        assert!(write_atomic(&path, b"data", 0o600, None).is_err());
+        assert!(path.join("x").exists());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn open_nofollow_refuses_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        std::fs::write(&real, b"x").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        assert!(open_nofollow(&real).is_ok());
+        let e = open_nofollow(&link).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ELOOP));
+    }
+}

@@ -492,6 +492,10 @@ pub async fn forward(
     let upgrade = allowed_upgrade(&req, route);
     let client_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
+    let client_version = match parts.version {
+        Version::HTTP_10 => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
     // The route's body limit: refused up front when declared, cut off when not.
     let max = route.max_body_bytes.unwrap_or(u64::MAX);
     let declared = parts
@@ -569,6 +573,10 @@ pub async fn forward(
         None
     };
     let (mut parts, body) = resp.into_parts();
+    // The client's protocol, not the upstream's: an HTTP/1.0 upstream must not
+    // turn the client's HTTP/1.1 answer into 1.0 (and its connection into one
+    // that closes). HTTP/2 ignores the field.
+    parts.version = client_version;
     let upstream_protocol = parts.headers.get(header::UPGRADE).cloned();
     downstream_response_headers(&mut parts.headers);
     if let Some((client_side, upstream_side)) = tunnel {

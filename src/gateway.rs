@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 
 use arc_swap::ArcSwap;
 
+use crate::audit;
 use crate::config::Config;
 use crate::config::StoreBackend;
 use crate::error::{Body, GatewayError};
@@ -84,7 +85,10 @@ struct LogContext<'s> {
     /// Borrowed from the config: nothing is copied for the log's sake.
     route: Option<&'s str>,
     user: Option<Arc<str>>,
+    /// The token's client.
+    client_id: Option<Arc<str>>,
     reason: Option<&'static str>,
+    request_id: &'s str,
 }
 
 /// What the gateway knows of a client connection.
@@ -110,7 +114,7 @@ impl ConnInfo {
 
 pub async fn handle(
     state: Arc<AppState>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     conn: Arc<ConnInfo>,
 ) -> Response<Body> {
     let start = Instant::now();
@@ -125,8 +129,21 @@ pub async fn handle(
         conn.peer.ip(),
         req.headers(),
     );
-    let mut log = LogContext::default();
-    let resp = match handle_inner(&state, &config, req, &conn, client, &mut log).await {
+    // Taken from a trusted proxy or made here; replaces any the client sent,
+    // and goes upstream with the request.
+    let from_proxy = config
+        .server
+        .trusted_proxies
+        .iter()
+        .any(|n| n.contains(&conn.peer.ip().to_canonical()));
+    let request_id = audit::request_id(req.headers(), from_proxy);
+    req.headers_mut()
+        .insert(&audit::X_REQUEST_ID, request_id.clone());
+    let mut log = LogContext {
+        request_id: request_id.to_str().unwrap_or("-"),
+        ..LogContext::default()
+    };
+    let mut resp = match handle_inner(&state, &config, req, &conn, client, &mut log).await {
         Ok(r) => r,
         Err(e) => {
             state.metrics.rejected(&e);
@@ -134,6 +151,8 @@ pub async fn handle(
             e.into_response()
         }
     };
+    resp.headers_mut()
+        .insert(&audit::X_REQUEST_ID, request_id.clone());
     let latency = start.elapsed();
     state
         .metrics
@@ -145,10 +164,12 @@ pub async fn handle(
         target: "whosthat::access",
         method = %method,
         path = %path,
-        client = %client,
+        address = %client,
         route = log.route.unwrap_or("-"),
         status = resp.status().as_u16(),
+        client = log.client_id.as_deref().unwrap_or("-"),
         user = log.user.as_deref().unwrap_or("-"),
+        request_id = log.request_id,
         reason = log.reason.unwrap_or("-"),
         latency_us = latency.as_micros() as u64,
         "request"
@@ -176,6 +197,7 @@ async fn handle_inner<'s>(
             grants: &state.grants,
             metrics: &state.metrics,
             peer: client,
+            request_id: log.request_id,
         };
         return match endpoint {
             Endpoint::Token => token_endpoint(&ctx, req).await,
@@ -211,13 +233,8 @@ async fn handle_inner<'s>(
             .ok_or(GatewayError::InvalidToken(
                 "the access token is unknown, expired or revoked",
             ))?;
-        log.user = Some(
-            record
-                .grant
-                .user
-                .clone()
-                .unwrap_or_else(|| record.grant.client.clone()),
-        );
+        log.user = record.grant.user.clone();
+        log.client_id = Some(record.grant.client.clone());
         if !route.scopes.is_subset_of(&record.grant.scope) {
             return Err(GatewayError::InsufficientScope(route.scopes.to_string()));
         }

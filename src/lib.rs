@@ -4,6 +4,7 @@
 //! APIs through it; every proxied request is checked against the token store and
 //! the route's scopes, then forwarded with the caller's identity in headers.
 
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod cors;

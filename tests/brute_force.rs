@@ -944,7 +944,7 @@ async fn the_access_log_names_the_client_address() {
         let seen = send_from(lo(from), req).await.seen();
         assert_eq!(seen.header_all("x-forwarded-for"), vec![client]);
         let line = tokio::task::block_in_place(|| next(&|v| v["target"] == "whosthat::access"));
-        assert_eq!(line["client"], client, "{line}");
+        assert_eq!(line["address"], client, "{line}");
     }
     let _ = child.kill();
     let _ = child.wait();

@@ -82,9 +82,25 @@ pub async fn revoke(
                 .remove_access(key)
                 .await
                 .map_err(|_| GatewayError::StoreUnavailable)?;
+            let user = rec.grant.user.as_deref();
+            ctx.audit(
+                "token_revoked",
+                user,
+                Some(&client.client.id),
+                None,
+                Some("access_token"),
+            );
         }
         Some(Found::Refresh(rec)) if rec.grant.client == client.client.id => {
             revoke_family(ctx, rec.family).await?;
+            let user = rec.grant.user.as_deref();
+            ctx.audit(
+                "token_revoked",
+                user,
+                Some(&client.client.id),
+                None,
+                Some("refresh_token"),
+            );
         }
         _ => {}
     }

@@ -121,6 +121,9 @@ pub struct TokenResponse {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refresh_token: Option<String>,
     pub scope: String,
+    /// Who the tokens speak for (for the audit line; not sent).
+    #[serde(skip)]
+    pub grant: Arc<Grant>,
 }
 
 impl TokenResponse {
@@ -146,6 +149,26 @@ pub struct OAuthContext<'a> {
     /// The client's address (through `server.trusted_proxies`), for
     /// brute-force accounting.
     pub peer: IpAddr,
+    /// The request's id, for audit lines.
+    pub request_id: &'a str,
+}
+
+impl OAuthContext<'_> {
+    /// Writes one audit line (see [`crate::audit`]) for this request.
+    pub fn audit(
+        &self,
+        event: &'static str,
+        user: Option<&str>,
+        client: Option<&str>,
+        grant: Option<&str>,
+        reason: Option<&str>,
+    ) {
+        let who = crate::audit::Who {
+            address: self.peer,
+            request_id: self.request_id,
+        };
+        crate::audit::event(&who, event, user, client, grant, reason);
+    }
 }
 
 /// Reads a POSTed form (the token, revocation, introspection and authorization
@@ -214,6 +237,51 @@ pub async fn token_endpoint(
 
 /// Runs a token request: client authentication, then the grant.
 pub async fn issue(
+    ctx: &OAuthContext<'_>,
+    headers: &HeaderMap,
+    params: &Params,
+) -> Result<TokenResponse, GatewayError> {
+    let result = issue_inner(ctx, headers, params).await;
+    // Only a grant type we know is logged as such: the parameter is the caller's.
+    let grant = params
+        .get("grant_type")
+        .map(|g| GrantType::parse(g).map_or("unsupported", GrantType::as_str));
+    match &result {
+        Ok(r) => {
+            let event = if grant == Some("refresh_token") {
+                "token_refreshed"
+            } else {
+                "token_issued"
+            };
+            ctx.audit(
+                event,
+                r.grant.user.as_deref(),
+                Some(&r.grant.client),
+                grant,
+                None,
+            );
+        }
+        Err(e) => {
+            let client = match client_auth::extract(headers, params) {
+                Ok(client_auth::ClientCredentials::Basic { id, .. })
+                | Ok(client_auth::ClientCredentials::Body { id, .. }) => Some(id),
+                _ => ctx.config.oauth.default_client.clone(),
+            };
+            // The name a password grant tried: who is being guessed at.
+            let user = params.get("username").filter(|_| grant == Some("password"));
+            ctx.audit(
+                "token_refused",
+                user,
+                client.as_deref(),
+                grant,
+                Some(e.reason()),
+            );
+        }
+    }
+    result
+}
+
+async fn issue_inner(
     ctx: &OAuthContext<'_>,
     headers: &HeaderMap,
     params: &Params,
@@ -302,7 +370,16 @@ pub async fn guarded_verify_from(
         .begin(account, &origin)
         .await
         .map_err(|r| match r {
-            limiter::Refusal::TooMany(secs) => GatewayError::TooManyAttempts(secs),
+            limiter::Refusal::TooMany(secs) => {
+                ctx.audit(
+                    "lockout",
+                    Some(account),
+                    None,
+                    None,
+                    Some("too_many_attempts"),
+                );
+                GatewayError::TooManyAttempts(secs)
+            }
             limiter::Refusal::Unavailable => GatewayError::StoreUnavailable,
         })?;
     let ok = match ctx.passwords.verify(password, hash).await {
@@ -452,6 +529,13 @@ async fn redeemed<T>(
         Redeem::Unknown => Err(bad),
         Redeem::Spent { family } => {
             revoke_family(ctx, family).await?;
+            ctx.audit(
+                "token_revoked",
+                None,
+                Some(client),
+                None,
+                Some("replayed_credential"),
+            );
             tracing::warn!(
                 client,
                 "a used refresh token or code was presented again; its grant is revoked"
@@ -524,7 +608,7 @@ async fn issue_tokens(
             .map_err(|_| GatewayError::StoreUnavailable)?;
     }
     let rec = TokenRecord {
-        grant,
+        grant: grant.clone(),
         family,
         issued_at: now,
         expires_at: now.saturating_add(access_ttl),
@@ -539,6 +623,7 @@ async fn issue_tokens(
         expires_in: access_ttl,
         refresh_token: refresh,
         scope,
+        grant,
     })
 }
 

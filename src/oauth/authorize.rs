@@ -43,6 +43,8 @@ pub const CODE_TTL_SECS: u64 = 5 * 60;
 /// The longest `state` accepted, in bytes once decoded. It is echoed to the
 /// client and carried in the cookie, which browsers keep only up to 4 KB.
 pub const MAX_STATE_BYTES: usize = 1024;
+// The page that refuses a longer state names the figure.
+const _: () = assert!(MAX_STATE_BYTES == 1024);
 /// The longest authorization request query accepted, in bytes.
 pub const MAX_QUERY_BYTES: usize = 8 * 1024;
 /// The longest `Set-Cookie` value sent: browsers drop cookies over 4096 bytes
@@ -704,9 +706,7 @@ enum Invalid {
 }
 
 fn validate(ctx: &OAuthContext<'_>, query: &str) -> Result<AuthzRequest, Invalid> {
-    if query.len() > MAX_QUERY_BYTES {
-        return Err(Invalid::Page("The authorization request is too long."));
-    }
+    // The query is at most `server.max_header_bytes` long: decoding it is cheap.
     let pairs = super::form_pairs(query.as_bytes())
         .ok_or(Invalid::Page("The authorization request is malformed."))?;
     // Echoed back and carried in the cookie: bounded, and refused here rather
@@ -718,6 +718,9 @@ fn validate(ctx: &OAuthContext<'_>, query: &str) -> Result<AuthzRequest, Invalid
         return Err(Invalid::Page(
             "The state parameter is too long (at most 1024 bytes).",
         ));
+    }
+    if query.len() > MAX_QUERY_BYTES {
+        return Err(Invalid::Page("The authorization request is too long."));
     }
     let count = |k: &str| pairs.iter().filter(|(n, _)| n == k).count();
     let get = |k: &str| {

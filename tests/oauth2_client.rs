@@ -275,6 +275,8 @@ async fn sign_in_and_approve(gw: &Gateway, authorize_url: &str) -> Url {
     )
     .await;
     assert_eq!(location(&r), AUTHORIZE_PATH);
+    // The sign-in travels in the cookie: the login hands back its next step.
+    let cookie = authz_cookie(&r);
 
     let consent = get(&form_url, &[("cookie", &cookie)]).await;
     assert_eq!(consent.status, 200, "{}", consent.text());

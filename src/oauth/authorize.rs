@@ -4,19 +4,28 @@
 //! `GET /auth/authorize?...` checks the client and its redirect URI (any problem
 //! with either is an error page: never a redirect), then the rest of the request
 //! (problems go back to the client as `error=` on the redirect URI, `state` kept).
-//! A valid request opens a short server-side transaction, named by an HttpOnly
-//! SameSite cookie, and shows the login page. Each POST carries the transaction's
-//! CSRF token and is answered 303 (RFC 9700 section 4.12): after the login, the
-//! consent page; after the consent, the redirect with the code.
+//! A valid request shows the login page and hands the browser the whole sign-in
+//! (the transaction) in an HttpOnly SameSite cookie, sealed with an AEAD
+//! (ChaCha20-Poly1305) under a key only the gateway holds: nothing is stored on
+//! the server for a caller who has not signed in, so a flood of requests costs
+//! no memory and cannot crowd real users out. Each POST carries the step's CSRF
+//! token and is answered 303 (RFC 9700 section 4.12): after the login, the
+//! consent page; after the consent, the redirect with the code. A transaction
+//! that ended (approve, deny, a scope refused after the login) is remembered as
+//! used until it expires, so a replayed cookie cannot mint a second code; those
+//! entries only exist after a right password, so argon2's rate bounds them.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, COOKIE, HeaderValue, LOCATION, SET_COOKIE};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use minijinja::{Environment, context};
+use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use subtle::ConstantTimeEq;
 
 use super::{OAuthContext, pkce, read_form};
@@ -26,15 +35,34 @@ use crate::scope::ScopeSet;
 use crate::store::{CodeRecord, TokenHash, new_token, now_secs, random_u64};
 
 pub const AUTHORIZE_PATH: &str = "/auth/authorize";
-const COOKIE_NAME: &str = "whosthat_authz";
-/// How long a sign-in may take, from the first page to the consent.
-const TXN_TTL: Duration = Duration::from_secs(10 * 60);
+pub const COOKIE_NAME: &str = "whosthat_authz";
+/// How long a sign-in may take, from the first page to the consent (seconds).
+pub const TXN_TTL_SECS: u64 = 10 * 60;
 /// Authorization codes live this long (RFC 6749 section 4.1.2: at most 10 minutes).
 pub const CODE_TTL_SECS: u64 = 5 * 60;
-/// Open sign-ins held at once; beyond it new ones are refused (503).
-const MAX_TXNS: usize = 100_000;
+/// The longest `state` accepted, in bytes once decoded. It is echoed to the
+/// client and carried in the cookie, which browsers keep only up to 4 KB.
+pub const MAX_STATE_BYTES: usize = 1024;
+// The page that refuses a longer state names the figure.
+const _: () = assert!(MAX_STATE_BYTES == 1024);
+/// The longest authorization request query accepted, in bytes.
+pub const MAX_QUERY_BYTES: usize = 8 * 1024;
+/// The longest `Set-Cookie` value sent: browsers drop cookies over 4096 bytes
+/// (RFC 6265 section 6.1 asks them to keep at least that much).
+const MAX_SET_COOKIE_BYTES: usize = 4000;
+/// Bytes of the AEAD key.
+pub const KEY_BYTES: usize = 32;
+/// Poly1305 tag length.
+const TAG_LEN: usize = 16;
+/// Binds a sealed cookie to its purpose and format: a blob sealed for another
+/// use of the same key, or in another layout, does not open.
+const AAD: &[u8] = b"whosthat_authz/1";
+const FORMAT_VERSION: u8 = 1;
 
-/// A validated authorization request.
+/// Unix seconds now. Injectable so tests can move time instead of sleeping.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// A validated authorization request, with the client as the config in force has it.
 #[derive(Clone)]
 struct AuthzRequest {
     client: Arc<Client>,
@@ -45,21 +73,148 @@ struct AuthzRequest {
     code_challenge: Option<String>,
 }
 
-/// One sign-in in progress.
+/// One sign-in in progress, as sealed into the cookie.
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Txn {
-    req: AuthzRequest,
+    /// Random; names the transaction across its steps (and in the used set).
+    id: [u8; 16],
+    /// Unix seconds; the transaction is dead from this second on.
+    expires: u64,
+    client_id: String,
+    redirect_uri: String,
+    redirect_uri_given: bool,
+    state: Option<String>,
+    scope: Option<String>,
+    code_challenge: Option<String>,
+    /// This step's CSRF token; a fresh one after the login.
     csrf: String,
-    /// Set once the password was right, with the scope that will be granted.
-    user: Option<(Arc<User>, ScopeSet)>,
+    /// Set once the password was right: the user and the scope to be granted.
+    user: Option<(String, String)>,
     /// Shown once on the next login page.
     error: Option<String>,
-    expires: Instant,
 }
 
-/// The pages and the sign-ins in progress.
+impl Txn {
+    /// A compact binary layout: strings are length-prefixed, so no escaping can
+    /// blow a `state` up the way JSON's `\u0001` would. `None` if a field does
+    /// not fit its 16-bit length.
+    fn encode(&self) -> Option<Vec<u8>> {
+        fn put(out: &mut Vec<u8>, s: &str) -> Option<()> {
+            out.extend_from_slice(&u16::try_from(s.len()).ok()?.to_be_bytes());
+            out.extend_from_slice(s.as_bytes());
+            Some(())
+        }
+        fn put_opt(out: &mut Vec<u8>, s: Option<&str>) -> Option<()> {
+            match s {
+                None => out.push(0),
+                Some(s) => {
+                    out.push(1);
+                    put(out, s)?;
+                }
+            }
+            Some(())
+        }
+        let mut out = Vec::with_capacity(
+            128 + self.redirect_uri.len() + self.state.as_ref().map_or(0, String::len),
+        );
+        out.push(FORMAT_VERSION);
+        out.extend_from_slice(&self.id);
+        out.extend_from_slice(&self.expires.to_be_bytes());
+        out.push(u8::from(self.redirect_uri_given));
+        put(&mut out, &self.client_id)?;
+        put(&mut out, &self.redirect_uri)?;
+        put_opt(&mut out, self.state.as_deref())?;
+        put_opt(&mut out, self.scope.as_deref())?;
+        put_opt(&mut out, self.code_challenge.as_deref())?;
+        put(&mut out, &self.csrf)?;
+        match &self.user {
+            None => out.push(0),
+            Some((name, scope)) => {
+                out.push(1);
+                put(&mut out, name)?;
+                put(&mut out, scope)?;
+            }
+        }
+        put_opt(&mut out, self.error.as_deref())?;
+        Some(out)
+    }
+
+    fn decode(b: &[u8]) -> Option<Txn> {
+        struct R<'a>(&'a [u8]);
+        impl<'a> R<'a> {
+            fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+                if self.0.len() < n {
+                    return None;
+                }
+                let (head, rest) = self.0.split_at(n);
+                self.0 = rest;
+                Some(head)
+            }
+            fn byte(&mut self) -> Option<u8> {
+                self.take(1).map(|b| b[0])
+            }
+            fn flag(&mut self) -> Option<bool> {
+                match self.byte()? {
+                    0 => Some(false),
+                    1 => Some(true),
+                    _ => None,
+                }
+            }
+            fn string(&mut self) -> Option<String> {
+                let n = u16::from_be_bytes(self.take(2)?.try_into().ok()?);
+                String::from_utf8(self.take(n.into())?.to_vec()).ok()
+            }
+            fn opt(&mut self) -> Option<Option<String>> {
+                Some(if self.flag()? {
+                    Some(self.string()?)
+                } else {
+                    None
+                })
+            }
+        }
+        let mut r = R(b);
+        if r.byte()? != FORMAT_VERSION {
+            return None;
+        }
+        let id = r.take(16)?.try_into().ok()?;
+        let expires = u64::from_be_bytes(r.take(8)?.try_into().ok()?);
+        let redirect_uri_given = r.flag()?;
+        let txn = Txn {
+            id,
+            expires,
+            redirect_uri_given,
+            client_id: r.string()?,
+            redirect_uri: r.string()?,
+            state: r.opt()?,
+            scope: r.opt()?,
+            code_challenge: r.opt()?,
+            csrf: r.string()?,
+            user: if r.flag()? {
+                Some((r.string()?, r.string()?))
+            } else {
+                None
+            },
+            error: r.opt()?,
+        };
+        r.0.is_empty().then_some(txn)
+    }
+}
+
+/// A transaction brought back by its cookie and checked against the config in force.
+struct Step {
+    txn: Txn,
+    req: AuthzRequest,
+    /// After the login: the user (as configured now) and the scope to grant.
+    user: Option<(Arc<User>, ScopeSet)>,
+}
+
+/// The pages, the cookie key, and the transactions that ended.
 pub struct Authorizer {
     templates: Environment<'static>,
-    txns: DashMap<TokenHash, Txn>,
+    key: LessSafeKey,
+    clock: Clock,
+    /// Transaction ids that ended (approve, deny, scope refused), until they expire.
+    used: DashMap<[u8; 16], u64>,
 }
 
 impl Default for Authorizer {
@@ -69,7 +224,16 @@ impl Default for Authorizer {
 }
 
 impl Authorizer {
+    /// With a fresh random key: cookies from before a restart, or from another
+    /// instance, do not open (see [`Authorizer::with_key`]).
     pub fn new() -> Authorizer {
+        let mut key = [0u8; KEY_BYTES];
+        getrandom::fill(&mut key).expect("the OS random source failed");
+        Authorizer::with_key(&key)
+    }
+
+    /// With the given key: instances sharing it accept each other's cookies.
+    pub fn with_key(key: &[u8; KEY_BYTES]) -> Authorizer {
         let mut env = Environment::new();
         // Names ending in .html are auto-escaped.
         for (name, src) in [
@@ -81,15 +245,85 @@ impl Authorizer {
             env.add_template(name, src)
                 .expect("the built-in templates parse");
         }
+        let key = UnboundKey::new(&CHACHA20_POLY1305, key).expect("a 32-byte ChaCha20 key");
         Authorizer {
             templates: env,
-            txns: DashMap::new(),
+            key: LessSafeKey::new(key),
+            clock: Arc::new(now_secs),
+            used: DashMap::new(),
         }
     }
 
+    /// Replaces the clock (unix seconds) that expiry is judged by.
+    pub fn with_clock(mut self, clock: Clock) -> Authorizer {
+        self.clock = clock;
+        self
+    }
+
+    /// Forgets ended transactions whose cookies have expired anyway.
     pub fn sweep(&self) {
-        let now = Instant::now();
-        self.txns.retain(|_, t| t.expires > now);
+        let now = (self.clock)();
+        self.used.retain(|_, expires| *expires > now);
+    }
+
+    /// Ended transactions remembered (for tests and metrics).
+    pub fn used_len(&self) -> usize {
+        self.used.len()
+    }
+
+    /// The transaction sealed into a cookie value: base64url(nonce || ciphertext || tag).
+    fn seal(&self, txn: &Txn) -> Option<String> {
+        let mut buf = txn.encode()?;
+        // A random 96-bit nonce per cookie: the key outlives any counter (and will
+        // be shared by several instances), and collisions stay negligible far
+        // beyond the 2^32 cookies one key will ever seal.
+        let mut nonce = [0u8; NONCE_LEN];
+        getrandom::fill(&mut nonce).expect("the OS random source failed");
+        self.key
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(AAD),
+                &mut buf,
+            )
+            .ok()?;
+        let mut out = Vec::with_capacity(NONCE_LEN + buf.len());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&buf);
+        Some(URL_SAFE_NO_PAD.encode(out))
+    }
+
+    /// The transaction in a cookie value, if it is one this key sealed.
+    fn open(&self, value: &str) -> Option<Txn> {
+        if value.len() > MAX_SET_COOKIE_BYTES {
+            return None;
+        }
+        let mut raw = URL_SAFE_NO_PAD.decode(value).ok()?;
+        if raw.len() < NONCE_LEN + TAG_LEN {
+            return None;
+        }
+        let (nonce, sealed) = raw.split_at_mut(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let plain = self.key.open_in_place(nonce, Aad::from(AAD), sealed).ok()?;
+        Txn::decode(plain)
+    }
+
+    /// The live, unused transaction the request's cookie carries.
+    fn load(&self, headers: &HeaderMap) -> Option<Txn> {
+        let now = (self.clock)();
+        cookies(headers)
+            .find_map(|v| self.open(v))
+            .filter(|t| t.expires > now && !self.used.contains_key(&t.id))
+    }
+
+    /// Marks the transaction ended; `false` if it already was (a replay).
+    fn finish(&self, txn: &Txn) -> bool {
+        match self.used.entry(txn.id) {
+            Entry::Occupied(_) => false,
+            Entry::Vacant(v) => {
+                v.insert(txn.expires);
+                true
+            }
+        }
     }
 
     fn render(&self, status: StatusCode, name: &str, ctx: minijinja::Value) -> Response<Body> {
@@ -115,6 +349,13 @@ impl Authorizer {
         self.render(status, "error.html", context! { message })
     }
 
+    fn too_long(&self) -> Response<Body> {
+        self.error_page(
+            StatusCode::BAD_REQUEST,
+            "The authorization request is too long.",
+        )
+    }
+
     /// `GET` and `POST /auth/authorize`.
     pub async fn handle(
         &self,
@@ -131,19 +372,26 @@ impl Authorizer {
     fn get(&self, ctx: &OAuthContext<'_>, req: &Request<Incoming>) -> Response<Body> {
         match req.uri().query().filter(|q| !q.is_empty()) {
             Some(query) => match validate(ctx, query) {
-                Ok(areq) => self.start(areq),
+                Ok(areq) => self.start(ctx, areq),
                 Err(Invalid::Page(msg)) => self.error_page(StatusCode::BAD_REQUEST, msg),
                 Err(Invalid::Redirect(to)) => see_other(&to),
             },
             // Back from a POST: show where the sign-in stands.
-            None => match cookie(req.headers()) {
-                Some(id) => match self.txns.get_mut(&TokenHash::of(id)) {
-                    Some(mut t) if t.expires > Instant::now() => {
-                        let error = t.error.take();
-                        self.show(&t, error)
+            None => match self.load(req.headers()) {
+                Some(txn) => match self.resume(ctx, txn) {
+                    Ok(mut step) => {
+                        let error = step.txn.error.take();
+                        let resp = self.show(&step, error.as_deref());
+                        if error.is_some() {
+                            // The message is shown once: the cookie forgets it.
+                            self.with_cookie(ctx, resp, &step.txn)
+                        } else {
+                            resp
+                        }
                     }
-                    _ => self.expired(),
+                    Err(resp) => resp,
                 },
+                None if cookies(req.headers()).next().is_some() => self.expired(),
                 None => self.error_page(
                     StatusCode::BAD_REQUEST,
                     "This page needs an authorization request from an application.",
@@ -159,41 +407,138 @@ impl Authorizer {
         )
     }
 
-    /// Opens a transaction and shows the login page.
-    fn start(&self, req: AuthzRequest) -> Response<Body> {
-        if self.txns.len() >= MAX_TXNS {
-            self.sweep();
-            if self.txns.len() >= MAX_TXNS {
-                return self.error_page(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "Too many sign-ins at once; try again shortly.",
-                );
-            }
-        }
-        let id = new_token();
+    /// Shows the login page and hands the browser the new transaction.
+    fn start(&self, ctx: &OAuthContext<'_>, req: AuthzRequest) -> Response<Body> {
+        let mut id = [0u8; 16];
+        getrandom::fill(&mut id).expect("the OS random source failed");
         let txn = Txn {
-            req,
+            id,
+            expires: (self.clock)() + TXN_TTL_SECS,
+            client_id: req.client.id.to_string(),
+            redirect_uri: req.redirect_uri.clone(),
+            redirect_uri_given: req.redirect_uri_given,
+            state: req.state.clone(),
+            scope: req.scope.as_ref().map(ScopeSet::to_string),
+            code_challenge: req.code_challenge.clone(),
             csrf: new_token(),
             user: None,
             error: None,
-            expires: Instant::now() + TXN_TTL,
         };
-        let mut resp = self.show(&txn, None);
-        self.txns.insert(TokenHash::of(&id), txn);
-        let cookie = format!(
-            "{COOKIE_NAME}={id}; Path=/auth; Max-Age={}; HttpOnly; SameSite=Lax",
-            TXN_TTL.as_secs()
-        );
-        if let Ok(v) = HeaderValue::try_from(cookie) {
-            resp.headers_mut().insert(SET_COOKIE, v);
-        }
-        resp
+        let step = Step {
+            txn,
+            req,
+            user: None,
+        };
+        let resp = self.show(&step, None);
+        self.with_cookie(ctx, resp, &step.txn)
     }
 
-    fn show(&self, t: &Txn, error: Option<String>) -> Response<Body> {
-        let client = t.req.client.id.to_string();
-        let csrf = t.csrf.clone();
-        match &t.user {
+    /// `resp` with the transaction's cookie set, or a 400 page if it cannot be
+    /// carried (too long for a browser to keep).
+    fn with_cookie(
+        &self,
+        ctx: &OAuthContext<'_>,
+        mut resp: Response<Body>,
+        txn: &Txn,
+    ) -> Response<Body> {
+        let Some(value) = self.seal(txn) else {
+            return self.too_long();
+        };
+        let max_age = txn.expires.saturating_sub((self.clock)()).max(1);
+        let cookie = format!(
+            "{COOKIE_NAME}={value}; Path=/auth; Max-Age={max_age}; HttpOnly; SameSite=Lax{}",
+            secure_attr(ctx)
+        );
+        if cookie.len() > MAX_SET_COOKIE_BYTES {
+            return self.too_long();
+        }
+        match HeaderValue::try_from(cookie) {
+            Ok(v) => {
+                resp.headers_mut().insert(SET_COOKIE, v);
+                resp
+            }
+            Err(_) => self.too_long(),
+        }
+    }
+
+    /// Checks a transaction against the config in force: a reload may have
+    /// removed its client, redirect URI or user, or narrowed their scopes.
+    // The Err is the page to answer with, built once per request: no point boxing it.
+    #[allow(clippy::result_large_err)]
+    fn resume(&self, ctx: &OAuthContext<'_>, txn: Txn) -> Result<Step, Response<Body>> {
+        let client = ctx
+            .config
+            .clients
+            .get(txn.client_id.as_str())
+            .filter(|c| c.allows(GrantType::AuthorizationCode))
+            .ok_or_else(|| {
+                self.error_page(
+                    StatusCode::BAD_REQUEST,
+                    "The application is no longer allowed to sign you in here.",
+                )
+            })?;
+        if !client.redirect_uris.contains(&txn.redirect_uri) {
+            return Err(self.error_page(
+                StatusCode::BAD_REQUEST,
+                "The redirect URI is no longer registered for this application.",
+            ));
+        }
+        let mut req = AuthzRequest {
+            client: client.clone(),
+            redirect_uri: txn.redirect_uri.clone(),
+            redirect_uri_given: txn.redirect_uri_given,
+            state: txn.state.clone(),
+            scope: None,
+            code_challenge: txn.code_challenge.clone(),
+        };
+        let scope_refused = |req: &AuthzRequest| {
+            clear_cookie(
+                ctx,
+                see_other(&error_redirect(
+                    req,
+                    "invalid_scope",
+                    "the requested scope is no longer allowed",
+                    ctx,
+                )),
+            )
+        };
+        if client.is_public() && req.code_challenge.is_none() {
+            return Err(see_other(&error_redirect(
+                &req,
+                "invalid_request",
+                "code_challenge is required (PKCE, S256)",
+                ctx,
+            )));
+        }
+        if let Some(s) = &txn.scope {
+            match ScopeSet::parse(s) {
+                Some(set) if set.is_subset_of(&client.scopes) => req.scope = Some(set),
+                _ => return Err(scope_refused(&req)),
+            }
+        }
+        let user = match &txn.user {
+            None => None,
+            Some((name, granted)) => {
+                let user = ctx.config.users.get(name.as_str()).ok_or_else(|| {
+                    self.error_page(
+                        StatusCode::BAD_REQUEST,
+                        "The signed-in user is no longer known here.",
+                    )
+                })?;
+                let allowed = user.scopes.intersection(&client.scopes);
+                match ScopeSet::parse(granted) {
+                    Some(g) if g.is_subset_of(&allowed) => Some((user.clone(), g)),
+                    _ => return Err(scope_refused(&req)),
+                }
+            }
+        };
+        Ok(Step { txn, req, user })
+    }
+
+    fn show(&self, step: &Step, error: Option<&str>) -> Response<Body> {
+        let client = step.req.client.id.to_string();
+        let csrf = step.txn.csrf.as_str();
+        match &step.user {
             None => self.render(
                 StatusCode::OK,
                 "login.html",
@@ -216,69 +561,39 @@ impl Authorizer {
         ctx: &OAuthContext<'_>,
         req: Request<Incoming>,
     ) -> Result<Response<Body>, GatewayError> {
-        let Some(id) = cookie(req.headers()).map(str::to_string) else {
+        let Some(txn) = self.load(req.headers()) else {
             return Ok(self.expired());
         };
-        let key = TokenHash::of(&id);
         // The device cookie (OWASP): a browser that signed in as a name before is
         // not locked out by an attack on that name from elsewhere.
         let device =
             super::limiter::device_cookie(req.headers()).map_or_else(new_token, str::to_string);
         let (_, form) = read_form(req, false).await?;
-        // Copy what is needed out of the map: no lock is held across an await.
-        let (csrf, has_user, areq) = match self.txns.get(&key) {
-            Some(t) if t.expires > Instant::now() => {
-                (t.csrf.clone(), t.user.is_some(), t.req.clone())
-            }
-            _ => return Ok(self.expired()),
-        };
         let sent = form.get("csrf").unwrap_or("");
-        if !bool::from(sent.as_bytes().ct_eq(csrf.as_bytes())) {
+        if !bool::from(sent.as_bytes().ct_eq(txn.csrf.as_bytes())) {
             return Ok(self.error_page(
                 StatusCode::FORBIDDEN,
                 "The form was not sent from this sign-in page.",
             ));
         }
-        match (form.get("action"), has_user) {
-            (Some("login"), false) => self.login(ctx, key, &areq, &form, &device).await,
-            (Some("approve"), true) => {
-                let Some((_, txn)) = self.txns.remove(&key) else {
-                    return Ok(self.expired());
-                };
-                let Some((user, scope)) = txn.user else {
-                    return Ok(self.expired());
-                };
-                let code = new_token();
-                let rec = CodeRecord {
-                    grant: ctx.grants.intern(
-                        Some(user.name.clone()),
-                        areq.client.id.clone(),
-                        scope,
-                    ),
-                    family: random_u64(),
-                    redirect_uri: areq.redirect_uri.clone(),
-                    redirect_uri_given: areq.redirect_uri_given,
-                    code_challenge: areq.code_challenge.clone(),
-                    expires_at: now_secs() + CODE_TTL_SECS,
-                };
-                ctx.store
-                    .put_code(TokenHash::of(&code), rec)
-                    .await
-                    .map_err(|_| GatewayError::StoreUnavailable)?;
-                let mut params = vec![("code", code.as_str())];
-                if let Some(s) = &areq.state {
-                    params.push(("state", s));
-                }
-                params.push(("iss", &ctx.config.oauth.issuer));
-                Ok(clear_cookie(see_other(&with_query(
-                    &areq.redirect_uri,
-                    &params,
-                ))))
-            }
+        let step = match self.resume(ctx, txn) {
+            Ok(step) => step,
+            Err(resp) => return Ok(resp),
+        };
+        match (form.get("action"), step.user.is_some()) {
+            (Some("login"), false) => self.login(ctx, step, &form, &device).await,
+            (Some("approve"), true) => self.approve(ctx, step).await,
             (Some("deny"), true) => {
-                self.txns.remove(&key);
-                let to = error_redirect(&areq, "access_denied", "the user denied the request", ctx);
-                Ok(clear_cookie(see_other(&to)))
+                if !self.finish(&step.txn) {
+                    return Ok(self.expired());
+                }
+                let to = error_redirect(
+                    &step.req,
+                    "access_denied",
+                    "the user denied the request",
+                    ctx,
+                );
+                Ok(clear_cookie(ctx, see_other(&to)))
             }
             _ => Ok(self.error_page(
                 StatusCode::BAD_REQUEST,
@@ -287,11 +602,50 @@ impl Authorizer {
         }
     }
 
+    async fn approve(
+        &self,
+        ctx: &OAuthContext<'_>,
+        step: Step,
+    ) -> Result<Response<Body>, GatewayError> {
+        let Some((user, scope)) = step.user else {
+            return Ok(self.expired());
+        };
+        // One code per transaction: of racing or replayed approvals, one gets past here.
+        if !self.finish(&step.txn) {
+            return Ok(self.expired());
+        }
+        let areq = &step.req;
+        let code = new_token();
+        let rec = CodeRecord {
+            grant: ctx
+                .grants
+                .intern(Some(user.name.clone()), areq.client.id.clone(), scope),
+            family: random_u64(),
+            redirect_uri: areq.redirect_uri.clone(),
+            redirect_uri_given: areq.redirect_uri_given,
+            code_challenge: areq.code_challenge.clone(),
+            expires_at: now_secs() + CODE_TTL_SECS,
+        };
+        if ctx.store.put_code(TokenHash::of(&code), rec).await.is_err() {
+            // No code exists: the user may try the approval again.
+            self.used.remove(&step.txn.id);
+            return Err(GatewayError::StoreUnavailable);
+        }
+        let mut params = vec![("code", code.as_str())];
+        if let Some(s) = &areq.state {
+            params.push(("state", s));
+        }
+        params.push(("iss", &ctx.config.oauth.issuer));
+        Ok(clear_cookie(
+            ctx,
+            see_other(&with_query(&areq.redirect_uri, &params)),
+        ))
+    }
+
     async fn login(
         &self,
         ctx: &OAuthContext<'_>,
-        key: TokenHash,
-        areq: &AuthzRequest,
+        mut step: Step,
         form: &super::Params,
         device: &str,
     ) -> Result<Response<Body>, GatewayError> {
@@ -300,10 +654,17 @@ impl Authorizer {
         let outcome = if username.is_empty() || password.is_empty() {
             Err("Enter your username and password.".to_string())
         } else {
+            let client = Some(step.req.client.id.as_ref());
+            let grant = Some("authorization_code");
             match super::check_user_password_from(ctx, username, Some(device), password).await {
-                Ok(Some(user)) => Ok(user.clone()),
+                Ok(Some(user)) => {
+                    ctx.audit("signin_succeeded", Some(username), client, grant, None);
+                    Ok(user.clone())
+                }
                 Ok(None) => {
                     ctx.metrics.auth_failure("invalid_grant");
+                    let reason = Some("invalid_username_or_password");
+                    ctx.audit("signin_failed", Some(username), client, grant, reason);
                     Err("Invalid username or password.".to_string())
                 }
                 Err(GatewayError::TooManyAttempts(secs)) => {
@@ -317,36 +678,31 @@ impl Authorizer {
         };
         match outcome {
             Err(message) => {
-                if let Some(mut t) = self.txns.get_mut(&key) {
-                    t.error = Some(message);
-                }
-                Ok(see_other(AUTHORIZE_PATH))
+                step.txn.error = Some(message);
+                Ok(self.with_cookie(ctx, see_other(AUTHORIZE_PATH), &step.txn))
             }
             Ok(user) => {
+                let areq = &step.req;
                 let allowed = user.scopes.intersection(&areq.client.scopes);
                 let scope = match &areq.scope {
                     None => allowed,
                     Some(r) if r.is_subset_of(&allowed) => r.clone(),
                     Some(_) => {
-                        self.txns.remove(&key);
+                        self.finish(&step.txn);
                         let to = error_redirect(
                             areq,
                             "invalid_scope",
                             "the requested scope exceeds what this user may grant",
                             ctx,
                         );
-                        return Ok(clear_cookie(see_other(&to)));
+                        return Ok(clear_cookie(ctx, see_other(&to)));
                     }
                 };
-                match self.txns.get_mut(&key) {
-                    Some(mut t) => {
-                        t.user = Some((user, scope));
-                        // A fresh CSRF token for the consent step.
-                        t.csrf = new_token();
-                    }
-                    None => return Ok(self.expired()),
-                }
-                let mut resp = see_other(AUTHORIZE_PATH);
+                step.txn.user = Some((user.name.to_string(), scope.to_string()));
+                // A fresh CSRF token for the consent step.
+                step.txn.csrf = new_token();
+                step.txn.error = None;
+                let mut resp = self.with_cookie(ctx, see_other(AUTHORIZE_PATH), &step.txn);
                 let secure = ctx.config.oauth.issuer.starts_with("https://");
                 if let Some(v) = super::limiter::device_set_cookie(device, secure) {
                     resp.headers_mut().append(SET_COOKIE, v);
@@ -359,15 +715,30 @@ impl Authorizer {
 
 /// A reason the request cannot go on.
 enum Invalid {
-    /// Client or redirect URI unknown or wrong: shown here, never redirected.
+    /// Client or redirect URI unknown or wrong, or the request too big to carry:
+    /// shown here, never redirected.
     Page(&'static str),
     /// Anything else: sent back on the redirect URI.
     Redirect(String),
 }
 
 fn validate(ctx: &OAuthContext<'_>, query: &str) -> Result<AuthzRequest, Invalid> {
+    // The query is at most `server.max_header_bytes` long: decoding it is cheap.
     let pairs = super::form_pairs(query.as_bytes())
         .ok_or(Invalid::Page("The authorization request is malformed."))?;
+    // Echoed back and carried in the cookie: bounded, and refused here rather
+    // than sent back to the client on a redirect of that size.
+    if pairs
+        .iter()
+        .any(|(k, v)| k == "state" && v.len() > MAX_STATE_BYTES)
+    {
+        return Err(Invalid::Page(
+            "The state parameter is too long (at most 1024 bytes).",
+        ));
+    }
+    if query.len() > MAX_QUERY_BYTES {
+        return Err(Invalid::Page("The authorization request is too long."));
+    }
     let count = |k: &str| pairs.iter().filter(|(n, _)| n == k).count();
     let get = |k: &str| {
         pairs
@@ -426,6 +797,7 @@ fn validate(ctx: &OAuthContext<'_>, query: &str) -> Result<AuthzRequest, Invalid
             "this client may not use the authorization code flow",
         ));
     }
+    // Bounded by the client's own scopes, from the config.
     let scope = match get("scope") {
         None => None,
         Some(s) => match ScopeSet::parse(s) {
@@ -438,6 +810,7 @@ fn validate(ctx: &OAuthContext<'_>, query: &str) -> Result<AuthzRequest, Invalid
             }
         },
     };
+    // Exactly 43 characters when valid (RFC 7636 section 4.2).
     let code_challenge = match (get("code_challenge"), get("code_challenge_method")) {
         (None, None) if client.is_public() => {
             return Err(fail(
@@ -495,15 +868,27 @@ fn with_query(uri: &str, params: &[(&str, &str)]) -> String {
     format!("{uri}{sep}{}", ser.finish())
 }
 
-fn cookie(headers: &HeaderMap) -> Option<&str> {
+/// Every value of the sign-in cookie the request carries.
+fn cookies(headers: &HeaderMap) -> impl Iterator<Item = &str> {
     headers
         .get_all(COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|c| c.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE_NAME)
+        .filter(|(k, _)| *k == COOKIE_NAME)
         .map(|(_, v)| v)
+}
+
+/// `; Secure` when the issuer is https: the browser then never sends the
+/// transaction over plain HTTP.
+fn secure_attr(ctx: &OAuthContext<'_>) -> &'static str {
+    let issuer = ctx.config.oauth.issuer.as_bytes();
+    if issuer.len() >= 8 && issuer[..8].eq_ignore_ascii_case(b"https://") {
+        "; Secure"
+    } else {
+        ""
+    }
 }
 
 fn page_headers(h: &mut HeaderMap) {
@@ -535,8 +920,11 @@ fn see_other(to: &str) -> Response<Body> {
     resp
 }
 
-fn clear_cookie(mut resp: Response<Body>) -> Response<Body> {
-    let v = format!("{COOKIE_NAME}=; Path=/auth; Max-Age=0; HttpOnly; SameSite=Lax");
+fn clear_cookie(ctx: &OAuthContext<'_>, mut resp: Response<Body>) -> Response<Body> {
+    let v = format!(
+        "{COOKIE_NAME}=; Path=/auth; Max-Age=0; HttpOnly; SameSite=Lax{}",
+        secure_attr(ctx)
+    );
     if let Ok(v) = HeaderValue::try_from(v) {
         resp.headers_mut().insert(SET_COOKIE, v);
     }
@@ -546,6 +934,22 @@ fn clear_cookie(mut resp: Response<Body>) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn txn() -> Txn {
+        Txn {
+            id: [7; 16],
+            expires: 1_900_000_000,
+            client_id: "spa".into(),
+            redirect_uri: "http://127.0.0.1:8765/callback".into(),
+            redirect_uri_given: true,
+            state: Some("a\u{1}b é".into()),
+            scope: Some("read write".into()),
+            code_challenge: None,
+            csrf: new_token(),
+            user: Some(("alice".into(), "read".into())),
+            error: Some("Invalid username or password.".into()),
+        }
+    }
 
     #[test]
     fn query_is_appended() {
@@ -566,7 +970,73 @@ mod tests {
             COOKIE,
             HeaderValue::from_static("a=1; whosthat_authz=abc; b=2"),
         );
-        assert_eq!(cookie(&h), Some("abc"));
+        h.append(COOKIE, HeaderValue::from_static("whosthat_authz=def"));
+        assert_eq!(cookies(&h).collect::<Vec<_>>(), vec!["abc", "def"]);
+    }
+
+    #[test]
+    fn encoding_round_trips_and_refuses_leftovers() {
+        let t = txn();
+        let bytes = t.encode().unwrap();
+        assert_eq!(Txn::decode(&bytes), Some(t.clone()));
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(Txn::decode(&longer), None);
+        assert_eq!(Txn::decode(&bytes[..bytes.len() - 1]), None);
+        let mut other_version = bytes;
+        other_version[0] = 2;
+        assert_eq!(Txn::decode(&other_version), None);
+        let none = Txn {
+            state: None,
+            scope: None,
+            user: None,
+            error: None,
+            ..t
+        };
+        assert_eq!(Txn::decode(&none.encode().unwrap()), Some(none));
+    }
+
+    #[test]
+    fn sealed_cookies_open_only_with_their_key_and_unaltered() {
+        let a = Authorizer::with_key(&[1; KEY_BYTES]);
+        let t = txn();
+        let v = a.seal(&t).unwrap();
+        assert_eq!(a.open(&v), Some(t.clone()));
+        // A fresh nonce each time: the same transaction never seals the same way.
+        assert_ne!(a.seal(&t).unwrap(), v);
+        // Another instance with the same key opens it; another key does not.
+        assert_eq!(Authorizer::with_key(&[1; KEY_BYTES]).open(&v), Some(t));
+        assert_eq!(Authorizer::with_key(&[2; KEY_BYTES]).open(&v), None);
+        // Any flipped bit, in the nonce, the ciphertext or the tag.
+        let raw = URL_SAFE_NO_PAD.decode(&v).unwrap();
+        for i in [0, NONCE_LEN, raw.len() / 2, raw.len() - 1] {
+            let mut bad = raw.clone();
+            bad[i] ^= 0x01;
+            assert_eq!(a.open(&URL_SAFE_NO_PAD.encode(&bad)), None, "byte {i}");
+        }
+        assert_eq!(a.open(&URL_SAFE_NO_PAD.encode(&raw[..raw.len() - 1])), None);
+        assert_eq!(a.open(""), None);
+        assert_eq!(a.open("not base64!"), None);
+    }
+
+    #[test]
+    fn a_transaction_ends_once_and_is_forgotten_after_it_expires() {
+        let now = Arc::new(std::sync::atomic::AtomicU64::new(1_000));
+        let clock = now.clone();
+        let a = Authorizer::with_key(&[3; KEY_BYTES]).with_clock(Arc::new(move || {
+            clock.load(std::sync::atomic::Ordering::SeqCst)
+        }));
+        let t = Txn {
+            expires: 1_600,
+            ..txn()
+        };
+        assert!(a.finish(&t));
+        assert!(!a.finish(&t));
+        a.sweep();
+        assert_eq!(a.used_len(), 1);
+        now.store(1_600, std::sync::atomic::Ordering::SeqCst);
+        a.sweep();
+        assert_eq!(a.used_len(), 0);
     }
 
     #[tokio::test]

@@ -184,6 +184,9 @@ pub struct Config {
     pub users: HashMap<String, Arc<User>>,
     pub clients: HashMap<String, Arc<Client>>,
     pub routes: Arc<RouteTable>,
+    /// CORS for the token, revocation and metadata endpoints: the origins of
+    /// the clients' redirect URIs (browser apps). `None` when no client has one.
+    pub endpoint_cors: Option<Arc<CorsPolicy>>,
 }
 
 #[derive(Debug, Clone)]
@@ -505,6 +508,30 @@ fn key_path_at(text: &str, offset: usize) -> Option<String> {
         line_start = end;
     }
     None
+}
+
+/// The CORS policy of the endpoints browser apps call (token, revocation,
+/// metadata): the origins of every client's redirect URIs, POST and GET, the
+/// `Authorization` and `Content-Type` headers, no credentials (cookies play no
+/// part there).
+fn endpoint_cors(clients: &HashMap<String, Arc<Client>>) -> Option<Arc<CorsPolicy>> {
+    let mut origins: Vec<String> = clients
+        .values()
+        .flat_map(|c| c.redirect_uris.iter())
+        .filter_map(|u| crate::cors::origin_of(u))
+        .collect();
+    origins.sort();
+    origins.dedup();
+    if origins.is_empty() {
+        return None;
+    }
+    Some(Arc::new(CorsPolicy::new(
+        origins,
+        vec![http::Method::GET, http::Method::POST],
+        vec!["authorization".into(), "content-type".into()],
+        Duration::from_secs(600),
+        false,
+    )))
 }
 
 fn cores() -> usize {
@@ -1421,6 +1448,7 @@ impl Validator<'_> {
             server,
             oauth,
             store,
+            endpoint_cors: endpoint_cors(&clients),
             users,
             clients,
             routes: Arc::new(RouteTable::new(routes)),

@@ -107,18 +107,32 @@ impl CorsPolicy {
         }
     }
 
+    /// The request's one `Origin`, if it has exactly one.
+    pub fn origin_of_request(headers: &HeaderMap) -> Option<HeaderValue> {
+        let mut all = headers.get_all(ORIGIN).iter();
+        match (all.next(), all.next()) {
+            (Some(origin), None) => Some(origin.clone()),
+            _ => None,
+        }
+    }
+
     /// The request's `Origin`, when this policy allows it.
     fn allowed_origin<'h>(&self, headers: &'h HeaderMap) -> Option<&'h HeaderValue> {
         let mut all = headers.get_all(ORIGIN).iter();
         let (Some(origin), None) = (all.next(), all.next()) else {
             return None;
         };
+        self.allows(origin).then_some(origin)
+    }
+
+    fn allows(&self, origin: &HeaderValue) -> bool {
         if self.any {
-            return Some(origin);
+            return true;
         }
-        let o = origin.to_str().ok()?;
-        let normal = origin_of(o)?;
-        self.origins.contains(&normal).then_some(origin)
+        let Some(normal) = origin.to_str().ok().and_then(origin_of) else {
+            return false;
+        };
+        self.origins.contains(&normal)
     }
 
     /// Whether `req` is a CORS preflight (Fetch standard, "CORS-preflight request").
@@ -163,6 +177,15 @@ impl CorsPolicy {
         resp
     }
 
+    /// A preflight nothing allows (no policy): 403, no CORS fields.
+    pub fn refused_preflight() -> Response<Body> {
+        let mut resp = Response::new(empty());
+        *resp.status_mut() = StatusCode::FORBIDDEN;
+        resp.headers_mut()
+            .insert(VARY, HeaderValue::from_static("Origin"));
+        resp
+    }
+
     fn allow_origin(&self, h: &mut HeaderMap, origin: HeaderValue) {
         if self.any && !self.credentials {
             h.insert(ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
@@ -177,13 +200,13 @@ impl CorsPolicy {
         }
     }
 
-    /// Adds the CORS fields to the answer of an actual (non-preflight) request.
-    /// `request` are the request's headers.
-    pub fn apply(&self, request: &HeaderMap, response: &mut HeaderMap) {
+    /// Adds the CORS fields to the answer of an actual (non-preflight) request
+    /// whose one `Origin` was `origin` (see [`CorsPolicy::origin_of_request`]).
+    pub fn apply(&self, origin: Option<&HeaderValue>, response: &mut HeaderMap) {
         // The answer depends on Origin whether or not it is allowed: caches must
         // not serve one origin's answer to another.
         response.append(VARY, HeaderValue::from_static("Origin"));
-        let Some(origin) = self.allowed_origin(request) else {
+        let Some(origin) = origin.filter(|o| self.allows(o)) else {
             return;
         };
         // What the upstream said about CORS is replaced by the route's policy.
@@ -285,17 +308,18 @@ mod tests {
         let p = policy(&["https://app.example"], true);
         let mut resp = HeaderMap::new();
         resp.insert(ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
-        p.apply(&req(&[("origin", "https://app.example")]), &mut resp);
+        let origin = |o: &'static str| Some(HeaderValue::from_static(o));
+        p.apply(origin("https://app.example").as_ref(), &mut resp);
         assert_eq!(resp[ACCESS_CONTROL_ALLOW_ORIGIN], "https://app.example");
         assert_eq!(resp[ACCESS_CONTROL_ALLOW_CREDENTIALS], "true");
         assert_eq!(resp[VARY], "Origin");
         let mut other = HeaderMap::new();
-        p.apply(&req(&[("origin", "https://evil.example")]), &mut other);
+        p.apply(origin("https://evil.example").as_ref(), &mut other);
         assert!(other.get(ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
         // A wildcard without credentials answers `*`.
         let any = policy(&["*"], false);
         let mut r = HeaderMap::new();
-        any.apply(&req(&[("origin", "https://x.example")]), &mut r);
+        any.apply(origin("https://x.example").as_ref(), &mut r);
         assert_eq!(r[ACCESS_CONTROL_ALLOW_ORIGIN], "*");
     }
 }

@@ -28,6 +28,10 @@ pub fn empty() -> Body {
 
 pub const REALM: &str = "whosthat";
 
+/// The IETF httpapi draft's fields (draft-ietf-httpapi-ratelimit-headers).
+pub static RATELIMIT_POLICY: http::HeaderName = http::HeaderName::from_static("ratelimit-policy");
+pub static RATELIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit");
+
 /// RFC 6749 section 5.2 error codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OAuthCode {
@@ -62,6 +66,13 @@ pub enum GatewayError {
     PostOnly,
     /// Too many failed password checks: 429 with Retry-After (seconds).
     TooManyAttempts(u64),
+    /// Over a route's `rate_limit`: 429 with Retry-After and the draft's
+    /// `RateLimit-Policy` / `RateLimit` fields.
+    RateLimited {
+        retry_after: u64,
+        policy: HeaderValue,
+        state: HeaderValue,
+    },
     // -- bearer authentication (downstream, RFC 6750)
     NoToken,
     InvalidToken(&'static str),
@@ -97,7 +108,9 @@ impl GatewayError {
             GatewayError::PostOnly | GatewayError::MethodNotAllowed(_) => {
                 StatusCode::METHOD_NOT_ALLOWED
             }
-            GatewayError::TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::TooManyAttempts(_) | GatewayError::RateLimited { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             GatewayError::NoToken | GatewayError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
             GatewayError::InsufficientScope(_) | GatewayError::ClientForbidden(_) => {
                 StatusCode::FORBIDDEN
@@ -120,6 +133,10 @@ impl GatewayError {
             GatewayError::TooManyAttempts(_) => {
                 ("too_many_attempts", "too many failed attempts; retry later")
             }
+            GatewayError::RateLimited { .. } => (
+                "rate_limited",
+                "too many requests for this route; retry later",
+            ),
             GatewayError::NoToken => ("unauthorized", "a bearer token is required"),
             GatewayError::InvalidToken(d) => ("invalid_token", d),
             GatewayError::InsufficientScope(_) => (
@@ -188,6 +205,15 @@ impl GatewayError {
             GatewayError::TooManyAttempts(secs) => {
                 h.insert(RETRY_AFTER, HeaderValue::from(*secs));
                 h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            }
+            GatewayError::RateLimited {
+                retry_after,
+                policy,
+                state,
+            } => {
+                h.insert(RETRY_AFTER, HeaderValue::from(*retry_after));
+                h.insert(RATELIMIT_POLICY.clone(), policy.clone());
+                h.insert(RATELIMIT.clone(), state.clone());
             }
             GatewayError::PostOnly => {
                 h.insert(http::header::ALLOW, HeaderValue::from_static("POST"));

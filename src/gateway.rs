@@ -15,7 +15,9 @@ use arc_swap::ArcSwap;
 use crate::audit;
 use crate::config::Config;
 use crate::config::StoreBackend;
+use crate::cors::CorsPolicy;
 use crate::error::{Body, GatewayError};
+use crate::error::{RATELIMIT, RATELIMIT_POLICY};
 use crate::metrics::Metrics;
 use crate::oauth::authorize::{AUTHORIZE_PATH, Authorizer};
 use crate::oauth::endpoints::{self, INTROSPECT_PATH, METADATA_PATH, REVOKE_PATH, USERINFO_PATH};
@@ -23,6 +25,7 @@ use crate::oauth::limiter::Limiter;
 use crate::oauth::{OAuthContext, grant_still_allowed, token_endpoint};
 use crate::password::PasswordPool;
 use crate::proxy::{ForwardInfo, client_address, forward};
+use crate::ratelimit::{RateKey, RateKeyKind, SharedBuckets};
 use crate::routes::normalize_path;
 use crate::store::{Grants, MemoryStore, RedisStore, StoreError, TokenHash, TokenStore};
 
@@ -38,6 +41,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The memory backend, when it is the store (saved and loaded across restarts).
     pub memory: Option<Arc<MemoryStore>>,
+    /// Where routes' rate-limit buckets are shared (Redis); `None`: per instance.
+    pub rate_buckets: Option<Arc<dyn SharedBuckets>>,
 }
 
 impl AppState {
@@ -66,7 +71,15 @@ impl AppState {
                 (Arc::new(r), None, limiter)
             }
         };
+        // Rate-limit buckets are shared where tokens are: with Redis, fleet-wide.
+        let rate_buckets: Option<Arc<dyn SharedBuckets>> = match &config.store.backend {
+            StoreBackend::Memory => None,
+            StoreBackend::Redis(url) => Some(Arc::new(
+                crate::ratelimit::RedisBuckets::new(url).map_err(StoreError::Unavailable)?,
+            )),
+        };
         Ok(AppState {
+            rate_buckets,
             store,
             passwords,
             limiter,
@@ -87,6 +100,10 @@ struct LogContext<'s> {
     user: Option<Arc<str>>,
     /// The token's client.
     client_id: Option<Arc<str>>,
+    /// The CORS policy of what answered (a route's, or the endpoints').
+    cors: Option<&'s CorsPolicy>,
+    /// `RateLimit-Policy` and `RateLimit` for an answer under a route's limit.
+    rate_limit: Option<(HeaderValue, HeaderValue)>,
     reason: Option<&'static str>,
     request_id: &'s str,
 }
@@ -139,6 +156,7 @@ pub async fn handle(
     let request_id = audit::request_id(req.headers(), from_proxy);
     req.headers_mut()
         .insert(&audit::X_REQUEST_ID, request_id.clone());
+    let origin = CorsPolicy::origin_of_request(req.headers());
     let mut log = LogContext {
         request_id: request_id.to_str().unwrap_or("-"),
         ..LogContext::default()
@@ -151,8 +169,15 @@ pub async fn handle(
             e.into_response()
         }
     };
-    resp.headers_mut()
-        .insert(&audit::X_REQUEST_ID, request_id.clone());
+    let h = resp.headers_mut();
+    h.insert(&audit::X_REQUEST_ID, request_id.clone());
+    if let Some(cors) = log.cors {
+        cors.apply(origin.as_ref(), h);
+    }
+    if let Some((policy, state)) = log.rate_limit.take() {
+        h.insert(RATELIMIT_POLICY.clone(), policy);
+        h.insert(RATELIMIT.clone(), state);
+    }
     let latency = start.elapsed();
     state
         .metrics
@@ -189,6 +214,19 @@ async fn handle_inner<'s>(
 
     if let Some(endpoint) = own_endpoint(config, &path) {
         log.route = Some(endpoint.name(config));
+        // Browser apps call these across origins (the code flow with PKCE).
+        if matches!(
+            endpoint,
+            Endpoint::Token | Endpoint::Revoke | Endpoint::Metadata
+        ) {
+            log.cors = config.endpoint_cors.as_deref();
+            if CorsPolicy::is_preflight(req.method(), req.headers()) {
+                return Ok(match log.cors {
+                    Some(cors) => cors.preflight(req.headers()),
+                    None => CorsPolicy::refused_preflight(),
+                });
+            }
+        }
         let ctx = OAuthContext {
             config,
             store: state.store.as_ref(),
@@ -211,6 +249,13 @@ async fn handle_inner<'s>(
 
     let route = config.routes.find(&path).ok_or(GatewayError::NoRoute)?;
     log.route = Some(&route.prefix);
+    // A preflight is answered here, without a token, and never forwarded.
+    if let Some(cors) = route.cors.as_deref() {
+        log.cors = Some(cors);
+        if CorsPolicy::is_preflight(req.method(), req.headers()) {
+            return Ok(cors.preflight(req.headers()));
+        }
+    }
     if !route.allows_method(req.method()) {
         let allow: Vec<&str> = route.methods.iter().map(|m| m.as_str()).collect();
         return Err(GatewayError::MethodNotAllowed(allow.join(", ")));
@@ -242,6 +287,29 @@ async fn handle_inner<'s>(
     } else {
         None
     };
+    if let Some(limit) = &route.rate_limit {
+        let grant = record.as_ref().map(|r| r.grant.as_ref());
+        let key = match (limit.spec.key, grant) {
+            (RateKeyKind::Client, Some(g)) => RateKey::Client(g.client.clone()),
+            (RateKeyKind::User, Some(g)) => match &g.user {
+                Some(u) => RateKey::User(u.clone()),
+                None => RateKey::Client(g.client.clone()),
+            },
+            // The config allows only `address` on public routes.
+            _ => RateKey::Addr(client),
+        };
+        let d = limit.check(&key, state.rate_buckets.as_ref()).await;
+        let policy = limit.spec.policy_header();
+        let now = d.header(&limit.spec);
+        if !d.allowed {
+            return Err(GatewayError::RateLimited {
+                retry_after: d.retry_after_secs,
+                policy,
+                state: now,
+            });
+        }
+        log.rate_limit = Some((policy, now));
+    }
 
     let host = match req.headers().get(HOST) {
         Some(h) => Some(h.clone()),

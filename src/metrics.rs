@@ -176,6 +176,7 @@ impl Metrics {
             | GatewayError::MethodNotAllowed(_)
             | GatewayError::PayloadTooLarge
             | GatewayError::BadBody
+            | GatewayError::RateLimited { .. }
             | GatewayError::PasswordBusy
             | GatewayError::StoreUnavailable => {}
         }

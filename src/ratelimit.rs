@@ -57,22 +57,30 @@ impl RateKeyKind {
     }
 }
 
-/// One caller's bucket key.
+/// One caller's bucket key. Users and clients never share a bucket, even
+/// under one name (a client_credentials token under a `user` limit counts as
+/// its client).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum RateKey {
-    Name(Arc<str>),
+    User(Arc<str>),
+    Client(Arc<str>),
     Addr(IpAddr),
 }
 
 impl RateKey {
     fn redis_suffix(&self) -> String {
-        match self {
-            // Names are hashed: bounded key length, nothing a user typed in a key.
-            RateKey::Name(n) => {
-                use sha2::{Digest, Sha256};
-                let d = Sha256::digest(n.as_bytes());
+        // Names are hashed: bounded key length, nothing a user typed in a key.
+        let hashed = |kind: &str, n: &str| {
+            use sha2::{Digest, Sha256};
+            let d = Sha256::digest(n.as_bytes());
+            format!(
+                "{kind}:{}",
                 crate::store::hex(&crate::store::TokenHash(d.into()))
-            }
+            )
+        };
+        match self {
+            RateKey::User(n) => hashed("u", n),
+            RateKey::Client(n) => hashed("c", n),
             RateKey::Addr(a) => a.to_string(),
         }
     }
@@ -530,7 +538,7 @@ mod tests {
     #[test]
     fn burst_then_steady_rate() {
         let l = RateLimiter::new(spec(10, 1000, 5), "/api");
-        let k = RateKey::Name(Arc::from("cli"));
+        let k = RateKey::Client(Arc::from("cli"));
         let now = 100 * S;
         // Five at once, then refused.
         for n in 0..5 {
@@ -546,7 +554,7 @@ mod tests {
         assert!(!l.check_local_at(&k, now + S / 10).allowed);
         // Other keys have their own bucket.
         assert!(
-            l.check_local_at(&RateKey::Name(Arc::from("other")), now)
+            l.check_local_at(&RateKey::Client(Arc::from("other")), now)
                 .allowed
         );
     }
@@ -578,7 +586,7 @@ mod tests {
     #[test]
     fn sweep_forgets_full_buckets() {
         let l = RateLimiter::new(spec(1000, 1, 1), "/api");
-        l.check_local(&RateKey::Name(Arc::from("a")));
+        l.check_local(&RateKey::Client(Arc::from("a")));
         std::thread::sleep(Duration::from_millis(5));
         l.sweep();
         assert!(l.is_empty());
@@ -626,7 +634,7 @@ mod tests {
         // Two instances on one shared bucket.
         let a = Arc::new(RateLimiter::new(s.clone(), "/api"));
         let b = Arc::new(RateLimiter::new(s, "/api"));
-        let k = RateKey::Name(Arc::from("cli"));
+        let k = RateKey::Client(Arc::from("cli"));
         let mut allowed = 0;
         for i in 0..200 {
             let l = if i % 2 == 0 { &a } else { &b };
@@ -650,7 +658,7 @@ mod tests {
         });
         let shared: Arc<dyn SharedBuckets> = fake.clone();
         let l = Arc::new(RateLimiter::new(spec(1_000_000, 1000, 1_000_000), "/api"));
-        let k = RateKey::Name(Arc::from("cli"));
+        let k = RateKey::Client(Arc::from("cli"));
         for _ in 0..10_000 {
             assert!(l.check(&k, Some(&shared)).await.allowed);
             tokio::task::yield_now().await;

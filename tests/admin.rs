@@ -13,14 +13,17 @@ async fn gateway_with_admin() -> (Gateway, Upstream, String) {
     );
     let gw = spawn_gateway_with(&text).await;
     let admin = format!("http://127.0.0.1:{admin_port}");
-    // The admin listener is bound before serving starts; give the task a moment.
-    for _ in 0..50 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", admin_port))
-            .await
-            .is_ok()
-        {
-            break;
-        }
+    // The admin listener is bound when the gateway's task starts: wait for it,
+    // however long that takes on a busy machine.
+    let deadline = std::time::Instant::now() + HANG_GUARD;
+    while tokio::net::TcpStream::connect(("127.0.0.1", admin_port))
+        .await
+        .is_err()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the admin listener never came up"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     (gw, up, admin)

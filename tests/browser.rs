@@ -34,8 +34,11 @@ use tokio::sync::mpsc;
 
 const REGISTERED_CALLBACK: &str = "http://127.0.0.1:8765/callback";
 const CHROMIUM: &str = "/usr/bin/chromium";
-/// Longest wait for any one step in the browser.
-const STEP: Duration = Duration::from_secs(20);
+/// Longest wait for any one step in the browser: a hang guard, as Chromium on a busy
+/// CI machine can take long over a page.
+const STEP: Duration = HANG_GUARD;
+/// Longest wait for the whole flow (a hang guard too).
+const FLOW: Duration = Duration::from_secs(600);
 
 // -------------------------------------------------------------- chromedriver
 
@@ -203,11 +206,11 @@ async fn sign_in_and_consent_in_chromium() {
     let driver = Driver::start();
     let browser = driver.session().await;
     let flow = tokio::spawn(flow(browser.clone(), gw, up, callback, callback_hits));
-    let outcome = tokio::time::timeout(Duration::from_secs(120), flow).await;
+    let outcome = tokio::time::timeout(FLOW, flow).await;
     // Always end the session: chromedriver then stops Chromium.
     let _ = browser.close().await;
     match outcome {
-        Err(_) => panic!("the browser flow took over 2 minutes"),
+        Err(_) => panic!("the browser flow took over {FLOW:?}"),
         Ok(Err(e)) if e.is_panic() => {
             eprintln!("chromedriver log:\n{}", tail(&driver.log_text(), 40));
             std::panic::resume_unwind(e.into_panic())

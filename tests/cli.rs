@@ -416,7 +416,7 @@ async fn serve_the_shipped_config_end_to_end() {
     let up = spawn_upstream().await;
     let (_dir, config) = shipped_config_for(up.addr);
     let mut gw = Running::start(&config);
-    let addr = tokio::task::block_in_place(|| gw.wait_for_listen(Duration::from_secs(20)));
+    let addr = tokio::task::block_in_place(|| gw.wait_for_listen(HANG_GUARD));
     let url = |p: &str| format!("http://{addr}{p}");
 
     // The seed's request, as written.
@@ -449,9 +449,10 @@ async fn serve_the_shipped_config_end_to_end() {
     assert_eq!(up.hits.load(std::sync::atomic::Ordering::SeqCst), 2);
 
     gw.terminate();
-    let status = gw.wait_exit(Duration::from_secs(10)).await;
+    let status = gw.wait_exit(HANG_GUARD).await;
     let log = tokio::task::block_in_place(|| gw.finish_log());
-    let status = status.unwrap_or_else(|| panic!("still running 10 s after SIGTERM; log:\n{log}"));
+    let status =
+        status.unwrap_or_else(|| panic!("still running {HANG_GUARD:?} after SIGTERM; log:\n{log}"));
     assert_eq!(status.code(), Some(0), "exit status {status}; log:\n{log}");
 
     assert!(log.contains("whosthat is serving"), "{log}");

@@ -5,9 +5,10 @@
 mod common;
 use common::*;
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
@@ -17,6 +18,8 @@ struct Reloading {
     gw_addr: std::net::SocketAddr,
     path: PathBuf,
     reload: mpsc::UnboundedSender<()>,
+    /// Reloads asked for so far (names each one's marker route).
+    reloads: AtomicUsize,
     _stop: oneshot::Sender<()>,
     _dir: tempfile::TempDir,
 }
@@ -26,13 +29,74 @@ impl Reloading {
         format!("http://{}{}", self.gw_addr, p)
     }
 
-    /// Writes `text` and asks for a reload; waits until it has been applied
-    /// (reloads are handled in order, and the file is read right away).
+    /// Writes `text` (a valid config) and asks for a reload; waits until it has been
+    /// applied. A route only this reload adds, `/reload-N/` to a closed port (502
+    /// once it is there, 404 before), tells when, however long the reload waits
+    /// for CPU.
     async fn reload_with(&self, text: &str) {
+        let n = self.reloads.fetch_add(1, Ordering::SeqCst);
+        let marker = format!("/reload-{n}/");
+        write_atomically(
+            &self.path,
+            &format!(
+                "{text}\n[[routes]]\nprefix = \"{marker}\"\nupstream = \"http://127.0.0.1:1\"\nauth = false\n"
+            ),
+        );
+        self.reload.send(()).unwrap();
+        let url = self.url(&format!("{marker}x"));
+        let deadline = Instant::now() + HANG_GUARD;
+        while get(&url, &[]).await.status == 404 {
+            assert!(Instant::now() < deadline, "reload {n} not applied");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Writes `text` (an invalid config) and asks for a reload; waits until the
+    /// gateway has logged that it refused it, which is all a refusal does.
+    async fn refused_reload(&self, text: &str) {
+        let before = refusals(&self.path);
         write_atomically(&self.path, text);
         self.reload.send(()).unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let deadline = Instant::now() + HANG_GUARD;
+        while refusals(&self.path) == before {
+            assert!(Instant::now() < deadline, "reload not refused: {text:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
+}
+
+/// Warnings and errors logged by the gateways of this test binary.
+static LOG: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+/// Sends this binary's warnings and errors to [`LOG`] (once).
+fn capture_log() {
+    static INIT: OnceLock<()> = OnceLock::new();
+    INIT.get_or_init(|| {
+        struct Sink;
+        impl Write for Sink {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                LOG.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let _ = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .with_writer(|| Sink)
+            .try_init();
+    });
+}
+
+/// Refused reloads of the config file at `path` so far (the refusal names the file).
+fn refusals(path: &Path) -> usize {
+    let file = path.display().to_string();
+    String::from_utf8_lossy(&LOG.lock().unwrap())
+        .lines()
+        .filter(|l| l.contains("reload refused") && l.contains(&file))
+        .count()
 }
 
 fn write_atomically(path: &Path, text: &str) {
@@ -42,6 +106,7 @@ fn write_atomically(path: &Path, text: &str) {
 }
 
 async fn start(text: &str) -> Reloading {
+    capture_log();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gateway.toml");
     std::fs::write(&path, text).unwrap();
@@ -66,6 +131,7 @@ async fn start(text: &str) -> Reloading {
         gw_addr,
         path,
         reload: tx,
+        reloads: AtomicUsize::new(0),
         _stop: stop,
         _dir: dir,
     }
@@ -90,7 +156,7 @@ async fn reloads_under_load_fail_no_request() {
     let g = Arc::new(start(&base).await);
     let token = login_at(&g, "alice", ALICE_PW).await;
 
-    // A bounded load loop: 4 clients for as long as the reloads take (at most 20 s).
+    // A load loop: 4 clients for as long as the reloads take (the hang guard aside).
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let mut clients = Vec::new();
@@ -103,7 +169,7 @@ async fn reloads_under_load_fail_no_request() {
             failed.clone(),
         );
         clients.push(tokio::spawn(async move {
-            let deadline = Instant::now() + Duration::from_secs(20);
+            let deadline = Instant::now() + HANG_GUARD;
             while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                 let r = get_with_token(&g.url("/api/x"), &token).await;
                 if r.status == 200 {
@@ -115,15 +181,24 @@ async fn reloads_under_load_fail_no_request() {
             }
         }));
     }
-    // 20 reloads, each changing the file (a new route appears and disappears).
+    // 20 reloads, each changing the file (a new route appears and disappears), with
+    // at least 6 requests answered after each: requests and reloads interleave
+    // however fast the machine is.
     let extra = "\n[[routes]]\nprefix = \"/extra/\"\nupstream = \"http://127.0.0.1:1\"\n";
+    let answered = || ok.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed);
     for n in 0..20 {
         let text = if n % 2 == 0 {
             format!("{base}{extra}")
         } else {
             base.clone()
         };
+        let before = answered();
         g.reload_with(&text).await;
+        let deadline = Instant::now() + HANG_GUARD;
+        while answered() < before + 6 {
+            assert!(Instant::now() < deadline, "the load loop stalled");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
     stop.store(true, Ordering::Relaxed);
     for c in clients {
@@ -160,9 +235,9 @@ async fn an_invalid_file_is_ignored() {
     let base = config_text(up.addr);
     let g = start(&base).await;
     let token = login_at(&g, "alice", ALICE_PW).await;
-    g.reload_with(&format!("{base}\n[[routes]]\nprefix = \"/broken/\"\n"))
+    g.refused_reload(&format!("{base}\n[[routes]]\nprefix = \"/broken/\"\n"))
         .await;
-    g.reload_with("this is not toml").await;
+    g.refused_reload("this is not toml").await;
     // Still the old config: routes, users and tokens as before.
     assert_eq!(get_with_token(&g.url("/api/x"), &token).await.status, 200);
     assert_eq!(

@@ -102,8 +102,15 @@ async fn a_planned_restart_logs_no_one_out_and_a_crash_revives_nothing() {
     // Planned restart: the live token and its refresh token still work; the
     // revoked one stays revoked.
     let second = start(&path).await;
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    assert!(!state.exists(), "the file is deleted once loaded");
+    // Loaded (then deleted) when the gateway's task starts, whenever that is.
+    let deadline = std::time::Instant::now() + HANG_GUARD;
+    while state.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the file is deleted once loaded"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     assert_eq!(
         get_with_token(&second.url("/api/x"), &kept_at).await.status,
         200

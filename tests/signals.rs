@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 struct Running {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
+    /// Reads stdout until the child closes it.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Running {
@@ -28,12 +30,24 @@ impl Running {
         let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = lines.clone();
         let out = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
                 sink.lock().unwrap().push(line);
             }
         });
-        Running { child, lines }
+        Running {
+            child,
+            lines,
+            reader: Some(reader),
+        }
+    }
+
+    /// Every line the child wrote, once it has closed its stdout (it has exited).
+    fn all_lines(&mut self) -> Vec<String> {
+        if let Some(r) = self.reader.take() {
+            r.join().unwrap();
+        }
+        self.lines.lock().unwrap().clone()
     }
 
     fn signal(&self, sig: i32) {
@@ -44,7 +58,7 @@ impl Running {
     }
 
     async fn wait_for_line(&self, needle: &str) -> serde_json::Value {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + HANG_GUARD;
         loop {
             if let Some(l) = self
                 .lines
@@ -109,7 +123,7 @@ async fn sighup_reloads_json_logs_sigterm_stops() {
     assert_eq!(get_with_token(&url("/new/x"), &token).await.status, 200);
 
     gw.signal(libc::SIGTERM);
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + HANG_GUARD;
     let status = loop {
         if let Some(s) = gw.child.try_wait().unwrap() {
             break s;
@@ -119,7 +133,8 @@ async fn sighup_reloads_json_logs_sigterm_stops() {
     };
     assert!(status.success(), "{status:?}");
 
-    let lines = gw.lines.lock().unwrap().clone();
+    // The child has exited: the reader ends at its stdout's end, at once.
+    let lines = gw.all_lines();
     let access: Vec<serde_json::Value> = lines
         .iter()
         .map(|l| {

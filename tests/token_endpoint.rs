@@ -94,6 +94,13 @@ fn assert_token_ok(r: &Reply) -> Value {
     j
 }
 
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
 fn str_of<'a>(j: &'a Value, k: &str) -> &'a str {
     j[k].as_str()
         .unwrap_or_else(|| panic!("no string {k} in {j}"))
@@ -925,19 +932,48 @@ async fn concurrent_refreshes_of_one_token_succeed_exactly_once() {
 
 #[tokio::test]
 async fn expired_access_token_is_invalid_token() {
+    const TTL: u64 = 2;
     let up = spawn_upstream().await;
-    // Lifetimes are whole seconds and a token issued at second T dies at T + ttl, so a
-    // 1s token may be dead a millisecond after issue; 2s leaves at least a second to
-    // prove it works, and it is surely dead 2s after issue.
+    // Lifetimes are whole seconds and a token issued at second T dies at T + ttl
+    // (alive while now < T + ttl).
     let text =
         config_text(up.addr).replace("access_token_ttl = \"1h\"", "access_token_ttl = \"2s\"");
     assert!(text.contains("access_token_ttl = \"2s\""));
     let gw = spawn_gateway_with(&text).await;
+    // The login's password check may wait long for CPU on a busy machine: it comes
+    // before any 2 s token's clock starts. The tokens tried below come from the
+    // refresh token, which needs no password check.
     let j = login(&gw, "alice", ALICE_PW, "").await;
-    assert_eq!(j["expires_in"], 2);
-    let t = str_of(&j, "access_token");
-    assert_eq!(get_with_token(&gw.url("/api/x"), t).await.status, 200);
-    tokio::time::sleep(Duration::from_millis(2200)).await;
+    assert_eq!(j["expires_in"], TTL);
+    let mut rt = str_of(&j, "refresh_token").to_string();
+    let deadline = std::time::Instant::now() + HANG_GUARD;
+    let (t, issued_by) = loop {
+        // Issued at or after `sent`, so alive until at least `sent + TTL`: a request
+        // answered before then was checked while the token was alive and must pass.
+        // One answered later (a busy machine) proves nothing: try a fresh token.
+        let sent = now_secs();
+        let r = refresh(&gw, &rt, None, &[]).await;
+        let issued_by = now_secs();
+        assert_eq!(r.status, 200, "{}", r.text());
+        let j = r.json();
+        assert_eq!(j["expires_in"], TTL);
+        rt = str_of(&j, "refresh_token").to_string();
+        let t = str_of(&j, "access_token").to_string();
+        let status = get_with_token(&gw.url("/api/x"), &t).await.status;
+        if now_secs() < sent + TTL {
+            assert_eq!(status, 200, "a token younger than its {TTL} s lifetime");
+            break (t, issued_by);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no request answered within {TTL} s of a token's issue"
+        );
+    };
+    // Issued at or before `issued_by`: surely dead from `issued_by + TTL` on.
+    while now_secs() < issued_by + TTL {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let t = t.as_str();
     let r = get_with_token(&gw.url("/api/x"), t).await;
     assert_eq!(r.status, 401, "{}", r.text());
     let challenge = r.header("www-authenticate").expect("a Bearer challenge");
@@ -954,7 +990,18 @@ async fn expired_access_token_is_invalid_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn login_flood_does_not_stall_proxied_traffic() {
     const LOGINS: usize = 40;
-    let (gw, _up) = setup().await;
+    // This test is about argon2's cost: alice's hash has the recommended one. One
+    // password worker with a queue of 20 holds 21 checks (over half a second of CPU
+    // on an idle machine, far more at idle priority on a busy one) and refuses the
+    // rest of the flood at once.
+    let up = spawn_upstream().await;
+    let text = with_password_hash(&config_text(up.addr), "alice", &expensive_hash(ALICE_PW))
+        .replace(
+            "[oauth]\n",
+            "[oauth]\npassword_workers = 1\npassword_queue = 20\n",
+        );
+    assert!(text.contains("password_queue = 20"));
+    let gw = spawn_gateway_with(&text).await;
     let token = access_token(&gw, "bob", BOB_PW).await;
     let gw = Arc::new(gw);
     let finished = Arc::new(AtomicUsize::new(0));
@@ -980,9 +1027,9 @@ async fn login_flood_does_not_stall_proxied_traffic() {
             r
         }));
     }
-    // The flood is under way once the first login is through: the others are queued
-    // behind it on the password workers.
-    tokio::time::timeout(Duration::from_secs(20), async {
+    // The flood is under way once the first login is answered: the queue is full
+    // (the first answers are the refusals of the overflow) or the first check is done.
+    tokio::time::timeout(HANG_GUARD, async {
         while finished.load(Ordering::SeqCst) == 0 {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
@@ -1019,6 +1066,9 @@ async fn login_flood_does_not_stall_proxied_traffic() {
             other => panic!("a flooded login got {other}: {}", r.text()),
         }
     }
+    eprintln!(
+        "flood: {ok} logins succeeded, {busy} got 503; {done} answered before the GETs were done"
+    );
     assert_eq!(ok + busy, LOGINS);
     assert!(ok >= 1, "some logins of the flood must be checked");
 }

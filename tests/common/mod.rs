@@ -28,7 +28,24 @@ pub const ALICE_PW: &str = "alice-pw";
 pub const BOB_PW: &str = "bob-pw";
 pub const SVC_SECRET: &str = "svc-secret";
 
-fn hash(pw: &str) -> String {
+/// An argon2id PHC string for `pw` at the smallest cost argon2 allows (8 KiB, one
+/// pass): a check takes microseconds. The gateway verifies passwords on threads at
+/// the lowest CPU priority, where a check at the recommended cost (19 MiB, two
+/// passes) can wait tens of seconds for spare CPU on a busy machine. These tests
+/// are about the protocol, not argon2's cost; the few that are use
+/// [`expensive_hash`].
+pub fn hash(pw: &str) -> String {
+    use argon2::{Algorithm, Argon2, Params, PasswordHasher, Version};
+    let params = Params::new(Params::MIN_M_COST, 1, 1, None).expect("valid argon2 parameters");
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+        .hash_password(pw.as_bytes())
+        .expect("argon2 with an OS salt")
+        .to_string()
+}
+
+/// A PHC string at the gateway's own (recommended) cost, as `whosthat hash-password`
+/// makes it: for tests about what argon2's cost does to the gateway.
+pub fn expensive_hash(pw: &str) -> String {
     whosthat::password::hash_password(pw.as_bytes())
 }
 
@@ -164,6 +181,14 @@ strip_prefix = true
     )
 }
 
+/// `text` (the standard config) with `user`'s password hash replaced by `phc`.
+pub fn with_password_hash(text: &str, user: &str, phc: &str) -> String {
+    let start = format!("name = \"{user}\"\npassword_hash = \"");
+    let at = text.find(&start).expect("the user is in the config") + start.len();
+    let end = at + text[at..].find('"').expect("a closing quote");
+    format!("{}{phc}{}", &text[..at], &text[end..])
+}
+
 /// A port nothing listens on (bound, then released).
 pub fn closed_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -173,7 +198,8 @@ pub fn closed_port() -> u16 {
 // ------------------------------------------------------------------ upstream
 
 /// A real HTTP upstream. It answers:
-/// - a path ending in `/slow`: after 3 s;
+/// - a path ending in `/slow`: after 10 minutes, i.e. never within a test (the
+///   gateway's route timeout answers first);
 /// - a path ending in `/echo`: the request body, streamed back;
 /// - a path ending in `/big`: 8 MiB in 64 KiB chunks;
 /// - anything else: JSON `{method, uri, version, headers: [[name, value]...], body_len}`.
@@ -212,7 +238,7 @@ type UpBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
 async fn upstream_answer(req: Request<Incoming>) -> Result<Response<UpBody>, Infallible> {
     let path = req.uri().path().to_string();
     if path.ends_with("/slow") {
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        tokio::time::sleep(Duration::from_secs(600)).await;
     }
     if path.ends_with("/echo") {
         return Ok(Response::new(req.into_body().boxed()));
@@ -415,8 +441,12 @@ fn client() -> &'static Client<HttpConnector, Full<Bytes>> {
     })
 }
 
+/// A hang guard, never a performance limit: on a busy machine a request that
+/// includes a password check can wait many seconds for CPU.
+pub const HANG_GUARD: Duration = Duration::from_secs(120);
+
 pub async fn send(req: Request<Full<Bytes>>) -> Reply {
-    let resp = tokio::time::timeout(Duration::from_secs(20), client().request(req))
+    let resp = tokio::time::timeout(HANG_GUARD, client().request(req))
         .await
         .expect("request timed out")
         .expect("request failed");
@@ -497,13 +527,19 @@ pub async fn get_h2(url: &str, headers: &[(&str, &str)]) -> Reply {
     }
 }
 
-/// Writes `bytes` on a fresh TCP connection and reads until the peer closes
-/// (or 5 s pass). Returns what came back.
+/// Writes `bytes` on a fresh TCP connection and reads until the peer closes.
+/// Returns what came back. Every caller's request ends the connection (it says
+/// `Connection: close` or is refused), so the guard only stops a hang.
 pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(bytes).await.unwrap();
     let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    let closed = tokio::time::timeout(HANG_GUARD, s.read_to_end(&mut out)).await;
+    assert!(
+        closed.is_ok(),
+        "the connection was still open after {HANG_GUARD:?}; got {:?}",
+        String::from_utf8_lossy(&out)
+    );
     String::from_utf8_lossy(&out).into_owned()
 }
 

@@ -6,7 +6,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -358,7 +358,7 @@ pub async fn send_from(from: Ipv4Addr, req: Request<Full<Bytes>>) -> Reply {
     conn.set_local_address(Some(IpAddr::V4(from)));
     let client: Client<HttpConnector, Full<Bytes>> =
         Client::builder(TokioExecutor::new()).build(conn);
-    let resp = tokio::time::timeout(Duration::from_secs(20), client.request(req))
+    let resp = tokio::time::timeout(crate::common::HANG_GUARD, client.request(req))
         .await
         .expect("request timed out")
         .expect("request failed");

@@ -167,6 +167,10 @@ impl Metrics {
             | GatewayError::MethodNotAllowed(_)
             | GatewayError::PayloadTooLarge
             | GatewayError::BadBody
+            | GatewayError::BadHead(_)
+            | GatewayError::UnknownTransferCoding
+            | GatewayError::Connect
+            | GatewayError::BodyTimeout
             | GatewayError::PasswordBusy
             | GatewayError::StoreUnavailable => {}
         }

@@ -10,7 +10,6 @@ use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -293,6 +292,26 @@ fn is_trusted_proxy(config: &Config, ip: IpAddr) -> bool {
         .any(|net| net.contains(&ip))
 }
 
+/// An address at `server.max_connections_per_ip`.
+struct AtCap;
+
+/// The per-address slot for a new connection from `ip`; `Ok(None)` for a
+/// trusted proxy, which has none.
+fn per_ip_slot(
+    state: &AppState,
+    per_ip: &Arc<PerIp>,
+    ip: IpAddr,
+) -> Result<Option<PerIpSlot>, AtCap> {
+    let config = state.config();
+    if is_trusted_proxy(&config, ip) {
+        return Ok(None);
+    }
+    per_ip
+        .try_acquire(ip, config.server.max_connections_per_ip)
+        .map(Some)
+        .ok_or(AtCap)
+}
+
 /// One worker: accepts and serves connections until told to stop, then drains.
 async fn worker(
     listener: std::net::TcpListener,
@@ -318,18 +337,14 @@ async fn worker(
                     }
                 };
                 // Over a limit: closed at once, before any byte is read.
-                let config = state.config();
-                let ip_slot = if is_trusted_proxy(&config, peer.ip()) {
-                    None
-                } else {
-                    let Some(s) = per_ip.try_acquire(peer.ip(), config.server.max_connections_per_ip) else {
-                        tracing::warn!(peer = %peer.ip(), "server.max_connections_per_ip reached; closing a new connection");
-                        drop(stream);
-                        continue;
-                    };
-                    Some(s)
+                let Ok(ip_slot) = per_ip_slot(&state, &per_ip, peer.ip()) else {
+                    tracing::warn!(
+                        peer = %peer.ip(),
+                        "server.max_connections_per_ip reached; closing a new connection"
+                    );
+                    drop(stream);
+                    continue;
                 };
-                drop(config);
                 let Ok(slot) = slots.clone().try_acquire_owned() else {
                     tracing::warn!("server.max_connections reached; closing a new connection");
                     drop(stream);
@@ -487,15 +502,11 @@ async fn serve_http<I>(
     // `framing`); requests are numbered to match what it found.
     let notes = (!h2).then(|| Arc::new(FramingNotes::default()));
     let scan_notes = notes.clone();
-    let served = Arc::new(AtomicU64::new(0));
     let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         let state = state.clone();
         let conn = conn.clone();
-        if let Some(notes) = &notes {
-            let n = served.fetch_add(1, Ordering::Relaxed) + 1;
-            if notes.conflict(n) {
-                req.extensions_mut().insert(LengthWithTransferEncoding);
-            }
+        if notes.as_ref().is_some_and(|n| n.next_request_conflicts()) {
+            req.extensions_mut().insert(LengthWithTransferEncoding);
         }
         // Boxed: the connection holds a slot for this future even while idle, and
         // the request pipeline's future is several KiB; boxed, an idle

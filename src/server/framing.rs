@@ -208,13 +208,16 @@ pub struct FramingNotes {
     /// `Content-Length` and `Transfer-Encoding`; 0: none. hyper closes the
     /// connection after such a request, so there is at most one.
     conflict_at: AtomicU64,
+    /// Requests handed to the service so far (hyper hands them over in order).
+    served: AtomicU64,
 }
 
 impl FramingNotes {
-    /// Whether request number `n` (1-based, in the connection's order) carried
-    /// both framing headers.
-    pub fn conflict(&self, n: u64) -> bool {
-        n != 0 && self.conflict_at.load(Ordering::Acquire) == n
+    /// Called once per request, in the connection's order: whether this one
+    /// carried both framing headers.
+    pub fn next_request_conflicts(&self) -> bool {
+        let n = self.served.fetch_add(1, Ordering::Relaxed) + 1;
+        self.conflict_at.load(Ordering::Acquire) == n
     }
 }
 
@@ -566,6 +569,10 @@ mod tests {
         (s, notes)
     }
 
+    fn conflict_at(notes: &FramingNotes) -> u64 {
+        notes.conflict_at.load(Ordering::Relaxed)
+    }
+
     fn bytewise(bytes: &[u8]) -> Vec<&[u8]> {
         bytes.chunks(1).collect()
     }
@@ -579,10 +586,14 @@ mod tests {
     fn both_framing_headers_are_noted_in_any_order_and_split() {
         for head in [CL_TE, TE_CL] {
             let (s, notes) = scan(&[head]);
-            assert!(notes.conflict(1));
+            assert!(notes.next_request_conflicts());
             assert_eq!(s.state, State::Off);
             let (_, notes) = scan(&bytewise(head));
-            assert!(notes.conflict(1), "{}", String::from_utf8_lossy(head));
+            assert!(
+                notes.next_request_conflicts(),
+                "{}",
+                String::from_utf8_lossy(head)
+            );
         }
     }
 
@@ -608,14 +619,16 @@ mod tests {
         stream.extend_from_slice(b"GET /c HTTP/1.1\r\nHost: x\r\n\r\n");
         stream.extend_from_slice(CL_TE);
         let (s, notes) = scan(&[&stream]);
-        assert!(notes.conflict(4), "{s:?}");
-        assert!(!notes.conflict(1));
+        assert_eq!(conflict_at(&notes), 4, "{s:?}");
+        // As the service sees it, request by request.
+        let seen: Vec<bool> = (0..4).map(|_| notes.next_request_conflicts()).collect();
+        assert_eq!(seen, [false, false, false, true]);
         let (s, notes) = scan(&bytewise(&stream));
-        assert!(notes.conflict(4), "{s:?}");
+        assert_eq!(conflict_at(&notes), 4, "{s:?}");
         // Split at every point in two reads.
         for i in 1..stream.len() {
             let (_, notes) = scan(&[&stream[..i], &stream[i..]]);
-            assert!(notes.conflict(4), "split at {i}");
+            assert_eq!(conflict_at(&notes), 4, "split at {i}");
         }
     }
 
@@ -630,7 +643,7 @@ mod tests {
         ] {
             let (s, notes) = scan(&[bad]);
             assert_eq!(s.state, State::Off, "{}", String::from_utf8_lossy(bad));
-            assert!(!notes.conflict(1));
+            assert_eq!(conflict_at(&notes), 0);
         }
     }
 

@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use http::header::{
-    CACHE_CONTROL, CONTENT_TYPE, HeaderValue, PRAGMA, RETRY_AFTER, WWW_AUTHENTICATE,
+    CACHE_CONTROL, CONNECTION, CONTENT_TYPE, HeaderValue, PRAGMA, RETRY_AFTER, WWW_AUTHENTICATE,
 };
 use http::{Response, StatusCode};
 use http_body_util::combinators::BoxBody;
@@ -89,6 +89,15 @@ pub enum GatewayError {
     PayloadTooLarge,
     /// The request body broke off or was malformed (e.g. a bad chunk size).
     BadBody,
+    // -- the request head and message framing (RFC 9112); the connection is closed
+    /// Ambiguous framing, or a missing, repeated or invalid Host: 400.
+    BadHead(&'static str),
+    /// A transfer coding the gateway does not implement: 501 (RFC 9112 section 6.1).
+    UnknownTransferCoding,
+    /// CONNECT: the gateway is no tunnel (405).
+    Connect,
+    /// The request body did not arrive within `server.body_read_timeout`: 408.
+    BodyTimeout,
     // -- upstream
     UpstreamUnreachable,
     UpstreamTimeout,
@@ -104,8 +113,11 @@ impl GatewayError {
             GatewayError::OAuth(..)
             | GatewayError::MalformedBearer(_)
             | GatewayError::BadPath(_)
-            | GatewayError::BadBody => StatusCode::BAD_REQUEST,
-            GatewayError::PostOnly | GatewayError::MethodNotAllowed(_) => {
+            | GatewayError::BadBody
+            | GatewayError::BadHead(_) => StatusCode::BAD_REQUEST,
+            GatewayError::UnknownTransferCoding => StatusCode::NOT_IMPLEMENTED,
+            GatewayError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            GatewayError::PostOnly | GatewayError::MethodNotAllowed(_) | GatewayError::Connect => {
                 StatusCode::METHOD_NOT_ALLOWED
             }
             GatewayError::TooManyAttempts(_) | GatewayError::RateLimited { .. } => {
@@ -156,6 +168,15 @@ impl GatewayError {
                 "invalid_request",
                 "the request body is malformed or incomplete",
             ),
+            GatewayError::BadHead(d) => ("invalid_request", d),
+            GatewayError::UnknownTransferCoding => (
+                "not_implemented",
+                "the request uses a transfer coding the gateway does not implement",
+            ),
+            GatewayError::Connect => ("method_not_allowed", "CONNECT is not supported"),
+            GatewayError::BodyTimeout => {
+                ("request_timeout", "the request body did not arrive in time")
+            }
             GatewayError::UpstreamUnreachable => {
                 ("bad_gateway", "the upstream could not be reached")
             }
@@ -180,6 +201,21 @@ impl GatewayError {
         }
     }
 
+    /// Whether the connection is closed after the answer: after ambiguous
+    /// framing nothing more on it can be trusted (RFC 9112 section 6.3), and a
+    /// 408 means the gateway stopped waiting (RFC 9110 section 15.5.9). hyper
+    /// drops `Connection` from HTTP/2 answers (RFC 9113 section 8.2.2), where
+    /// only the stream ends.
+    pub fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            GatewayError::BadHead(_)
+                | GatewayError::UnknownTransferCoding
+                | GatewayError::Connect
+                | GatewayError::BodyTimeout
+        )
+    }
+
     pub fn into_response(self) -> Response<Body> {
         let (code, description) = self.code_and_description();
         let body = serde_json::json!({ "error": code, "error_description": description });
@@ -187,6 +223,9 @@ impl GatewayError {
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if self.closes_connection() {
+            h.insert(CONNECTION, HeaderValue::from_static("close"));
+        }
         match &self {
             GatewayError::ClientForbidden(_) => {
                 h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -236,6 +275,11 @@ impl GatewayError {
                 );
                 h.insert(WWW_AUTHENTICATE, header_value(v));
             }
+            GatewayError::Connect => {
+                // The target of a CONNECT (host:port) is a tunnel, a resource
+                // the gateway has none of: it allows no method (RFC 9110 section 10.2.1).
+                h.insert(http::header::ALLOW, HeaderValue::from_static(""));
+            }
             GatewayError::MethodNotAllowed(allow) => {
                 h.insert(http::header::ALLOW, header_value(allow.clone()));
             }
@@ -273,6 +317,9 @@ mod tests {
             GatewayError::StoreUnavailable,
             GatewayError::InsufficientScope("a".into()),
             GatewayError::MethodNotAllowed("GET".into()),
+            GatewayError::UnknownTransferCoding,
+            GatewayError::Connect,
+            GatewayError::BodyTimeout,
         ];
         for e in all {
             let (_, d) = e.code_and_description();
@@ -292,6 +339,28 @@ mod tests {
         assert_eq!(r.status(), 401);
         assert_eq!(r.headers()[WWW_AUTHENTICATE], "Basic realm=\"whosthat\"");
         assert_eq!(r.headers()[CACHE_CONTROL], "no-store");
+    }
+
+    #[test]
+    fn framing_errors_close_the_connection() {
+        let r = GatewayError::BodyTimeout.into_response();
+        assert_eq!(r.status(), 408);
+        assert_eq!(r.headers()[CONNECTION], "close");
+        let r = GatewayError::UnknownTransferCoding.into_response();
+        assert_eq!(r.status(), 501);
+        assert_eq!(r.headers()[CONNECTION], "close");
+        let r = GatewayError::Connect.into_response();
+        assert_eq!(r.status(), 405);
+        assert_eq!(r.headers()[http::header::ALLOW], "");
+        assert!(GatewayError::BadHead("x").closes_connection());
+        assert!(!GatewayError::NoRoute.closes_connection());
+        assert!(
+            GatewayError::NoRoute
+                .into_response()
+                .headers()
+                .get(CONNECTION)
+                .is_none()
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::header::{AUTHORIZATION, HOST};
+use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderValue, Request, Response};
 use hyper::body::Incoming;
 
@@ -22,7 +22,7 @@ use crate::metrics::Metrics;
 use crate::oauth::authorize::{AUTHORIZE_PATH, Authorizer};
 use crate::oauth::endpoints::{self, INTROSPECT_PATH, METADATA_PATH, REVOKE_PATH, USERINFO_PATH};
 use crate::oauth::limiter::Limiter;
-use crate::oauth::{OAuthContext, grant_still_allowed, token_endpoint};
+use crate::oauth::{BodyReadTimeout, OAuthContext, grant_still_allowed, token_endpoint};
 use crate::password::PasswordPool;
 use crate::proxy::{ForwardInfo, client_address, forward};
 use crate::ratelimit::{RateKey, RateKeyKind, SharedBuckets};
@@ -205,11 +205,13 @@ pub async fn handle(
 async fn handle_inner<'s>(
     state: &AppState,
     config: &'s Config,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     conn: &ConnInfo,
     client: IpAddr,
     log: &mut LogContext<'s>,
 ) -> Result<Response<Body>, GatewayError> {
+    // The head before anything else (RFC 9112): CONNECT, framing, Host.
+    let host = crate::server::framing::check_request_head(&req)?;
     let path = normalize_path(req.uri().path()).map_err(GatewayError::BadPath)?;
 
     if let Some(endpoint) = own_endpoint(config, &path) {
@@ -227,6 +229,8 @@ async fn handle_inner<'s>(
                 });
             }
         }
+        req.extensions_mut()
+            .insert(BodyReadTimeout(config.server.body_read_timeout));
         let ctx = OAuthContext {
             config,
             store: state.store.as_ref(),
@@ -265,6 +269,14 @@ async fn handle_inner<'s>(
     if crate::proxy::override_refused(route, req.headers()) {
         let allow: Vec<&str> = route.methods.iter().map(|m| m.as_str()).collect();
         return Err(GatewayError::MethodNotAllowed(allow.join(", ")));
+    }
+
+    if route.auth && query_has_access_token(req.uri().query()) {
+        // RFC 6750 section 2.3, RFC 9700 section 4.3.2: never in the query,
+        // which upstreams log; refused, not forwarded.
+        return Err(GatewayError::MalformedBearer(
+            "a bearer token must not be sent in the query",
+        ));
     }
 
     let record = if route.auth {
@@ -311,13 +323,6 @@ async fn handle_inner<'s>(
         log.rate_limit = Some((policy, now));
     }
 
-    let host = match req.headers().get(HOST) {
-        Some(h) => Some(h.clone()),
-        None => req
-            .uri()
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
-    };
     // Rendered once per connection for the usual case: no proxy in front.
     let rendered;
     let forwarded_for = if client == conn.peer.ip() {
@@ -378,6 +383,19 @@ pub fn own_endpoint(config: &Config, path: &str) -> Option<Endpoint> {
     }
 }
 
+/// Whether a query string has an `access_token` parameter (its name compared
+/// once form-decoded, so `access%5Ftoken` counts too).
+pub fn query_has_access_token(query: Option<&str>) -> bool {
+    let Some(query) = query else {
+        return false;
+    };
+    query.split('&').any(|pair| {
+        let name = pair.split_once('=').map_or(pair, |(n, _)| n);
+        let plus_decoded = name.replace('+', " ");
+        percent_encoding::percent_decode_str(&plus_decoded).eq(b"access_token".iter().copied())
+    })
+}
+
 /// The bearer token of `Authorization: Bearer <token>` (RFC 6750 section 2.1).
 /// `Ok(None)`: no bearer credentials at all (no header, or another scheme).
 pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, GatewayError> {
@@ -424,6 +442,16 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(AUTHORIZATION, HeaderValue::from_static(v));
         h
+    }
+
+    #[test]
+    fn access_token_in_the_query() {
+        assert!(!query_has_access_token(None));
+        assert!(!query_has_access_token(Some("a=1&token=x&access_tokens=y")));
+        assert!(query_has_access_token(Some("access_token=x")));
+        assert!(query_has_access_token(Some("a=1&access_token")));
+        assert!(query_has_access_token(Some("a=1&access%5Ftoken=x")));
+        assert!(query_has_access_token(Some("%61ccess_token=")));
     }
 
     #[test]

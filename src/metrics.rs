@@ -177,6 +177,10 @@ impl Metrics {
             | GatewayError::PayloadTooLarge
             | GatewayError::BadBody
             | GatewayError::RateLimited { .. }
+            | GatewayError::BadHead(_)
+            | GatewayError::UnknownTransferCoding
+            | GatewayError::Connect
+            | GatewayError::BodyTimeout
             | GatewayError::PasswordBusy
             | GatewayError::StoreUnavailable => {}
         }

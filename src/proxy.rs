@@ -403,6 +403,9 @@ pub struct ForwardInfo<'a> {
 
 /// Rewrites request headers for the upstream, in one pass over them.
 pub fn upstream_request_headers(headers: &mut HeaderMap, version: Version, info: &ForwardInfo<'_>) {
+    if version == Version::HTTP_2 {
+        join_cookies(headers);
+    }
     let listed = if headers.contains_key(header::CONNECTION) {
         connection_listed(headers)
     } else {
@@ -465,6 +468,26 @@ pub fn upstream_request_headers(headers: &mut HeaderMap, version: Version, info:
         out.insert(X_AUTH_SCOPE.clone(), h.scope.clone());
     }
     *headers = out;
+}
+
+/// HTTP/2 clients may split `cookie` into one field per cookie; for an
+/// HTTP/1.1 upstream they are joined with "; " into one (RFC 9113 section 8.2.3).
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut all = headers.get_all(header::COOKIE).iter();
+    if all.nth(1).is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for v in headers.get_all(header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(v.as_bytes());
+    }
+    // Made of valid values and "; ": valid too.
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
+    }
 }
 
 /// Drops hop-by-hop headers from an upstream response.
@@ -821,6 +844,28 @@ mod tests {
         for n in ["x-authority", "accept", "x-request-id"] {
             assert!(!is_spoofable(n), "{n}");
         }
+    }
+
+    #[test]
+    fn http2_cookies_are_joined() {
+        let xff = HeaderValue::from_static("127.0.0.1");
+        let info = ForwardInfo {
+            forwarded_for: &xff,
+            tls: false,
+            host: None,
+            identity: None,
+        };
+        let mut h = HeaderMap::new();
+        h.append("cookie", HeaderValue::from_static("a=1"));
+        h.append("cookie", HeaderValue::from_static("b=2"));
+        h.append("cookie", HeaderValue::from_static("c=3"));
+        upstream_request_headers(&mut h, Version::HTTP_2, &info);
+        let all: Vec<_> = h.get_all("cookie").iter().collect();
+        assert_eq!(all, ["a=1; b=2; c=3"]);
+        let mut h = HeaderMap::new();
+        h.append("cookie", HeaderValue::from_static("a=1"));
+        upstream_request_headers(&mut h, Version::HTTP_2, &info);
+        assert_eq!(h["cookie"], "a=1");
     }
 
     #[test]

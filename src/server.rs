@@ -1,13 +1,18 @@
 //! Listeners and connections: HTTP/1.1 and HTTP/2 cleartext, header timeouts and
-//! size limits, graceful shutdown.
+//! size limits, connection limits (in all and per client address), graceful
+//! shutdown.
+
+pub mod framing;
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+
+use dashmap::DashMap;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -18,6 +23,7 @@ use tokio::task::JoinSet;
 use crate::config::{Config, ServerConfig};
 use crate::gateway::{AppState, ConnInfo, handle};
 use crate::store::now_secs;
+use framing::{FramingNotes, HeadScan, LengthWithTransferEncoding};
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -135,11 +141,13 @@ pub async fn serve_with(
     let listener = listener.into_std()?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut finished = Vec::with_capacity(workers);
-    // One budget of connections for every worker.
+    // One budget of connections for every worker, in all and per address.
     let slots = Arc::new(Semaphore::new(config.server.max_connections));
+    let per_ip = Arc::new(PerIp::default());
     for n in 0..workers {
         let listener = listener.try_clone()?;
         let (state, stop, slots) = (state.clone(), stop_rx.clone(), slots.clone());
+        let per_ip = per_ip.clone();
         let (done_tx, done_rx) = oneshot::channel();
         std::thread::Builder::new()
             .name(format!("whosthat-worker-{n}"))
@@ -147,7 +155,7 @@ pub async fn serve_with(
                 let result = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
-                    .and_then(|rt| rt.block_on(worker(listener, state, stop, slots)));
+                    .and_then(|rt| rt.block_on(worker(listener, state, stop, slots, per_ip)));
                 let _ = done_tx.send(result);
             })?;
         finished.push(done_rx);
@@ -222,12 +230,95 @@ async fn admin_loop(listener: TcpListener, state: Arc<AppState>) {
     }
 }
 
+/// Open connections per client address (`server.max_connections_per_ip`), so
+/// that one address cannot take every slot of `server.max_connections`.
+#[derive(Default)]
+struct PerIp(DashMap<IpAddr, usize>);
+
+/// One open connection of an address; the count goes down when it is dropped.
+struct PerIpSlot {
+    map: Arc<PerIp>,
+    key: IpAddr,
+}
+
+impl PerIp {
+    /// What counts as one client address: an IPv4 address (also when it comes
+    /// IPv4-mapped), or an IPv6 /64, the block one site is given, so that an
+    /// IPv6 client cannot step around the cap by changing its interface ID.
+    fn key(ip: IpAddr) -> IpAddr {
+        match ip.to_canonical() {
+            IpAddr::V6(v6) => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(Ipv6Addr::from(prefix))
+            }
+            v4 => v4,
+        }
+    }
+
+    /// A slot for one more connection from `ip`, if it holds fewer than `max`.
+    fn try_acquire(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<PerIpSlot> {
+        let key = PerIp::key(ip);
+        let mut open = self.0.entry(key).or_insert(0);
+        if *open >= max {
+            return None;
+        }
+        *open += 1;
+        drop(open);
+        Some(PerIpSlot {
+            map: self.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for PerIpSlot {
+    fn drop(&mut self) {
+        if let Some(mut open) = self.map.0.get_mut(&self.key) {
+            *open = open.saturating_sub(1);
+        }
+        // Only addresses with open connections stay in the map.
+        self.map.0.remove_if(&self.key, |_, open| *open == 0);
+    }
+}
+
+/// Whether `ip` is one of `server.trusted_proxies`: a load balancer carries
+/// many clients, so it is not held to the per-address cap.
+fn is_trusted_proxy(config: &Config, ip: IpAddr) -> bool {
+    let ip = ip.to_canonical();
+    config
+        .server
+        .trusted_proxies
+        .iter()
+        .any(|net| net.contains(&ip))
+}
+
+/// An address at `server.max_connections_per_ip`.
+struct AtCap;
+
+/// The per-address slot for a new connection from `ip`; `Ok(None)` for a
+/// trusted proxy, which has none.
+fn per_ip_slot(
+    state: &AppState,
+    per_ip: &Arc<PerIp>,
+    ip: IpAddr,
+) -> Result<Option<PerIpSlot>, AtCap> {
+    let config = state.config();
+    if is_trusted_proxy(&config, ip) {
+        return Ok(None);
+    }
+    per_ip
+        .try_acquire(ip, config.server.max_connections_per_ip)
+        .map(Some)
+        .ok_or(AtCap)
+}
+
 /// One worker: accepts and serves connections until told to stop, then drains.
 async fn worker(
     listener: std::net::TcpListener,
     state: Arc<AppState>,
     mut stop: watch::Receiver<bool>,
     slots: Arc<Semaphore>,
+    per_ip: Arc<PerIp>,
 ) -> io::Result<()> {
     let listener = TcpListener::from_std(listener)?;
     // Each connection gets its own receiver, to finish gracefully on shutdown.
@@ -245,7 +336,15 @@ async fn worker(
                         continue;
                     }
                 };
-                // Over the limit: closed at once, before any byte is read.
+                // Over a limit: closed at once, before any byte is read.
+                let Ok(ip_slot) = per_ip_slot(&state, &per_ip, peer.ip()) else {
+                    tracing::warn!(
+                        peer = %peer.ip(),
+                        "server.max_connections_per_ip reached; closing a new connection"
+                    );
+                    drop(stream);
+                    continue;
+                };
                 let Ok(slot) = slots.clone().try_acquire_owned() else {
                     tracing::warn!("server.max_connections reached; closing a new connection");
                     drop(stream);
@@ -255,7 +354,7 @@ async fn worker(
                 let conn = serve_connection(stream, peer, state.clone(), for_connections.clone());
                 connections.spawn(async move {
                     conn.await;
-                    drop(slot);
+                    drop((slot, ip_slot));
                 });
             }
             // Reap finished connections as we go.
@@ -297,6 +396,12 @@ async fn sweep_loop(state: Arc<AppState>, every: Duration) {
         tick.tick().await;
         state.limiter.sweep();
         state.authorizer.sweep();
+        // Rate-limit buckets that are full again hold nothing worth keeping.
+        for route in state.config().routes.routes() {
+            if let Some(limit) = &route.rate_limit {
+                limit.sweep();
+            }
+        }
         match state.store.sweep_expired(now_secs()).await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(swept = n, "expired tokens removed"),
@@ -349,7 +454,7 @@ async fn serve_connection(
                 // Boxed, here and below: a connection's task then holds only the
                 // protocol and transport it uses, not room for every variant.
                 Box::pin(serve_http(
-                    TokioIo::new(stream),
+                    stream,
                     h2,
                     ConnInfo::new(peer, false),
                     state,
@@ -374,7 +479,7 @@ async fn serve_connection(
             };
             let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
             Box::pin(serve_http(
-                TokioIo::new(tls_stream),
+                tls_stream,
                 h2,
                 ConnInfo::new(peer, true),
                 state,
@@ -388,7 +493,7 @@ async fn serve_connection(
 
 /// Serves HTTP/1.1 (with upgrades) or HTTP/2 on an established connection.
 async fn serve_http<I>(
-    io: TokioIo<I>,
+    io: I,
     h2: bool,
     conn: ConnInfo,
     state: Arc<AppState>,
@@ -399,9 +504,16 @@ async fn serve_http<I>(
 {
     let peer = conn.peer;
     let conn = Arc::new(conn);
-    let service = service_fn(move |req| {
+    // HTTP/1: the byte stream is read along to catch what hyper hides (see
+    // `framing`); requests are numbered to match what it found.
+    let notes = (!h2).then(|| Arc::new(FramingNotes::default()));
+    let scan_notes = notes.clone();
+    let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         let state = state.clone();
         let conn = conn.clone();
+        if notes.as_ref().is_some_and(|n| n.next_request_conflicts()) {
+            req.extensions_mut().insert(LengthWithTransferEncoding);
+        }
         // Boxed: the connection holds a slot for this future even while idle, and
         // the request pipeline's future is several KiB; boxed, an idle
         // keep-alive connection holds a pointer instead.
@@ -416,7 +528,7 @@ async fn serve_http<I>(
             .max_concurrent_streams(256)
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(20));
-        let mut conn = Box::pin(b.serve_connection(io, service));
+        let mut conn = Box::pin(b.serve_connection(TokioIo::new(io), service));
         let finished = tokio::select! {
             r = conn.as_mut() => Some(r),
             _ = stop.wait_for(|stop| *stop) => None,
@@ -433,8 +545,10 @@ async fn serve_http<I>(
         b.timer(TokioTimer::new())
             .header_read_timeout(server.header_read_timeout)
             .max_buf_size(server.max_header_bytes.max(8192))
-            .max_headers(100);
+            .max_headers(framing::MAX_HEADERS);
         // with_upgrades: WebSocket and other upgraded connections are tunnelled.
+        let notes = scan_notes.unwrap_or_default();
+        let io = TokioIo::new(HeadScan::new(io, server.max_header_bytes.max(8192), notes));
         let mut conn = Box::pin(b.serve_connection(io, service).with_upgrades());
         let finished = tokio::select! {
             r = conn.as_mut() => Some(r),
@@ -450,5 +564,44 @@ async fn serve_http<I>(
     };
     if let Err(e) = result {
         tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_ip_slots_are_counted_and_given_back() {
+        let per_ip = Arc::new(PerIp::default());
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let held: Vec<_> = (0..3).map(|_| per_ip.try_acquire(a, 3).unwrap()).collect();
+        assert!(per_ip.try_acquire(a, 3).is_none());
+        // Another address is not affected.
+        let other = per_ip.try_acquire(b, 3).unwrap();
+        drop(held.into_iter().next());
+        let again = per_ip.try_acquire(a, 3);
+        assert!(again.is_some());
+        drop((again, other));
+        assert_eq!(per_ip.0.get(&b).map(|n| *n), None);
+    }
+
+    #[test]
+    fn per_ip_map_empties_when_all_close() {
+        let per_ip = Arc::new(PerIp::default());
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let slots: Vec<_> = (0..5).map(|_| per_ip.try_acquire(ip, 5).unwrap()).collect();
+        drop(slots);
+        assert!(per_ip.0.is_empty());
+    }
+
+    #[test]
+    fn one_address_is_an_ipv4_address_or_an_ipv6_64() {
+        let key = |s: &str| PerIp::key(s.parse().unwrap());
+        assert_eq!(key("::ffff:10.0.0.1"), key("10.0.0.1"));
+        assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff::9"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_ne!(key("10.0.0.1"), key("10.0.0.2"));
     }
 }

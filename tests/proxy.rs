@@ -197,11 +197,13 @@ async fn insufficient_scope_is_403_naming_the_scope() {
 
 #[tokio::test]
 async fn token_in_query_is_not_accepted() {
-    // RFC 9700 section 4.3.2: access tokens are not taken from the query.
+    // RFC 9700 section 4.3.2: access tokens are not taken from the query; one
+    // there is refused as a malformed request (RFC 6750 section 3.1).
     let (gw, up) = setup().await;
     let t = access_token(&gw, "alice", ALICE_PW).await;
     let r = get(&gw.url(&format!("/api/x?access_token={t}")), &[]).await;
-    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text());
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    assert_eq!(r.json()["error"], "invalid_request");
     assert_eq!(hits(&up), 0, "upstream must not be hit");
 }
 

@@ -171,9 +171,19 @@ impl OAuthContext<'_> {
     }
 }
 
+/// How long a form body may take to arrive: `server.body_read_timeout`, put in
+/// the request's extensions by the gateway for its own endpoints.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyReadTimeout(pub Duration);
+
+/// When no [`BodyReadTimeout`] was set (the config's default).
+const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Reads a POSTed form (the token, revocation, introspection and authorization
 /// endpoints): POST only, no query parameters, `application/x-www-form-urlencoded`,
-/// at most [`MAX_FORM_BYTES`] (413 above).
+/// at most [`MAX_FORM_BYTES`] (413 above), all of it within the
+/// [`BodyReadTimeout`] (408 after it: a body trickled a byte at a time must not
+/// hold a connection forever).
 pub async fn read_form(
     req: Request<Incoming>,
     allow_query: bool,
@@ -209,10 +219,14 @@ pub async fn read_form(
     if declared.is_some_and(|n| n > MAX_FORM_BYTES as u64) {
         return Err(GatewayError::PayloadTooLarge);
     }
+    let limit = req
+        .extensions()
+        .get::<BodyReadTimeout>()
+        .map_or(DEFAULT_BODY_READ_TIMEOUT, |t| t.0);
     let (parts, body) = req.into_parts();
-    let body: Bytes = Limited::new(body, MAX_FORM_BYTES)
-        .collect()
+    let body: Bytes = tokio::time::timeout(limit, Limited::new(body, MAX_FORM_BYTES).collect())
         .await
+        .map_err(|_| GatewayError::BodyTimeout)?
         .map_err(|e| {
             if e.is::<http_body_util::LengthLimitError>() {
                 GatewayError::PayloadTooLarge

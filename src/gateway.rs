@@ -221,13 +221,14 @@ async fn handle_inner<'s>(
             endpoint,
             Endpoint::Token | Endpoint::Revoke | Endpoint::Metadata
         ) {
-            log.cors = config.endpoint_cors.as_deref();
+            // A preflight's answer is whole as it is; other answers get the fields.
             if CorsPolicy::is_preflight(req.method(), req.headers()) {
-                return Ok(match log.cors {
+                return Ok(match config.endpoint_cors.as_deref() {
                     Some(cors) => cors.preflight(req.headers()),
                     None => CorsPolicy::refused_preflight(),
                 });
             }
+            log.cors = config.endpoint_cors.as_deref();
         }
         req.extensions_mut()
             .insert(BodyReadTimeout(config.server.body_read_timeout));
@@ -255,10 +256,10 @@ async fn handle_inner<'s>(
     log.route = Some(&route.prefix);
     // A preflight is answered here, without a token, and never forwarded.
     if let Some(cors) = route.cors.as_deref() {
-        log.cors = Some(cors);
         if CorsPolicy::is_preflight(req.method(), req.headers()) {
             return Ok(cors.preflight(req.headers()));
         }
+        log.cors = Some(cors);
     }
     if !route.allows_method(req.method()) {
         let allow: Vec<&str> = route.methods.iter().map(|m| m.as_str()).collect();

@@ -2,6 +2,8 @@
 //! and small HTTP clients (pooled hyper, HTTP/2 prior knowledge, raw TCP).
 #![allow(dead_code)]
 
+pub mod redis_server;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;

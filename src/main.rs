@@ -135,13 +135,21 @@ fn serve(path: &std::path::Path, format: LogFormat) -> ExitCode {
     let result = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.server.listen)
             .await
-            .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
+            .map_err(|e| {
+                format!(
+                    "cannot listen on {} (server.listen): {e}",
+                    config.server.listen
+                )
+            })?;
+        // Installed before anything is served: a signal that comes early is handled.
+        let stop = whosthat::shutdown_signal()
+            .map_err(|e| format!("cannot install the SIGTERM/SIGINT handlers: {e}"))?;
         // SIGHUP re-reads the config file.
         let reload = whosthat::Reload {
             path: path.to_path_buf(),
             requests: whosthat::sighup_reloads().map_err(|e| e.to_string())?,
         };
-        whosthat::serve_with(config, listener, whosthat::shutdown_signal(), Some(reload))
+        whosthat::serve_with(config, listener, stop, Some(reload))
             .await
             .map_err(|e| e.to_string())
     });

@@ -106,6 +106,23 @@ pub async fn serve_with(
     reload_from: Option<Reload>,
 ) -> io::Result<()> {
     let state = Arc::new(AppState::new(config.clone()).map_err(io::Error::other)?);
+    // Everything that can fail at start comes before the saved tokens are taken
+    // in (and their file removed): a start that fails loses nothing.
+    let admin = match config.server.admin_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot listen on {addr} (server.admin_listen): {e}"),
+            )
+        })?),
+        None => None,
+    };
+    if let Some(file) = &config.store.state_file {
+        check_state_dir(file);
+    }
+    if let crate::config::StoreBackend::Redis(url) = &config.store.backend {
+        check_redis(url, &config.store.backend).await;
+    }
     if let (Some(memory), Some(file)) = (&state.memory, &config.store.state_file) {
         match memory.load(file, &state.grants, &config) {
             Ok(n) => {
@@ -131,9 +148,8 @@ pub async fn serve_with(
             }
         }));
     }
-    if let Some(addr) = config.server.admin_listen {
-        let admin = TcpListener::bind(addr).await?;
-        tracing::info!(listen = %addr, "admin endpoints (/healthz, /readyz, /metrics)");
+    if let Some(admin) = admin {
+        tracing::info!(listen = %admin.local_addr()?, "admin endpoints (/healthz, /readyz, /metrics)");
         housekeeping.push(tokio::spawn(admin_loop(admin, state.clone())));
     }
     let workers = config.server.workers;
@@ -162,6 +178,7 @@ pub async fn serve_with(
     }
     drop(listener);
     shutdown.await;
+    tracing::info!("shutting down: no new connections, finishing requests in flight");
     let _ = stop_tx.send(true);
     let mut result = Ok(());
     for done in finished {
@@ -184,6 +201,46 @@ pub async fn serve_with(
         }
     }
     result
+}
+
+/// Says at start, not at the first shutdown, that the state file cannot be
+/// written where it is configured (its directory is missing or not writable).
+fn check_state_dir(file: &Path) {
+    let dir = match file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let writable = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+        .map(|c| {
+            // SAFETY: access(2) with a valid NUL-terminated path; no memory is written.
+            unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
+        })
+        .unwrap_or(false);
+    if !dir.is_dir() || !writable {
+        tracing::error!(
+            dir = %dir.display(),
+            "store.state_file: the directory is missing or not writable; live tokens cannot be saved at shutdown"
+        );
+    }
+}
+
+/// Says at start when Redis does not answer (the URL without its password):
+/// until it does, requests that need the store get 503.
+async fn check_redis(url: &str, shown: &crate::config::StoreBackend) {
+    let ping = async {
+        let client = redis::Client::open(url)?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        redis::cmd("PING").query_async::<String>(&mut conn).await
+    };
+    match tokio::time::timeout(Duration::from_secs(2), ping).await {
+        Ok(Ok(_)) => tracing::info!(store = %shown, "Redis answers"),
+        Ok(Err(e)) => {
+            tracing::warn!(store = %shown, error = %e, "Redis is unreachable at start: requests that need the token store get 503 until it answers")
+        }
+        Err(_) => {
+            tracing::warn!(store = %shown, "Redis did not answer within 2 s at start: requests that need the token store get 503 until it answers")
+        }
+    }
 }
 
 /// The admin listener: `/healthz` (the process runs) and `/readyz` (the token
@@ -363,9 +420,9 @@ async fn worker(
         }
     }
     drop(listener);
-    tracing::info!(
+    tracing::debug!(
         connections = connections.len(),
-        "shutting down: no new connections, finishing requests in flight"
+        "worker draining its connections"
     );
     let grace = state.config().server.shutdown_timeout;
     let drained = tokio::time::timeout(grace, async {
@@ -378,15 +435,20 @@ async fn worker(
     Ok(())
 }
 
-/// Waits for SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
+/// A future that completes on SIGTERM or SIGINT; the handlers are installed
+/// by this call.
+pub fn shutdown_signal() -> io::Result<impl Future<Output = ()> + Send> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
-    }
+    // Installed now, not when first polled: a SIGTERM that comes right after
+    // start must stop the gateway gracefully, not kill it.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+    })
 }
 
 async fn sweep_loop(state: Arc<AppState>, every: Duration) {

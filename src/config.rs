@@ -43,6 +43,30 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// Something valid but probably unintended (routes whose upstream paths overlap
+/// with different checks): printed by `check-config` (refused with `--strict`)
+/// and logged at warn level when the gateway starts or reloads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigWarning {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, ": key `{key}`")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
 // ---------------------------------------------------------------- raw structs
 
 #[derive(Debug, Deserialize)]
@@ -161,6 +185,8 @@ pub struct Config {
     pub users: HashMap<String, Arc<User>>,
     pub clients: HashMap<String, Arc<Client>>,
     pub routes: Arc<RouteTable>,
+    /// Computed at validation; see [`ConfigWarning`].
+    pub warnings: Vec<ConfigWarning>,
 }
 
 #[derive(Debug, Clone)]
@@ -330,6 +356,13 @@ impl Config {
         let v = Validator { text, file };
         let raw: RawConfig = toml::from_str(text).map_err(|e| v.toml_error(&e))?;
         v.validate(raw)
+    }
+
+    /// Logs every warning at warn level (at start and on reload).
+    pub fn log_warnings(&self) {
+        for w in &self.warnings {
+            tracing::warn!("config warning: {w}");
+        }
     }
 
     /// A short human summary, printed by `whosthat check-config`.
@@ -1099,7 +1132,9 @@ impl Validator<'_> {
 
         // [[routes]]
         let mut routes = Vec::new();
+        // Lower-cased: prefixes match ignoring ASCII case.
         let mut prefixes: HashSet<String> = HashSet::new();
+        let mut prefix_spans = Vec::new();
         for (i, r) in raw.routes.iter().enumerate() {
             let span = r.span();
             let r = r.get_ref();
@@ -1112,20 +1147,27 @@ impl Validator<'_> {
                     format!("`{raw_prefix}` {why}"),
                 )
             })?;
-            if prefix == oauth.token_path || FIXED_ENDPOINTS.contains(&prefix.as_str()) {
+            if prefix.eq_ignore_ascii_case(&oauth.token_path)
+                || FIXED_ENDPOINTS
+                    .iter()
+                    .any(|e| e.eq_ignore_ascii_case(&prefix))
+            {
                 return Err(self.err(
                     r.prefix.span(),
                     key("prefix"),
                     "is the path of one of the gateway's own endpoints",
                 ));
             }
-            if !prefixes.insert(prefix.clone()) {
+            if !prefixes.insert(prefix.to_ascii_lowercase()) {
                 return Err(self.err(
                     r.prefix.span(),
                     key("prefix"),
-                    format!("another route already has prefix `{prefix}`"),
+                    format!(
+                        "another route already has prefix `{prefix}` (prefixes match ignoring case)"
+                    ),
                 ));
             }
+            prefix_spans.push(r.prefix.span());
             let ups = r.upstream.as_ref().ok_or_else(|| {
                 self.err(
                     span.clone(),
@@ -1201,6 +1243,16 @@ impl Validator<'_> {
             });
         }
 
+        let routes = Arc::new(RouteTable::new(routes));
+        let warnings = crate::shadowing::analyse(&routes)
+            .into_iter()
+            .map(|found| ConfigWarning {
+                file: self.file.to_path_buf(),
+                line: Some(self.line_of(prefix_spans[found.weaker].start)),
+                key: Some(format!("routes[{}].prefix", found.weaker)),
+                message: found.message,
+            })
+            .collect();
         Ok(Config {
             file: self.file.to_path_buf(),
             server,
@@ -1208,7 +1260,8 @@ impl Validator<'_> {
             store,
             users,
             clients,
-            routes: Arc::new(RouteTable::new(routes)),
+            routes,
+            warnings,
         })
     }
 }

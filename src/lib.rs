@@ -15,6 +15,7 @@ pub mod proxy;
 pub mod routes;
 pub mod scope;
 pub mod server;
+pub mod shadowing;
 pub mod store;
 
 pub use config::{Config, ConfigError};

@@ -1365,6 +1365,45 @@ upstream = "http://127.0.0.1:9000"
     }
 
     #[test]
+    fn prefixes_equal_ignoring_case_are_duplicates() {
+        let dup = base() + "\n[[routes]]\nprefix = \"/API\"\nupstream = \"http://127.0.0.1:1\"\n";
+        let e = parse(&dup).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("routes[1].prefix"));
+        assert!(e.message.contains("ignoring case"), "{e}");
+        // An endpoint's path in another case is still the endpoint's.
+        let ep = base()
+            + "\n[[routes]]\nprefix = \"/Auth/Access_Token\"\nupstream = \"http://127.0.0.1:1\"\n";
+        assert_eq!(
+            parse(&ep).unwrap_err().key.as_deref(),
+            Some("routes[1].prefix")
+        );
+    }
+
+    #[test]
+    fn overlapping_routes_are_warnings_with_line_and_key() {
+        assert!(parse(&base()).unwrap().warnings.is_empty());
+        let text = base().replace(
+            "upstream = \"http://127.0.0.1:9000\"\n",
+            "upstream = \"http://127.0.0.1:9000\"\nstrip_prefix = true\n",
+        ) + "\n[[routes]]\nprefix = \"/public/\"\nupstream = \"http://127.0.0.1:9000\"\nstrip_prefix = true\nauth = false\n";
+        let c = parse(&text).unwrap();
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+        let w = &c.warnings[0];
+        assert_eq!(w.key.as_deref(), Some("routes[1].prefix"));
+        let line = text[..text.find("prefix = \"/public/\"").unwrap()]
+            .matches('\n')
+            .count()
+            + 1;
+        assert_eq!(w.line, Some(line));
+        assert!(
+            w.to_string().starts_with(&format!(
+                "gw.toml:{line}: key `routes[1].prefix`: routes `/api`"
+            )),
+            "{w}"
+        );
+    }
+
+    #[test]
     fn bad_hash_and_scope_are_refused() {
         let text = base().replace(HASH, "plaintext");
         assert_eq!(

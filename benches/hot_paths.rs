@@ -3,7 +3,7 @@
 //! - `token/*`: a bearer token's lookup in a `MemoryStore` holding 100,000 live access
 //!   tokens (hash + `get_access`, hit and miss), and `TokenHash::of` alone;
 //! - `route/*`: `normalize_path` + `RouteTable::find` with 1, 100 and 10,000 routes,
-//!   for a path that hits a route and one that hits none;
+//!   for a path that hits a route, the same in upper case, and one that hits none;
 //! - `headers/*`: `upstream_request_headers` on a realistic request head;
 //! - `argon2/verify_default_params`: one argon2id verification of a hash made by
 //!   `whosthat::password::hash_password` (what one password login costs in CPU).
@@ -128,6 +128,15 @@ fn route_match(c: &mut Criterion) {
         assert!(table.find(&normalize_path(&hit).unwrap()).is_some());
         assert!(table.find(&normalize_path(&miss).unwrap()).is_none());
         g.bench_with_input(BenchmarkId::new("hit", n), &hit, |b, p| {
+            b.iter(|| {
+                let path = normalize_path(black_box(p)).expect("plain path");
+                table.find(&path).map(|r| r.prefix.len())
+            })
+        });
+        // Upper-case letters: the lookup lower-cases the path on the stack first.
+        let upper = hit.to_ascii_uppercase();
+        assert!(table.find(&normalize_path(&upper).unwrap()).is_some());
+        g.bench_with_input(BenchmarkId::new("hit_upper_case", n), &upper, |b, p| {
             b.iter(|| {
                 let path = normalize_path(black_box(p)).expect("plain path");
                 table.find(&path).map(|r| r.prefix.len())

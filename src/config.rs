@@ -45,6 +45,30 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// Something valid but probably unintended (routes whose upstream paths overlap
+/// with different checks): printed by `check-config` (refused with `--strict`)
+/// and logged at warn level when the gateway starts or reloads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigWarning {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, ": key `{key}`")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
 // ---------------------------------------------------------------- raw structs
 
 #[derive(Debug, Deserialize)]
@@ -187,6 +211,8 @@ pub struct Config {
     /// CORS for the token, revocation and metadata endpoints: the origins of
     /// the clients' redirect URIs (browser apps). `None` when no client has one.
     pub endpoint_cors: Option<Arc<CorsPolicy>>,
+    /// Computed at validation; see [`ConfigWarning`].
+    pub warnings: Vec<ConfigWarning>,
 }
 
 #[derive(Debug, Clone)]
@@ -356,6 +382,13 @@ impl Config {
         let v = Validator { text, file };
         let raw: RawConfig = toml::from_str(text).map_err(|e| v.toml_error(&e))?;
         v.validate(raw)
+    }
+
+    /// Logs every warning at warn level (at start and on reload).
+    pub fn log_warnings(&self) {
+        for w in &self.warnings {
+            tracing::warn!("config warning: {w}");
+        }
     }
 
     /// A short human summary, printed by `whosthat check-config`.
@@ -1328,7 +1361,9 @@ impl Validator<'_> {
 
         // [[routes]]
         let mut routes = Vec::new();
+        // Lower-cased: prefixes match ignoring ASCII case.
         let mut prefixes: HashSet<String> = HashSet::new();
+        let mut prefix_spans = Vec::new();
         for (i, r) in raw.routes.iter().enumerate() {
             let span = r.span();
             let r = r.get_ref();
@@ -1341,20 +1376,27 @@ impl Validator<'_> {
                     format!("`{raw_prefix}` {why}"),
                 )
             })?;
-            if prefix == oauth.token_path || FIXED_ENDPOINTS.contains(&prefix.as_str()) {
+            if prefix.eq_ignore_ascii_case(&oauth.token_path)
+                || FIXED_ENDPOINTS
+                    .iter()
+                    .any(|e| e.eq_ignore_ascii_case(&prefix))
+            {
                 return Err(self.err(
                     r.prefix.span(),
                     key("prefix"),
                     "is the path of one of the gateway's own endpoints",
                 ));
             }
-            if !prefixes.insert(prefix.clone()) {
+            if !prefixes.insert(prefix.to_ascii_lowercase()) {
                 return Err(self.err(
                     r.prefix.span(),
                     key("prefix"),
-                    format!("another route already has prefix `{prefix}`"),
+                    format!(
+                        "another route already has prefix `{prefix}` (prefixes match ignoring case)"
+                    ),
                 ));
             }
+            prefix_spans.push(r.prefix.span());
             let ups = r.upstream.as_ref().ok_or_else(|| {
                 self.err(
                     span.clone(),
@@ -1443,6 +1485,16 @@ impl Validator<'_> {
             });
         }
 
+        let routes = Arc::new(RouteTable::new(routes));
+        let warnings = crate::shadowing::analyse(&routes)
+            .into_iter()
+            .map(|found| ConfigWarning {
+                file: self.file.to_path_buf(),
+                line: Some(self.line_of(prefix_spans[found.weaker].start)),
+                key: Some(format!("routes[{}].prefix", found.weaker)),
+                message: found.message,
+            })
+            .collect();
         Ok(Config {
             file: self.file.to_path_buf(),
             server,
@@ -1451,7 +1503,8 @@ impl Validator<'_> {
             endpoint_cors: endpoint_cors(&clients),
             users,
             clients,
-            routes: Arc::new(RouteTable::new(routes)),
+            routes,
+            warnings,
         })
     }
 }
@@ -1574,6 +1627,45 @@ upstream = "http://127.0.0.1:9000"
             base() + "\n[[routes]]\nprefix = \"/api\"\nupstream = \"http://127.0.0.1:1\"\n";
         let e = parse(&dup_route).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("routes[1].prefix"));
+    }
+
+    #[test]
+    fn prefixes_equal_ignoring_case_are_duplicates() {
+        let dup = base() + "\n[[routes]]\nprefix = \"/API\"\nupstream = \"http://127.0.0.1:1\"\n";
+        let e = parse(&dup).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("routes[1].prefix"));
+        assert!(e.message.contains("ignoring case"), "{e}");
+        // An endpoint's path in another case is still the endpoint's.
+        let ep = base()
+            + "\n[[routes]]\nprefix = \"/Auth/Access_Token\"\nupstream = \"http://127.0.0.1:1\"\n";
+        assert_eq!(
+            parse(&ep).unwrap_err().key.as_deref(),
+            Some("routes[1].prefix")
+        );
+    }
+
+    #[test]
+    fn overlapping_routes_are_warnings_with_line_and_key() {
+        assert!(parse(&base()).unwrap().warnings.is_empty());
+        let text = base().replace(
+            "upstream = \"http://127.0.0.1:9000\"\n",
+            "upstream = \"http://127.0.0.1:9000\"\nstrip_prefix = true\n",
+        ) + "\n[[routes]]\nprefix = \"/public/\"\nupstream = \"http://127.0.0.1:9000\"\nstrip_prefix = true\nauth = false\n";
+        let c = parse(&text).unwrap();
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+        let w = &c.warnings[0];
+        assert_eq!(w.key.as_deref(), Some("routes[1].prefix"));
+        let line = text[..text.find("prefix = \"/public/\"").unwrap()]
+            .matches('\n')
+            .count()
+            + 1;
+        assert_eq!(w.line, Some(line));
+        assert!(
+            w.to_string().starts_with(&format!(
+                "gw.toml:{line}: key `routes[1].prefix`: routes `/api`"
+            )),
+            "{w}"
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod ratelimit;
 pub mod routes;
 pub mod scope;
 pub mod server;
+pub mod shadowing;
 pub mod store;
 
 pub use config::{Config, ConfigError};

@@ -46,8 +46,13 @@ enum LogFormat {
 enum Command {
     /// Run the gateway (the default).
     Serve,
-    /// Validate the config file and print a summary.
-    CheckConfig,
+    /// Validate the config file and print a summary; warnings go to stderr.
+    CheckConfig {
+        /// Treat warnings (such as routes that reach the same upstream paths
+        /// with different checks) as errors: exit 1.
+        #[arg(long)]
+        strict: bool,
+    },
     /// Read a password (stdin, or a prompt without echo) and print its argon2id PHC hash.
     HashPassword,
     /// Add, remove or list the [[users]] of the config file (edited in place, comments kept).
@@ -65,16 +70,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(&cli.config, cli.log_format),
-        Command::CheckConfig => match Config::load(&cli.config) {
-            Ok(c) => {
-                print!("{}", c.summary());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::CheckConfig { strict } => check_config(&cli.config, strict),
         Command::HashPassword => hash_password(),
         Command::User(cmd) => done(cli::user(&cli.config, cmd)),
         Command::Client(cmd) => done(cli::client(&cli.config, cmd)),
@@ -84,6 +80,33 @@ fn main() -> ExitCode {
             Err(e) => done(Err(e)),
         },
     }
+}
+
+/// Validates the file: the summary on stdout and each warning on stderr, exit 0;
+/// with `strict`, any warning is an error (exit 1, no summary).
+fn check_config(path: &std::path::Path, strict: bool) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if strict && !config.warnings.is_empty() {
+        for w in &config.warnings {
+            eprintln!("error: {w}");
+        }
+        eprintln!(
+            "error: {} warning(s), refused by --strict",
+            config.warnings.len()
+        );
+        return ExitCode::FAILURE;
+    }
+    print!("{}", config.summary());
+    for w in &config.warnings {
+        eprintln!("warning: {w}");
+    }
+    ExitCode::SUCCESS
 }
 
 /// Exit 0, or print the error and exit 1.
@@ -121,6 +144,7 @@ fn serve(path: &std::path::Path, format: LogFormat) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    config.log_warnings();
     // The workers run their own runtimes; this one only waits for signals and sweeps.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

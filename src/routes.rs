@@ -2,8 +2,12 @@
 //!
 //! A request path is normalised once ([`normalize_path`]); that exact string is what
 //! routes are matched against and what goes upstream. Anything another server could
-//! read a second way (dot segments, encoded `/` or `\`, `;` parameters, `//`) is
-//! refused instead of guessed at.
+//! read a second way is refused instead of guessed at: dot segments, encoded `/` or
+//! `\`, `;` parameters, `//`, segments ending in `.` or a space (IIS and ASP.NET
+//! trim them), double percent-encoding (`%252e`), bytes that are not UTF-8 (overlong
+//! `%C0%AE`) and text that Unicode normalisation changes (fullwidth `．`).
+//! Route prefixes match ignoring ASCII case, because many upstreams (Express by
+//! default, IIS, ASP.NET) do: `/svc/ADMIN` lands on the `/svc/admin` route.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -47,6 +51,8 @@ pub fn normalize_path(raw: &str) -> Result<String, PathRejection> {
         return Err("the path must start with /");
     }
     let mut out = String::with_capacity(raw.len());
+    // Rare shapes, checked on the whole path after the loop.
+    let (mut escaped_percent, mut escaped_high) = (false, false);
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
@@ -59,6 +65,8 @@ pub fn normalize_path(raw: &str) -> Result<String, PathRejection> {
                     return Err("the path has a malformed percent-encoding");
                 };
                 let v = h << 4 | l;
+                escaped_percent |= v == b'%';
+                escaped_high |= v >= 0x80;
                 if is_unreserved(v) {
                     out.push(v as char);
                 } else if matches!(v, b'/' | b'\\' | b';') {
@@ -92,8 +100,72 @@ pub fn normalize_path(raw: &str) -> Result<String, PathRejection> {
         if seg.is_empty() && segments.peek().is_some() {
             return Err("the path has an empty segment ('//')");
         }
+        // IIS and ASP.NET trim these, so `/admin./x` and `/admin%20/x` would be
+        // read there as `/admin/x` while the gateway routes them elsewhere.
+        if seg.ends_with('.') || seg.ends_with("%20") {
+            return Err("the path has a segment ending in '.' or a space");
+        }
+    }
+    if escaped_percent && has_double_escape(&out) {
+        return Err("the path has a double percent-encoding ('%25' before an escape)");
+    }
+    if escaped_high {
+        check_text(&out)?;
     }
     Ok(out)
+}
+
+/// Whether a normalised path has `%25` followed by two hex digits: an upstream
+/// that decodes twice reads `%252e` as `.` and `%2561` as `a`, a second reading
+/// of the path the gateway never matched.
+fn has_double_escape(path: &str) -> bool {
+    let b = path.as_bytes();
+    path.match_indices("%25").any(|(i, _)| {
+        b.get(i + 3).copied().and_then(hex_val).is_some()
+            && b.get(i + 4).copied().and_then(hex_val).is_some()
+    })
+}
+
+/// The text of a normalised path that has escaped bytes of 0x80 and above must be
+/// UTF-8 (overlong forms such as `%C0%AE` for `.` are not: RFC 3629 section 3),
+/// must be in Unicode NFKC form (servers that normalise would read fullwidth `．`,
+/// `／` or `Ａ` as their ASCII twins), and must have no non-ASCII letter whose case
+/// mapping is ASCII (`ı` upper-cases to `I`, `ſ` to `S`).
+fn check_text(path: &str) -> Result<(), PathRejection> {
+    let b = path.as_bytes();
+    let mut decoded = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex_val),
+            b.get(i + 2).copied().and_then(hex_val),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                decoded.push(h << 4 | l);
+                i += 3;
+            }
+            (c, _, _) => {
+                decoded.push(c);
+                i += 1;
+            }
+        }
+    }
+    let text = std::str::from_utf8(&decoded)
+        .map_err(|_| "the path has percent-encoded bytes that are not UTF-8")?;
+    if !unicode_normalization::is_nfkc(text) {
+        return Err(
+            "the path has characters that Unicode normalisation (NFKC) changes, such as fullwidth forms",
+        );
+    }
+    let folds_to_ascii = |c: char| {
+        !c.is_ascii()
+            && (c.to_lowercase().any(|l| l.is_ascii()) || c.to_uppercase().any(|u| u.is_ascii()))
+    };
+    if text.chars().any(folds_to_ascii) {
+        return Err("the path has a non-ASCII letter whose upper or lower case is ASCII");
+    }
+    Ok(())
 }
 
 /// Normalises a configured route prefix: a normalised path without a trailing `/`
@@ -251,17 +323,23 @@ impl Route {
 #[derive(Debug, Default)]
 pub struct RouteTable {
     routes: Vec<Route>,
+    /// Keyed by the ASCII lower-cased prefix: prefixes match ignoring ASCII case.
     /// foldhash: fast, and seeded per process; the table is fixed at load time,
     /// so request paths only ever look up.
     by_prefix: HashMap<String, usize, foldhash::fast::RandomState>,
 }
 
+/// Paths up to this long are lower-cased on the stack for a lookup.
+const LOOKUP_STACK_BYTES: usize = 512;
+
 impl RouteTable {
+    /// Prefixes equal ignoring ASCII case must not both be given (the config
+    /// refuses them); the later one would win.
     pub fn new(routes: Vec<Route>) -> RouteTable {
         let by_prefix = routes
             .iter()
             .enumerate()
-            .map(|(i, r)| (r.prefix.clone(), i))
+            .map(|(i, r)| (r.prefix.to_ascii_lowercase(), i))
             .collect();
         RouteTable { routes, by_prefix }
     }
@@ -270,9 +348,33 @@ impl RouteTable {
         &self.routes
     }
 
-    /// The route with the longest prefix matching `path` on whole segments.
+    /// The route with the longest prefix matching `path` on whole segments,
+    /// ignoring ASCII case (the request still goes upstream as sent).
     /// `path` must come from [`normalize_path`].
     pub fn find(&self, path: &str) -> Option<&Route> {
+        if !path.bytes().any(|b| b.is_ascii_uppercase()) {
+            return self.find_lower(path);
+        }
+        // Lower-cased without a heap allocation for any usual path.
+        let mut stack = [0u8; LOOKUP_STACK_BYTES];
+        let heap;
+        let lower = match stack.get_mut(..path.len()) {
+            Some(buf) => {
+                buf.copy_from_slice(path.as_bytes());
+                buf.make_ascii_lowercase();
+                // ASCII lower-casing keeps UTF-8 valid, so this never fails.
+                std::str::from_utf8(buf).ok()?
+            }
+            None => {
+                heap = path.to_ascii_lowercase();
+                heap.as_str()
+            }
+        };
+        self.find_lower(lower)
+    }
+
+    /// [`RouteTable::find`] for a path without ASCII upper-case letters.
+    fn find_lower(&self, path: &str) -> Option<&Route> {
         let mut end = path.len();
         loop {
             let candidate = if end == 0 { "/" } else { &path[..end] };
@@ -335,6 +437,80 @@ mod tests {
         ] {
             assert!(normalize_path(p).is_err(), "{p} should be refused");
         }
+    }
+
+    #[test]
+    fn refuses_paths_other_servers_read_another_way() {
+        for p in [
+            // Trailing dots and spaces: IIS and ASP.NET trim them.
+            "/svc/admin./users",
+            "/svc/admin%2E/users",
+            "/svc/admin%2e",
+            "/svc/admin%20/users",
+            "/svc/admin%20",
+            "/svc/...",
+            // Double percent-encoding: `.`, `/`, `\` and letters on a second decode.
+            "/svc/%252e%252e/admin",
+            "/svc/%252E/x",
+            "/svc/%252F/x",
+            "/svc/%255c/x",
+            "/svc/%2561dmin/users",
+            "/svc/%25%32%65",
+            // Not UTF-8: overlong `.` and `/`, a lone continuation byte, a cut sequence.
+            "/svc/%C0%AE%C0%AE/admin",
+            "/svc/%E0%80%AE",
+            "/svc/%C0%AF",
+            "/svc/%80",
+            "/svc/%C3",
+            // Changed by NFKC: fullwidth `.`, `/`, `A`; one dot leader; `ſ`.
+            "/svc/%EF%BC%8E%EF%BC%8E/admin",
+            "/svc%EF%BC%8Fadmin",
+            "/svc/%EF%BC%A1dmin",
+            "/svc/%E2%80%A4%E2%80%A4/admin",
+            "/svc/%C5%BFecret",
+            "/svc/e%CC%81",
+            // Non-ASCII letters whose case is ASCII: dotless i, Kelvin sign.
+            "/svc/adm%C4%B1n",
+            "/svc/%E2%84%AA",
+            // %u escapes are not percent-encoding.
+            "/svc/%u002e%u002e/admin",
+        ] {
+            assert!(normalize_path(p).is_err(), "{p} should be refused");
+        }
+        // Plain UTF-8 text, dots inside segments and a `%25` before non-hex stay fine.
+        for (p, want) in [
+            ("/caf%c3%a9/na%C3%AFve", "/caf%C3%A9/na%C3%AFve"),
+            ("/%CE%BC/%E6%97%A5%E6%9C%AC", "/%CE%BC/%E6%97%A5%E6%9C%AC"),
+            ("/v1.2/a.b/x", "/v1.2/a.b/x"),
+            ("/.well-known/x", "/.well-known/x"),
+            ("/50%25off/100%25", "/50%25off/100%25"),
+            ("/a%20b/c", "/a%20b/c"),
+        ] {
+            assert_eq!(normalize_path(p).as_deref(), Ok(want), "{p}");
+        }
+    }
+
+    #[test]
+    fn prefixes_match_ignoring_ascii_case() {
+        let t = RouteTable::new(vec![route("/svc", false), route("/svc/Admin", false)]);
+        for p in [
+            "/svc/admin/users",
+            "/svc/ADMIN/users",
+            "/SVC/aDmIn",
+            "/Svc/Admin/",
+        ] {
+            assert_eq!(t.find(p).unwrap().prefix, "/svc/Admin", "{p}");
+        }
+        assert_eq!(t.find("/SVC/other").unwrap().prefix, "/svc");
+        let long = format!("/SVC/ADMIN/{}", "X".repeat(LOOKUP_STACK_BYTES));
+        assert_eq!(t.find(&long).unwrap().prefix, "/svc/Admin");
+        // What goes upstream is the path as sent.
+        let r = route("/svc", true);
+        let up = Upstream::parse("http://127.0.0.1:9000").unwrap();
+        assert_eq!(
+            r.upstream_path_and_query(&up, "/SVC/Orders", None),
+            "/Orders"
+        );
     }
 
     #[test]

@@ -94,6 +94,7 @@ pub fn reload(state: &AppState, path: &Path) -> Result<(), String> {
         clients = new.clients.len(),
         "config reloaded"
     );
+    new.log_warnings();
     state.config.store(Arc::new(new));
     Ok(())
 }

@@ -140,6 +140,56 @@ fn check_config_accepts_the_shipped_file() {
         lines.iter().any(|l| l.starts_with("whosthat-cli ")),
         "no client whosthat-cli in: {stdout}"
     );
+    // No route of the shipped file reaches another's upstream paths.
+    assert_eq!(text(&out.stderr), "", "warnings for the shipped file");
+    let out = run(&["check-config", "--strict", "-c", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+#[test]
+fn check_config_warns_of_routes_sharing_upstream_paths() {
+    // The shape: a public and a protected route both stripped to one upstream.
+    let cfg = base_config().replace(
+        "prefix = \"/api/\"\n",
+        "prefix = \"/api/\"\nstrip_prefix = true\n",
+    ) + "\n[[routes]]\nprefix = \"/public/\"\nupstream = \"http://127.0.0.1:9000\"\nstrip_prefix = true\nauth = false\n";
+    let (_dir, path) = write_config(&cfg);
+    let out = run(&["check-config", "-c", path.to_str().unwrap()]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        text(&out.stdout).contains("is valid"),
+        "{}",
+        text(&out.stdout)
+    );
+    let line = line_of_last(&cfg, "prefix = \"/public/\"");
+    let want = format!(
+        "warning: {}:{line}: key `routes[1].prefix`: routes `/api`",
+        path.display()
+    );
+    assert!(stderr.starts_with(&want), "expected {want:?} in: {stderr}");
+    assert!(
+        stderr.contains("/api/x and /public/x both go to http://127.0.0.1:9000/x"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+
+    let out = run(&["check-config", "--strict", "-c", path.to_str().unwrap()]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "error: {}:{line}: key `routes[1].prefix`",
+            path.display()
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("refused by --strict"), "{stderr}");
+    assert!(
+        !text(&out.stdout).contains("is valid"),
+        "{}",
+        text(&out.stdout)
+    );
 }
 
 #[test]
@@ -394,14 +444,20 @@ impl Drop for Running {
     }
 }
 
-/// The shipped gateway.toml, on port 0 and in front of `upstream`.
-fn shipped_config_for(upstream: std::net::SocketAddr) -> (tempfile::TempDir, PathBuf) {
+/// The shipped gateway.toml, on port 0, its API in front of `api` and its public
+/// pages in front of `public`.
+fn shipped_config_for(
+    api: std::net::SocketAddr,
+    public: std::net::SocketAddr,
+) -> (tempfile::TempDir, PathBuf) {
     let shipped = std::fs::read_to_string(shipped_config()).unwrap();
     assert!(shipped.contains("listen = \"127.0.0.1:8080\""));
     assert!(shipped.contains("\"http://127.0.0.1:9000\""));
+    assert!(shipped.contains("\"http://127.0.0.1:9001\""));
     let copy = shipped
         .replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:0\"")
-        .replace("http://127.0.0.1:9000", &format!("http://{upstream}"));
+        .replace("http://127.0.0.1:9000", &format!("http://{api}"))
+        .replace("http://127.0.0.1:9001", &format!("http://{public}"));
     write_config(&copy)
 }
 
@@ -414,7 +470,8 @@ fn has_word(log: &str, word: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_the_shipped_config_end_to_end() {
     let up = spawn_upstream().await;
-    let (_dir, config) = shipped_config_for(up.addr);
+    let public = spawn_upstream().await;
+    let (_dir, config) = shipped_config_for(up.addr, public.addr);
     let mut gw = Running::start(&config);
     let addr = tokio::task::block_in_place(|| gw.wait_for_listen(HANG_GUARD));
     let url = |p: &str| format!("http://{addr}{p}");
@@ -446,7 +503,9 @@ async fn serve_the_shipped_config_end_to_end() {
 
     let r = get(&url("/api/"), &[]).await;
     assert_eq!(r.status, 401, "{}", r.text());
-    assert_eq!(up.hits.load(std::sync::atomic::Ordering::SeqCst), 2);
+    // /api/ went to the API upstream, /public/ to its own.
+    assert_eq!(up.hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(public.hits.load(std::sync::atomic::Ordering::SeqCst), 1);
 
     gw.terminate();
     let status = gw.wait_exit(HANG_GUARD).await;
@@ -456,6 +515,7 @@ async fn serve_the_shipped_config_end_to_end() {
     assert_eq!(status.code(), Some(0), "exit status {status}; log:\n{log}");
 
     assert!(log.contains("whosthat is serving"), "{log}");
+    assert!(!log.contains("config warning"), "{log}");
     assert!(!log.contains('\u{1b}'), "ANSI codes in a piped log:\n{log}");
     assert!(
         !log.contains(&access),

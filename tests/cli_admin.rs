@@ -620,7 +620,7 @@ fn route_test_public_route() {
     );
     assert!(stdout.contains("public route, no token needed"), "{stdout}");
     assert!(
-        stdout.contains("upstream  http://127.0.0.1:9000/a/b"),
+        stdout.contains("upstream  http://127.0.0.1:9001/a/b"),
         "{stdout}"
     );
 }

@@ -11,7 +11,7 @@ fn check(file: &Path) {
     let out = Command::new(BIN)
         .env_remove("WHOSTHAT_CONFIG")
         .env_remove("RUST_LOG")
-        .args(["check-config", "-c"])
+        .args(["check-config", "--strict", "-c"])
         .arg(file)
         .stdin(Stdio::null())
         .output()

@@ -41,6 +41,17 @@ fuzz_target!(|data: &[u8]| {
         }
         Ok(c) => {
             let _ = c.summary();
+            // A warning names a route of the file.
+            for w in &c.warnings {
+                assert!(w.to_string().starts_with("fuzz.toml:"), "{w}");
+                let key = w.key.as_deref().unwrap_or_default();
+                let i: usize = key
+                    .strip_prefix("routes[")
+                    .and_then(|k| k.strip_suffix("].prefix"))
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or_else(|| panic!("warning key {key:?}"));
+                assert!(i < c.routes.routes().len(), "{w}");
+            }
             let tp = &c.oauth.token_path;
             assert_eq!(normalize_path(tp).as_deref(), Ok(tp.as_str()));
             for r in c.routes.routes() {
@@ -51,6 +62,11 @@ fuzz_target!(|data: &[u8]| {
                 assert!(!r.upstreams.is_empty());
                 assert_ne!(&r.prefix, tp);
                 assert!(std::ptr::eq(c.routes.find(&r.prefix).unwrap(), r));
+                // Prefixes match ignoring ASCII case, and no two are equal so.
+                for variant in [r.prefix.to_ascii_uppercase(), r.prefix.to_ascii_lowercase()] {
+                    assert!(std::ptr::eq(c.routes.find(&variant).unwrap(), r));
+                }
+                assert!(!tp.eq_ignore_ascii_case(&r.prefix));
                 for u in &r.upstreams {
                     assert!(
                         u.base_path.is_empty()

@@ -18,7 +18,8 @@ use whosthat::Config;
 use whosthat::gateway::bearer_token;
 use whosthat::routes::{RouteTable, normalize_path, normalize_prefix};
 
-/// Routes of both tables; the second table adds a catch-all `/` route. Built
+/// Routes of both tables; the second table adds a catch-all `/` route (the
+/// overlaps among them are config warnings, not errors). Built
 /// through `Config::parse`, as the gateway builds them.
 const ROUTES: &str = r#"
 [server]
@@ -69,11 +70,31 @@ fn tables() -> &'static [Arc<RouteTable>; 2] {
     })
 }
 
-/// Whether `prefix` matches `path` on whole segments.
+/// Whether `prefix` matches `path` on whole segments, ignoring ASCII case.
 fn matches(prefix: &str, path: &str) -> bool {
     prefix == "/"
-        || path == prefix
-        || (path.starts_with(prefix) && path.as_bytes()[prefix.len()] == b'/')
+        || path.eq_ignore_ascii_case(prefix)
+        || (path.len() > prefix.len()
+            && path.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+            && path.as_bytes()[prefix.len()] == b'/')
+}
+
+/// Every escape of a normalised path decoded: the bytes an upstream reads.
+fn decoded(path: &str) -> Vec<u8> {
+    let b = path.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap();
+            out.push(u8::from_str_radix(hex, 16).unwrap());
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
 }
 
 fn check_path(raw: &str) {
@@ -99,6 +120,26 @@ fn check_path(raw: &str) {
     }
     for seg in path[1..].split('/') {
         assert!(seg != "." && seg != "..", "{path:?}");
+        // IIS and ASP.NET trim trailing dots and spaces.
+        assert!(!seg.ends_with('.') && !seg.ends_with("%20"), "{path:?}");
+    }
+    // No double encoding: `%25` is never followed by two hex digits.
+    for (i, _) in path.match_indices("%25") {
+        let next = &path.as_bytes()[i + 3..];
+        assert!(
+            !(next.len() >= 2 && next[..2].iter().all(u8::is_ascii_hexdigit)),
+            "{path:?}"
+        );
+    }
+    // The decoded text is UTF-8 (no overlong forms), NFKC-stable (no fullwidth
+    // forms), and no non-ASCII letter in it has an ASCII case.
+    let text = String::from_utf8(decoded(&path)).expect("decoded path is UTF-8");
+    assert!(unicode_normalization::is_nfkc(&text), "{path:?}");
+    for c in text.chars().filter(|c| !c.is_ascii()) {
+        assert!(
+            !c.to_lowercase().chain(c.to_uppercase()).any(|x| x.is_ascii()),
+            "{path:?}"
+        );
     }
     // Percent-escapes are upper-case hex.
     let b = path.as_bytes();
@@ -130,11 +171,20 @@ fn check_path(raw: &str) {
             expected.map(|r| r.prefix.as_str()),
             "{path:?}"
         );
+        // Matching ignores ASCII case; the path itself is not changed.
+        for variant in [path.to_ascii_uppercase(), path.to_ascii_lowercase()] {
+            assert_eq!(
+                table.find(&variant).map(|r| r as *const _),
+                found.map(|r| r as *const _),
+                "{path:?} vs {variant:?}"
+            );
+        }
         let Some(route) = found else { continue };
         for up in &route.upstreams {
             for query in [None, Some("a=1&b")] {
                 let out = route.upstream_path_and_query(up, &path, query);
                 assert!(out.starts_with('/'), "{out:?}");
+                // Case variants of the prefix have its length: strip by length.
                 let rest = if route.strip_prefix && route.prefix != "/" {
                     &path[route.prefix.len()..]
                 } else {

@@ -35,9 +35,15 @@ pub enum UserCommand {
     Add {
         /// The user's name (what the password grant calls `username`).
         name: String,
-        /// The most this user's tokens may carry, comma-separated: `read,write`.
-        #[arg(long, value_delimiter = ',')]
+        /// The most this user's tokens may carry, comma-separated: `read,write`
+        /// (required: a user without scopes would get tokens that open nothing).
+        #[arg(long, value_delimiter = ',', required = true)]
         scopes: Vec<String>,
+    },
+    /// Change a user's password (read like `add` reads it); live tokens stay valid.
+    Passwd {
+        /// The user's name.
+        name: String,
     },
     /// Remove a user.
     Remove {
@@ -94,6 +100,7 @@ pub enum RouteCommand {
 pub fn user(config: &Path, cmd: UserCommand) -> CliResult<()> {
     match cmd {
         UserCommand::Add { name, scopes } => user_add(config, &name, &scopes),
+        UserCommand::Passwd { name } => user_passwd(config, &name),
         UserCommand::Remove { name } => remove(config, Section::Users, &name),
         UserCommand::List => user_list(config),
     }
@@ -547,6 +554,55 @@ fn user_add(path: &Path, name: &str, scopes: &[String]) -> CliResult<()> {
         path.display()
     );
     eprintln!("{RELOAD_HINT}");
+    Ok(())
+}
+
+fn user_passwd(path: &Path, name: &str) -> CliResult<()> {
+    // Before asking for a password: an unknown name is refused at once.
+    if !entry_ids(&read_doc(path)?, Section::Users)?
+        .iter()
+        .any(|n| n.as_deref() == Some(name))
+    {
+        return Err(format!("{} has no user {name:?}", path.display()));
+    }
+    let password = read_password()?;
+    let hash = crate::password::hash_password(password.as_bytes());
+    edit_config(path, |doc| set_password_hash(doc, name, &hash, path))?;
+    eprintln!(
+        "changed the password of user `{name}` in {}",
+        path.display()
+    );
+    eprintln!("{RELOAD_HINT}");
+    Ok(())
+}
+
+/// Sets `password_hash` of user `name`, wherever and however it is written.
+pub fn set_password_hash(
+    doc: &mut DocumentMut,
+    name: &str,
+    hash: &str,
+    file: &Path,
+) -> CliResult<()> {
+    let is_it = |v: Option<&str>| v == Some(name);
+    let found = match doc.get_mut(Section::Users.key()) {
+        Some(Item::ArrayOfTables(a)) => a
+            .iter_mut()
+            .filter(|t| is_it(t.get("name").and_then(Item::as_str)))
+            .map(|t| t.insert("password_hash", Item::Value(Value::from(hash))))
+            .count(),
+        Some(Item::Value(Value::Array(a))) => a
+            .iter_mut()
+            .filter_map(|v| match v {
+                Value::InlineTable(t) if is_it(t.get("name").and_then(Value::as_str)) => Some(t),
+                _ => None,
+            })
+            .map(|t| t.insert("password_hash", Value::from(hash)))
+            .count(),
+        _ => 0,
+    };
+    if found == 0 {
+        return Err(format!("{} has no user {name:?}", file.display()));
+    }
     Ok(())
 }
 

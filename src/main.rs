@@ -29,8 +29,8 @@ struct Cli {
         default_value = "gateway.toml"
     )]
     config: PathBuf,
-    /// Log format of `serve`: human-readable text, or one JSON object per line.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    /// Log format when serving (no subcommand): text, or one JSON object per line.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
@@ -45,7 +45,11 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway (the default).
-    Serve,
+    Serve {
+        /// Log format: human-readable text, or one JSON object per line.
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormat>,
+    },
     /// Validate the config file and print a summary; warnings go to stderr.
     CheckConfig {
         /// Treat warnings (such as routes that reach the same upstream paths
@@ -68,8 +72,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve(&cli.config, cli.log_format),
+    let command = cli.command.unwrap_or(Command::Serve { log_format: None });
+    match command {
+        Command::Serve { log_format } => serve(&cli.config, log_format.unwrap_or(cli.log_format)),
         Command::CheckConfig { strict } => check_config(&cli.config, strict),
         Command::HashPassword => hash_password(),
         Command::User(cmd) => done(cli::user(&cli.config, cmd)),

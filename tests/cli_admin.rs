@@ -196,7 +196,11 @@ fn user_add_refusals_leave_the_file_alone() {
     let (_dir, config) = shipped_copy();
     let before = shipped_text();
     refused(
-        run(&config, &["user", "add", "stefano"], Some("pw\n")),
+        run(
+            &config,
+            &["user", "add", "stefano", "--scopes", "read"],
+            Some("pw\n"),
+        ),
         "already has a user \"stefano\"",
     );
     refused(
@@ -234,14 +238,22 @@ fn user_add_refusals_leave_the_file_alone() {
     let broken = before.replace("[[routes]]", "[[routes]");
     std::fs::write(&config, &broken).unwrap();
     refused(
-        run(&config, &["user", "add", "x"], Some("pw\n")),
+        run(
+            &config,
+            &["user", "add", "x", "--scopes", "read"],
+            Some("pw\n"),
+        ),
         "not valid TOML",
     );
     assert_eq!(std::fs::read_to_string(&config).unwrap(), broken);
 
     let missing = config.with_file_name("nope.toml");
     refused(
-        run(&missing, &["user", "add", "x"], Some("pw\n")),
+        run(
+            &missing,
+            &["user", "add", "x", "--scopes", "read"],
+            Some("pw\n"),
+        ),
         "nope.toml",
     );
     assert!(!missing.exists());
@@ -255,7 +267,13 @@ fn concurrent_edits_all_land() {
         .iter()
         .map(|n| {
             let (config, n) = (config.clone(), n.clone());
-            std::thread::spawn(move || run(&config, &["user", "add", &n], Some("pw\n")))
+            std::thread::spawn(move || {
+                run(
+                    &config,
+                    &["user", "add", &n, "--scopes", "read"],
+                    Some("pw\n"),
+                )
+            })
         })
         .collect();
     for h in handles {
@@ -280,7 +298,11 @@ fn a_symlinked_config_stays_a_symlink() {
     let link_dir = tempfile::tempdir().unwrap();
     let link = link_dir.path().join("gw.toml");
     std::os::unix::fs::symlink(&real, &link).unwrap();
-    ok(run(&link, &["user", "add", "bob"], Some("pw\n")));
+    ok(run(
+        &link,
+        &["user", "add", "bob", "--scopes", "read"],
+        Some("pw\n"),
+    ));
     assert!(
         std::fs::symlink_metadata(&link)
             .unwrap()
@@ -730,4 +752,67 @@ fn every_command_has_help() {
     for flag in ["--grants", "--scopes", "--public", "--redirect-uri"] {
         assert!(stdout.contains(flag), "{flag} not in {stdout}");
     }
+}
+
+// ------------------------------------------------------------ user passwd
+
+#[test]
+fn user_passwd_changes_only_the_hash() {
+    let (_dir, config) = shipped_copy();
+    let out = ok(run(
+        &config,
+        &["user", "passwd", "stefano"],
+        Some("new-pw\n"),
+    ));
+    assert!(text(&out.stderr).contains("SIGHUP"), "{}", show(&out));
+    check_config_passes(&config);
+    comments_kept(&config);
+    no_leftovers(&config);
+    let doc: toml::Table = toml::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    let users = doc["users"].as_array().unwrap();
+    assert_eq!(users.len(), 1);
+    let hash = argon2::PasswordHash::new(users[0]["password_hash"].as_str().unwrap()).unwrap();
+    assert!(
+        argon2::Argon2::default()
+            .verify_password(b"new-pw", &hash)
+            .is_ok()
+    );
+    assert!(
+        argon2::Argon2::default()
+            .verify_password(b"foo", &hash)
+            .is_err()
+    );
+    // Only that line changed.
+    let before: Vec<String> = shipped_text().lines().map(str::to_string).collect();
+    let after: Vec<String> = std::fs::read_to_string(&config)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(before.len(), after.len());
+    let changed: Vec<_> = before.iter().zip(&after).filter(|(a, b)| a != b).collect();
+    assert_eq!(changed.len(), 1, "{changed:?}");
+    assert!(changed[0].1.starts_with("password_hash = \"$argon2id$"));
+    // An unknown user: refused before any password is read, file untouched.
+    let now = std::fs::read_to_string(&config).unwrap();
+    refused(
+        run(&config, &["user", "passwd", "nobody"], Some("pw\n")),
+        "has no user \"nobody\"",
+    );
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), now);
+}
+
+#[test]
+fn user_add_needs_scopes_and_only_serve_takes_a_log_format() {
+    let (_dir, config) = shipped_copy();
+    let out = run(&config, &["user", "add", "x"], Some("pw\n"));
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    assert!(text(&out.stderr).contains("--scopes"), "{}", show(&out));
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), shipped_text());
+    let out = run(&config, &["check-config", "--log-format", "json"], None);
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    let help = text(&ok(run(&config, &["serve", "--help"], None)).stdout);
+    assert!(help.contains("--log-format"), "{help}");
+    let help = text(&ok(run(&config, &["check-config", "--help"], None)).stdout);
+    assert!(!help.contains("--log-format"), "{help}");
 }

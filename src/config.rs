@@ -47,27 +47,9 @@ impl std::error::Error for ConfigError {}
 
 /// Something valid but probably unintended (routes whose upstream paths overlap
 /// with different checks): printed by `check-config` (refused with `--strict`)
-/// and logged at warn level when the gateway starts or reloads.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigWarning {
-    pub file: PathBuf,
-    pub line: Option<usize>,
-    pub key: Option<String>,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigWarning {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file.display())?;
-        if let Some(line) = self.line {
-            write!(f, ":{line}")?;
-        }
-        if let Some(key) = &self.key {
-            write!(f, ": key `{key}`")?;
-        }
-        write!(f, ": {}", self.message)
-    }
-}
+/// and logged at warn level when the gateway starts or reloads. Shaped and
+/// printed like an error: file, line, key and message.
+pub type ConfigWarning = ConfigError;
 
 // ---------------------------------------------------------------- raw structs
 

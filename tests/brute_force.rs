@@ -9,6 +9,7 @@
 
 mod common;
 mod oauth_helpers;
+use common::redis_server::Redis;
 use common::*;
 use oauth_helpers::*;
 
@@ -643,62 +644,12 @@ async fn behind_a_trusted_proxy_the_right_most_untrusted_entry_is_the_client() {
 
 // ------------------------------------------------------------ redis
 
-/// A `redis-server` on a free port (never 6379), nothing on disk; killed on drop.
-struct Redis {
-    port: u16,
-    child: Option<std::process::Child>,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        for _ in 0..5 {
-            let port = closed_port();
-            if port == 6379 {
-                continue;
-            }
-            let child = std::process::Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no"])
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("redis-server must be on PATH for these tests");
-            let mut r = Redis {
-                port,
-                child: Some(child),
-            };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return r;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            r.kill();
-        }
-        panic!("redis-server did not come up");
-    }
-
-    fn store(&self) -> String {
-        format!(
-            "\n[store]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:{}/0\"\n",
-            self.port
-        )
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// The `[store]` section for the test's own `redis`.
+fn redis_store(redis: &Redis) -> String {
+    format!(
+        "\n[store]\nbackend = \"redis\"\nredis_url = \"{}\"\n",
+        redis.url()
+    )
 }
 
 /// Two instances on one Redis count against the same numbers: guesses sent to
@@ -706,10 +657,10 @@ impl Drop for Redis {
 /// instance alone would allow; a sign-in on one makes the address known on the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_counters_are_shared_by_two_instances() {
-    let redis = tokio::task::block_in_place(Redis::start);
+    let redis = Redis::start().await;
     let up = spawn_upstream().await;
-    let (a, admin_a) = gateway_on(&up, "", &redis.store()).await;
-    let (b, admin_b) = gateway_on(&up, "", &redis.store()).await;
+    let (a, admin_a) = gateway_on(&up, "", &redis_store(&redis)).await;
+    let (b, admin_b) = gateway_on(&up, "", &redis_store(&redis)).await;
     let both = || async { checks(admin_a).await + checks(admin_b).await };
     let start = Instant::now();
     let before = both().await;
@@ -793,8 +744,8 @@ async fn redis_counters_are_shared_by_two_instances() {
 /// Retry-After, never a way in, never an argon2 check.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_the_limiter_fails_closed() {
-    let mut redis = tokio::task::block_in_place(Redis::start);
-    let (gw, _up, admin) = gateway("", &redis.store()).await;
+    let mut redis = Redis::start().await;
+    let (gw, _up, admin) = gateway("", &redis_store(&redis)).await;
     let url = gw.url("/auth/access_token");
     assert_tokens(&guess_from(lo(1), &url, "alice", ALICE_PW, &[]).await);
     let before = checks(admin).await;
@@ -874,7 +825,7 @@ async fn scenario(l: &Limiter) -> Vec<String> {
 /// The memory and Redis stores run the same rules: one scenario, one outcome.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_and_redis_limiters_follow_the_same_rules() {
-    let redis = tokio::task::block_in_place(Redis::start);
+    let redis = Redis::start().await;
     let client = redis::Client::open(format!("redis://127.0.0.1:{}/0", redis.port)).unwrap();
     let conn = redis::aio::ConnectionManager::new(client).await.unwrap();
     let on_redis = scenario(&Limiter::redis(conn)).await;

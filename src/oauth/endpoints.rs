@@ -76,33 +76,29 @@ pub async fn revoke(
 ) -> Result<Response<Body>, GatewayError> {
     let (client, params) = authenticated_form(ctx, req).await?;
     let key = TokenHash::of(params.get("token").unwrap_or(""));
-    match find(ctx, &params).await? {
+    let revoked = match find(ctx, &params).await? {
         Some(Found::Access(rec)) if rec.grant.client == client.client.id => {
             ctx.store
                 .remove_access(key)
                 .await
                 .map_err(|_| GatewayError::StoreUnavailable)?;
-            let user = rec.grant.user.as_deref();
-            ctx.audit(
-                "token_revoked",
-                user,
-                Some(&client.client.id),
-                None,
-                Some("access_token"),
-            );
+            Some((rec.grant, "access_token"))
         }
         Some(Found::Refresh(rec)) if rec.grant.client == client.client.id => {
             revoke_family(ctx, rec.family).await?;
-            let user = rec.grant.user.as_deref();
-            ctx.audit(
-                "token_revoked",
-                user,
-                Some(&client.client.id),
-                None,
-                Some("refresh_token"),
-            );
+            Some((rec.grant, "refresh_token"))
         }
-        _ => {}
+        _ => None,
+    };
+    if let Some((grant, what)) = revoked {
+        let user = grant.user.as_deref();
+        ctx.audit(
+            "token_revoked",
+            user,
+            Some(&client.client.id),
+            None,
+            Some(what),
+        );
     }
     let mut resp = Response::new(full(""));
     resp.headers_mut()

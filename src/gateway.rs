@@ -52,10 +52,17 @@ impl AppState {
     }
 
     pub fn new(config: Arc<Config>) -> Result<AppState, StoreError> {
-        let passwords = PasswordPool::new(
+        // The decoy for unknown names is hashed like the configured users are.
+        let like = config
+            .users
+            .values()
+            .next()
+            .map(|u| u.password_hash.as_str());
+        let passwords = PasswordPool::with_decoy_like(
             config.oauth.password_workers,
             config.oauth.password_queue,
             Duration::from_secs(10),
+            like,
         );
         let grants = Arc::new(Grants::default());
         // The brute-force counters live where the tokens do: with Redis, every

@@ -76,6 +76,24 @@ fn verify_in(password: &[u8], phc: &str, memory: &mut Vec<Block>) -> bool {
         && bool::from(out.ct_eq(expected.as_bytes()))
 }
 
+/// A hash of a fixed decoy password with the algorithm and parameters of `like`
+/// (the library's recommended ones when `like` is absent or unreadable).
+fn decoy_like(like: Option<&str>) -> String {
+    let same = like.and_then(|phc| {
+        let h = PasswordHash::new(phc).ok()?;
+        let algorithm = Algorithm::new(h.algorithm.as_str()).ok()?;
+        let version = match h.version.map(Version::try_from) {
+            None => Version::V0x13,
+            Some(v) => v.ok()?,
+        };
+        Some(Argon2::new(algorithm, version, Params::try_from(&h).ok()?))
+    });
+    same.unwrap_or_default()
+        .hash_password(b"whosthat-dummy-password")
+        .expect("argon2 with valid parameters and an OS salt cannot fail")
+        .to_string()
+}
+
 /// The pool is full or the check waited too long: answer 503, try later.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Busy;
@@ -96,9 +114,21 @@ pub struct PasswordPool {
 
 impl PasswordPool {
     pub fn new(workers: usize, queue: usize, max_wait: Duration) -> PasswordPool {
+        PasswordPool::with_decoy_like(workers, queue, max_wait, None)
+    }
+
+    /// A pool whose decoy (checked for unknown names) has the parameters of
+    /// `like` (a configured hash): an unknown name then costs what a known one
+    /// does, so timing does not tell which names exist.
+    pub fn with_decoy_like(
+        workers: usize,
+        queue: usize,
+        max_wait: Duration,
+        like: Option<&str>,
+    ) -> PasswordPool {
         let (tx, rx) = mpsc::sync_channel::<Job>(queue);
         let rx = Arc::new(Mutex::new(rx));
-        let dummy: Arc<str> = Arc::from(hash_password(b"whosthat-dummy-password"));
+        let dummy: Arc<str> = Arc::from(decoy_like(like));
         for n in 0..workers.max(1) {
             let rx = rx.clone();
             let dummy = dummy.clone();
@@ -190,6 +220,21 @@ mod tests {
         assert!(!verify_in(b"passwore", &argon2i, &mut memory));
         assert!(verify_in(b"foo", &h, &mut memory));
         assert!(!verify_in(b"foo", "not a hash", &mut memory));
+    }
+
+    #[test]
+    fn the_decoy_has_the_configured_parameters() {
+        let cheap = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(8, 1, 1, None).unwrap(),
+        )
+        .hash_password(b"pw")
+        .unwrap()
+        .to_string();
+        assert!(decoy_like(Some(&cheap)).starts_with("$argon2id$v=19$m=8,t=1,p=1$"));
+        assert!(decoy_like(None).starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
+        assert!(decoy_like(Some("garbage")).starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
     }
 
     #[test]

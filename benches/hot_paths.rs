@@ -19,7 +19,7 @@
 //! cargo bench --bench hot_paths                 # everything
 //! cargo bench --bench hot_paths -- --quick      # a fast, rougher pass
 //! cargo bench --bench hot_paths -- route/       # one group
-//! cargo bench --bench hot_paths -- ratelimit/ audit/
+//! cargo bench --bench hot_paths -- 'ratelimit/|audit/'  # one filter: a regex
 
 use std::future::Future;
 use std::hint::black_box;

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # whosthat benchmark: authenticated proxied GETs through whosthat, side by side with
-# nginx as a plain reverse proxy and with the upstream called directly, plus
+# nginx as a plain reverse proxy and with the upstream called directly, and through
+# whosthat on a route with a per-client rate limit that never refuses (the cost of
+# the check, as a ratio of req/s with and without it), plus
 # password-grant token issuance; the proxied p99 under a concurrent login flood;
 # memory per idle keep-alive connection (whosthat vs nginx); memory per live token
 # (cargo bench --bench token_memory); the argon2 bound from criterion's measurement
@@ -153,6 +155,13 @@ prefix = "/api/"
 upstream = "http://127.0.0.1:$UP_PORT"
 strip_prefix = true
 scopes = ["read"]
+# The same route under a per-client limit that never refuses: what it costs is the check.
+[[routes]]
+prefix = "/rl/"
+upstream = "http://127.0.0.1:$UP_PORT"
+strip_prefix = true
+scopes = ["read"]
+rate_limit = { requests = 100000000, per = "1s", key = "client" }
 EOF
 # Access logs off on both sides (nginx: access_log off).
 RUST_LOG=warn "$BIN" -c "$OUT/gateway.toml" > "$OUT/whosthat.log" 2>&1 9>&- &
@@ -169,6 +178,13 @@ TOKEN=$(curl -s -X POST "http://127.0.0.1:$GW_PORT/auth/access_token" \
 test "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$GW_PORT/api/")" = 200
 test "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$GW_PORT/api/")" = 401
 test "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$NGX_PORT/api/")" = 200
+# The limited route answers 200 and says its limit (RateLimit-Policy), so the check ran.
+RL_HEAD=$(curl -s -o /dev/null -D - -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$GW_PORT/rl/")
+if ! grep -qi '^HTTP/1.1 200' <<< "$RL_HEAD" || ! grep -qi '^ratelimit-policy:' <<< "$RL_HEAD"; then
+    echo "the rate-limited route did not answer 200 with RateLimit-Policy:" >&2
+    echo "$RL_HEAD" >&2
+    exit 1
+fi
 
 # wrk output -> "rps p50_ms p99_ms errors"
 parse_wrk() {
@@ -199,7 +215,15 @@ echo "proxied GETs: $ROUNDS rounds x ${DURATION}s per contender, $CONNS connecti
 for r in $(seq "$ROUNDS"); do
     run_wrk direct "http://127.0.0.1:$UP_PORT/"
     run_wrk nginx "http://127.0.0.1:$NGX_PORT/api/"
-    run_wrk whosthat "http://127.0.0.1:$GW_PORT/api/" -H "Authorization: Bearer $TOKEN"
+    # With and without the limit back to back, the order swapped every round, so
+    # neither always runs on the warmer (or busier) side of the pair.
+    if [ $((r % 2)) = 1 ]; then
+        run_wrk whosthat "http://127.0.0.1:$GW_PORT/api/" -H "Authorization: Bearer $TOKEN"
+        run_wrk whosthat_rl "http://127.0.0.1:$GW_PORT/rl/" -H "Authorization: Bearer $TOKEN"
+    else
+        run_wrk whosthat_rl "http://127.0.0.1:$GW_PORT/rl/" -H "Authorization: Bearer $TOKEN"
+        run_wrk whosthat "http://127.0.0.1:$GW_PORT/api/" -H "Authorization: Bearer $TOKEN"
+    fi
     echo "  round $r done" >&2
 done
 
@@ -359,9 +383,10 @@ rows = rows_of(os.path.join(out, "results.txt"))
 print(f"\nwhosthat bench: {rounds} interleaved rounds x {duration}s, {conns} connections, wrk -t1, {cores} cores\n")
 print(f"| {'contender':<28} | {'req/s':>9} | {'p50 ms':>7} | {'p99 ms':>7} | {'errors':>6} |")
 print(f"|{'-'*30}|{'-'*11}|{'-'*9}|{'-'*9}|{'-'*8}|")
-label = {"direct": "direct to upstream", "nginx": "nginx proxy_pass (no auth)", "whosthat": "whosthat (bearer + scope)"}
+label = {"direct": "direct to upstream", "nginx": "nginx proxy_pass (no auth)", "whosthat": "whosthat (bearer + scope)",
+         "whosthat_rl": "whosthat + rate_limit"}
 summary = {}
-for name in ["direct", "nginx", "whosthat"]:
+for name in ["direct", "nginx", "whosthat", "whosthat_rl"]:
     r = rows[name]
     rps, p50, p99 = med([x[0] for x in r]), med([x[1] for x in r]), med([x[2] for x in r])
     summary[name] = (rps, p99)
@@ -383,6 +408,13 @@ thr = summary["whosthat"][0] / summary["nginx"][0]
 p99r = summary["whosthat"][1] / summary["nginx"][1]
 print(f"whosthat / nginx throughput: {thr:.2f}x; p99 ratio {p99r:.2f}x "
       f"(target: throughput >= 1x, p99 <= 1x: {verdict(thr >= 1 and p99r <= 1)})")
+# Per round: the two runs were back to back, so their ratio is the least disturbed by
+# whatever else the machine runs.
+per_round = [rl[0] / plain[0] for plain, rl in zip(rows["whosthat"], rows["whosthat_rl"])]
+print(f"rate limit (client key, never refusing): {summary['whosthat_rl'][0]:.0f} req/s with it, "
+      f"{summary['whosthat'][0]:.0f} without; with / without {med(per_round):.3f}x "
+      f"(median of {len(per_round)} rounds, range {min(per_round):.3f}-{max(per_round):.3f}x); "
+      f"p99 {summary['whosthat_rl'][1]:.3f} vs {summary['whosthat'][1]:.3f} ms")
 fr = summary["flooded"][1] / summary["alone"][1]
 print(f"login flood: proxied p99 {summary['alone'][1]:.3f} ms alone, {summary['flooded'][1]:.3f} ms with "
       f"{flood_conns} login connections ({summary['logins'][0]:.0f} logins/s): {fr:.2f}x (target <= 1.5x: {verdict(fr <= 1.5)})")

@@ -8,26 +8,35 @@
 //! - `argon2/verify_default_params`: one argon2id verification of a hash made by
 //!   `whosthat::password::hash_password` (what one password login costs in CPU).
 //!   `bench/run.sh` reads its median from
-//!   `target/criterion/argon2/verify_default_params/new/estimates.json`.
+//!   `target/criterion/argon2/verify_default_params/new/estimates.json`;
+//! - `ratelimit/*`: what a route's `rate_limit` adds to a request: one allowed
+//!   `check_local` (memory store) on one hot key and walking 100,000 distinct keys, one
+//!   `check` against a shared bucket while a lease is held (the common case with Redis:
+//!   no round trip; the bucket here is in memory and answers batches at once), and
+//!   rendering the `RateLimit-Policy` / `RateLimit` fields every allowed answer carries;
+//! - `audit/new_request_id`: the `X-Request-Id` made for every request.
 //!
 //! cargo bench --bench hot_paths                 # everything
 //! cargo bench --bench hot_paths -- --quick      # a fast, rougher pass
 //! cargo bench --bench hot_paths -- route/       # one group
+//! cargo bench --bench hot_paths -- 'ratelimit/|audit/'  # one filter: a regex
 
 use std::future::Future;
 use std::hint::black_box;
 use std::pin::pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use argon2::{Argon2, PasswordVerifier};
 use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Version};
 
+use whosthat::audit::new_request_id;
 use whosthat::password::hash_password;
 use whosthat::proxy::{ForwardInfo, upstream_request_headers};
+use whosthat::ratelimit::{RateKey, RateKeyKind, RateLimitSpec, RateLimiter, SharedBuckets};
 use whosthat::routes::{Route, RouteTable, Upstream, normalize_path, normalize_prefix};
 use whosthat::scope::ScopeSet;
 use whosthat::store::{
@@ -212,11 +221,119 @@ fn argon2_verify(c: &mut Criterion) {
     g.finish();
 }
 
+/// A limit that never refuses, as bench/run.sh configures it: what is measured is the
+/// check. `burst` defaults to `requests` in the config, so it is 100,000,000 here too,
+/// and a lease (a tenth of the quota) is 10,000,000 units.
+fn never_refusing() -> RateLimitSpec {
+    RateLimitSpec {
+        requests: 100_000_000,
+        per: Duration::from_secs(1),
+        burst: 100_000_000,
+        key: RateKeyKind::Client,
+    }
+}
+
+/// A shared bucket that grants every batch in full at once: what is left to measure is
+/// the instance's side (spending a leased unit), not Redis.
+struct InstantBuckets;
+
+impl SharedBuckets for InstantBuckets {
+    fn take(
+        &self,
+        _name: String,
+        _interval_ns: u64,
+        _tolerance_ns: u64,
+        want: u32,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(u32, u64), String>> + Send + '_>> {
+        Box::pin(std::future::ready(Ok((want, 0))))
+    }
+}
+
+fn rate_limit(c: &mut Criterion) {
+    let mut g = c.benchmark_group("ratelimit");
+    // The gateway builds the key from the grant's client id (an Arc clone) per request.
+    let client: Arc<str> = Arc::from("bench-cli");
+
+    let limiter = RateLimiter::new(never_refusing(), "/api");
+    g.bench_function("check_local_hot_key", |b| {
+        b.iter(|| {
+            let d = limiter.check_local(&RateKey::Client(black_box(&client).clone()));
+            assert!(d.allowed);
+            d
+        })
+    });
+
+    // Many callers: 100,000 keys, each seen before (an entry exists), walked with a
+    // stride so that the map's memory is touched as live traffic would.
+    const KEYS: usize = 100_000;
+    let many = RateLimiter::new(never_refusing(), "/api");
+    let keys: Vec<RateKey> = (0..KEYS)
+        .map(|i| RateKey::Client(Arc::from(format!("client-{i}"))))
+        .collect();
+    for k in &keys {
+        many.check_local(k);
+    }
+    g.bench_function("check_local_100k_keys", |b| {
+        let mut i = 0usize;
+        b.iter(|| {
+            i = (i + 7919) % KEYS;
+            let d = many.check_local(black_box(&keys[i]));
+            assert!(d.allowed);
+            d
+        })
+    });
+
+    // With Redis: units are spent from a local lease; a refill is spawned in the
+    // background when half of it is gone. A current-thread runtime, as one of the
+    // gateway's workers; the loop yields every 1,024 checks so a spawned refill runs
+    // (a worker yields between requests), which adds well under 1 ns per check.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("tokio runtime");
+    let shared_limiter = Arc::new(RateLimiter::new(never_refusing(), "/api"));
+    let shared: Arc<dyn SharedBuckets> = Arc::new(InstantBuckets);
+    // The first lease: taken before measuring.
+    rt.block_on(shared_limiter.check(&RateKey::Client(client.clone()), Some(&shared)));
+    g.bench_function("check_shared_lease_held", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for n in 0..iters {
+                    let key = RateKey::Client(black_box(&client).clone());
+                    let d = shared_limiter.check(&key, Some(&shared)).await;
+                    assert!(d.allowed);
+                    black_box(d);
+                    if n % 1024 == 1023 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                start.elapsed()
+            })
+        })
+    });
+
+    // Every allowed answer under a limit carries both fields (src/gateway.rs).
+    let spec = never_refusing();
+    let d = limiter.check_local(&RateKey::Client(client.clone()));
+    g.bench_function("header_fields", |b| {
+        b.iter(|| {
+            let s = black_box(&spec);
+            (s.policy_header(), black_box(&d).header(s))
+        })
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("audit");
+    g.bench_function("new_request_id", |b| b.iter(new_request_id));
+    g.finish();
+}
+
 criterion_group!(
     benches,
     token_lookup,
     route_match,
     header_rewrite,
-    argon2_verify
+    argon2_verify,
+    rate_limit
 );
 criterion_main!(benches);

@@ -319,7 +319,7 @@ async fn handle_inner<'s>(
             _ => RateKey::Addr(client),
         };
         let d = limit.check(&key, state.rate_buckets.as_ref()).await;
-        let policy = limit.spec.policy_header();
+        let policy = limit.policy.clone();
         let now = d.header(&limit.spec);
         if !d.allowed {
             return Err(GatewayError::RateLimited {

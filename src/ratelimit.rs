@@ -140,15 +140,21 @@ pub struct Decision {
 }
 
 impl Decision {
-    /// `RateLimit: "<key>";r=<remaining>;t=<seconds>`.
+    /// `RateLimit: "<key>";r=<remaining>;t=<seconds>`, written into a stack
+    /// buffer (every answer under a limit carries it).
     pub fn header(&self, spec: &RateLimitSpec) -> HeaderValue {
-        HeaderValue::try_from(format!(
+        use std::io::Write;
+        let mut buf = [0u8; 64];
+        let mut w = &mut buf[..];
+        let _ = write!(
+            w,
             "\"{}\";r={};t={}",
             spec.key.as_str(),
             self.remaining,
             self.reset_secs
-        ))
-        .unwrap_or(HeaderValue::from_static("\"default\""))
+        );
+        let len = 64 - w.len();
+        HeaderValue::from_bytes(&buf[..len]).unwrap_or(HeaderValue::from_static("\"default\""))
     }
 }
 
@@ -254,6 +260,8 @@ pub trait SharedBuckets: Send + Sync + 'static {
 /// A route's limiter: the spec and this instance's state per key.
 pub struct RateLimiter {
     pub spec: RateLimitSpec,
+    /// `RateLimit-Policy`, the same for every answer: rendered once.
+    pub policy: HeaderValue,
     /// Names the shared buckets: the route's prefix.
     scope: String,
     epoch: Instant,
@@ -273,6 +281,7 @@ impl std::fmt::Debug for RateLimiter {
 impl RateLimiter {
     pub fn new(spec: RateLimitSpec, scope: &str) -> RateLimiter {
         RateLimiter {
+            policy: spec.policy_header(),
             spec,
             scope: scope.to_string(),
             epoch: Instant::now(),

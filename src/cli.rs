@@ -74,6 +74,9 @@ pub enum ClientCommand {
         /// A redirect URI for the authorization code flow; repeat for several.
         #[arg(long = "redirect-uri", value_name = "URI")]
         redirect_uris: Vec<String>,
+        /// Let this (confidential) client call /auth/introspect (RFC 7662).
+        #[arg(long)]
+        introspect: bool,
     },
     /// Remove a client.
     Remove {
@@ -114,7 +117,16 @@ pub fn client(config: &Path, cmd: ClientCommand) -> CliResult<()> {
             scopes,
             public,
             redirect_uris,
-        } => client_add(config, &id, &grants, &scopes, public, redirect_uris),
+            introspect,
+        } => client_add(
+            config,
+            &id,
+            &grants,
+            &scopes,
+            public,
+            redirect_uris,
+            introspect,
+        ),
         ClientCommand::Remove { id } => remove(config, Section::Clients, &id),
         ClientCommand::List => client_list(config),
     }
@@ -195,6 +207,8 @@ pub struct NewClient {
     pub scopes: Vec<String>,
     pub public: bool,
     pub redirect_uris: Vec<String>,
+    /// May call `/auth/introspect` (confidential clients only).
+    pub introspect: bool,
 }
 
 impl NewClient {
@@ -246,6 +260,7 @@ impl NewClient {
             scopes: check_scopes(scopes)?,
             public,
             redirect_uris,
+            introspect: false,
         })
     }
 }
@@ -411,6 +426,9 @@ pub fn add_client(
             "redirect_uris",
             string_array(client.redirect_uris.iter().map(String::as_str)).into(),
         ));
+    }
+    if client.introspect {
+        fields.push(("introspect", true.into()));
     }
     append_entry(doc, Section::Clients, fields)
 }
@@ -613,8 +631,14 @@ fn client_add(
     scopes: &[String],
     public: bool,
     redirect_uris: Vec<String>,
+    introspect: bool,
 ) -> CliResult<()> {
-    let client = NewClient::check(id, grants, scopes, public, redirect_uris)?;
+    let mut client = NewClient::check(id, grants, scopes, public, redirect_uris)?;
+    if introspect && public {
+        // The loader's rule (config.rs): only a client that proves a secret.
+        return Err("--introspect needs a confidential client (not --public)".into());
+    }
+    client.introspect = introspect;
     refuse_duplicate(&read_doc(path)?, Section::Clients, id, path)?;
     let secret = (!public).then(crate::store::new_token);
     let hash = secret

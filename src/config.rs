@@ -428,6 +428,26 @@ impl Config {
                     ""
                 }
             );
+            if let Some(l) = &r.rate_limit {
+                let spec = &l.spec;
+                let _ = writeln!(
+                    s,
+                    "  {:<29} rate limit {} per {} by {}, {} at once",
+                    "",
+                    spec.requests,
+                    humantime::format_duration(spec.per),
+                    spec.key.as_str(),
+                    spec.burst
+                );
+            }
+            if let Some(c) = &r.cors {
+                let origins = if c.any {
+                    "*".to_string()
+                } else {
+                    c.origins.join(", ")
+                };
+                let _ = writeln!(s, "  {:<29} cors for {origins}", "");
+            }
         }
         let mut users: Vec<_> = self.users.values().collect();
         users.sort_by(|a, b| a.name.cmp(&b.name));

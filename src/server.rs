@@ -126,6 +126,8 @@ pub async fn serve_with(
     }
     if let (Some(memory), Some(file)) = (&state.memory, &config.store.state_file) {
         match memory.load(file, &state.grants, &config) {
+            // No file (a first start, or after a crash): nothing to say.
+            Ok(0) => {}
             Ok(n) => {
                 tracing::info!(tokens = n, file = %file.display(), "tokens saved at the last shutdown loaded")
             }

@@ -816,3 +816,46 @@ fn user_add_needs_scopes_and_only_serve_takes_a_log_format() {
     let help = text(&ok(run(&config, &["check-config", "--help"], None)).stdout);
     assert!(!help.contains("--log-format"), "{help}");
 }
+
+#[test]
+fn client_add_introspect_only_for_confidential_clients() {
+    let (_dir, config) = shipped_copy();
+    let out = ok(run(
+        &config,
+        &[
+            "client",
+            "add",
+            "rs",
+            "--grants",
+            "client_credentials",
+            "--scopes",
+            "read",
+            "--introspect",
+        ],
+        None,
+    ));
+    assert!(!text(&out.stdout).trim().is_empty(), "no secret printed");
+    check_config_passes(&config);
+    assert_eq!(
+        client_entry(&config, "rs")["introspect"].as_bool(),
+        Some(true)
+    );
+    let before = std::fs::read_to_string(&config).unwrap();
+    refused(
+        run(
+            &config,
+            &[
+                "client",
+                "add",
+                "web2",
+                "--grants",
+                "password",
+                "--public",
+                "--introspect",
+            ],
+            None,
+        ),
+        "--introspect needs a confidential client",
+    );
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), before);
+}

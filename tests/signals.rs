@@ -3,83 +3,10 @@
 //! stops it with exit 0.
 
 mod common;
+use common::binary::Running;
 use common::*;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-struct Running {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-    /// Reads stdout until the child closes it.
-    reader: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Running {
-    fn start(config: &std::path::Path) -> Running {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_whosthat"))
-            .args(["--log-format", "json", "-c"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        let out = child.stdout.take().unwrap();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Running {
-            child,
-            lines,
-            reader: Some(reader),
-        }
-    }
-
-    /// Every line the child wrote, once it has closed its stdout (it has exited).
-    fn all_lines(&mut self) -> Vec<String> {
-        if let Some(r) = self.reader.take() {
-            r.join().unwrap();
-        }
-        self.lines.lock().unwrap().clone()
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe {
-            libc::kill(self.child.id() as i32, sig);
-        }
-    }
-
-    async fn wait_for_line(&self, needle: &str) -> serde_json::Value {
-        let deadline = Instant::now() + HANG_GUARD;
-        loop {
-            if let Some(l) = self
-                .lines
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|l| l.contains(needle))
-            {
-                return serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
-            }
-            assert!(Instant::now() < deadline, "no log line with {needle:?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-    }
-}
 
 #[tokio::test]
 async fn sighup_reloads_json_logs_sigterm_stops() {

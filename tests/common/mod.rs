@@ -2,6 +2,7 @@
 //! and small HTTP clients (pooled hyper, HTTP/2 prior knowledge, raw TCP).
 #![allow(dead_code)]
 
+pub mod binary;
 pub mod redis_server;
 
 use std::convert::Infallible;

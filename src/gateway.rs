@@ -148,18 +148,16 @@ pub async fn handle(
     // The config in force when the request arrived, for the whole request.
     let config = state.config();
     // Per request: a load balancer's connection carries many clients.
-    let client = client_address(
-        &config.server.trusted_proxies,
-        conn.peer.ip(),
-        req.headers(),
-    );
-    // Taken from a trusted proxy or made here; replaces any the client sent,
-    // and goes upstream with the request.
-    let from_proxy = config
-        .server
-        .trusted_proxies
-        .iter()
-        .any(|n| n.contains(&conn.peer.ip().to_canonical()));
+    let peer = conn.peer.ip().to_canonical();
+    let trusted = &config.server.trusted_proxies;
+    let from_proxy = trusted.iter().any(|n| n.contains(&peer));
+    let client = if from_proxy {
+        client_address(trusted, peer, req.headers())
+    } else {
+        peer
+    };
+    // The request id is taken from a trusted proxy or made here; it replaces any
+    // the client sent, and goes upstream with the request.
     let request_id = audit::request_id(req.headers(), from_proxy);
     req.headers_mut()
         .insert(&audit::X_REQUEST_ID, request_id.clone());
@@ -316,7 +314,8 @@ async fn handle_inner<'s>(
                 None => RateKey::Client(g.client.clone()),
             },
             // The config allows only `address` on public routes.
-            _ => RateKey::Addr(client),
+            // One IPv6 site (/64) is one caller, as for every per-address limit.
+            _ => RateKey::Addr(crate::proxy::client_block(client)),
         };
         let d = limit.check(&key, state.rate_buckets.as_ref()).await;
         let policy = limit.policy.clone();

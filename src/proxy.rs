@@ -308,6 +308,20 @@ fn is_bearer(v: &HeaderValue) -> bool {
 /// (`unknown`, an obfuscated node, garbage) stops the walk at the proxy that
 /// wrote it. Limits, logs and the upstream's `X-Forwarded-For` all use this one
 /// address.
+/// What counts as one client for per-client limits: an IPv4 address (also
+/// when it comes IPv4-mapped), or an IPv6 /64, the block one site is given, so
+/// that an IPv6 client cannot step around a limit by changing its interface ID.
+/// Connection caps, brute-force buckets and address rate limits all use it.
+pub fn client_block(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(std::net::Ipv6Addr::from(prefix))
+        }
+        v4 => v4,
+    }
+}
+
 pub fn client_address(trusted: &[ipnet::IpNet], peer: IpAddr, headers: &HeaderMap) -> IpAddr {
     let peer = peer.to_canonical();
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
@@ -1193,6 +1207,22 @@ mod tests {
             client_address(&lb, ip("::ffff:10.0.0.1"), &xff(&["::ffff:192.0.2.1"])),
             ip("192.0.2.1")
         );
+    }
+
+    #[test]
+    fn one_client_is_an_ipv4_address_or_an_ipv6_64() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(client_block(ip("192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(client_block(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(
+            client_block(ip("2001:db8:1:2:aaaa::1")),
+            ip("2001:db8:1:2::")
+        );
+        assert_eq!(
+            client_block(ip("2001:db8:1:2:ffff:1:2:3")),
+            client_block(ip("2001:db8:1:2::9"))
+        );
+        assert_ne!(client_block(ip("2001:db8:1:3::1")), ip("2001:db8:1:2::"));
     }
 
     #[test]

@@ -7,7 +7,7 @@ pub mod framing;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -302,17 +302,9 @@ struct PerIpSlot {
 }
 
 impl PerIp {
-    /// What counts as one client address: an IPv4 address (also when it comes
-    /// IPv4-mapped), or an IPv6 /64, the block one site is given, so that an
-    /// IPv6 client cannot step around the cap by changing its interface ID.
+    /// What counts as one client address ([`crate::proxy::client_block`]).
     fn key(ip: IpAddr) -> IpAddr {
-        match ip.to_canonical() {
-            IpAddr::V6(v6) => {
-                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
-                IpAddr::V6(Ipv6Addr::from(prefix))
-            }
-            v4 => v4,
-        }
+        crate::proxy::client_block(ip)
     }
 
     /// A slot for one more connection from `ip`, if it holds fewer than `max`.

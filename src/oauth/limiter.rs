@@ -171,13 +171,9 @@ pub fn level(tat: u64, now: u64, period_ms: u64) -> u32 {
 /// The key part for a client address: IPv4 whole, IPv6 by its /64 (one host
 /// commonly holds a whole /64).
 pub fn addr_key(addr: IpAddr) -> String {
-    match addr.to_canonical() {
+    match crate::proxy::client_block(addr) {
         IpAddr::V4(a) => a.to_string(),
-        IpAddr::V6(a) => {
-            let s = a.segments();
-            let net = std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0);
-            format!("{net}/64")
-        }
+        net => format!("{net}/64"),
     }
 }
 

@@ -52,12 +52,13 @@ impl AppState {
     }
 
     pub fn new(config: Arc<Config>) -> Result<AppState, StoreError> {
-        // The decoy for unknown names is hashed like the configured users are.
+        // The decoy for unknown names is hashed like the costliest configured
+        // user's: an unknown name never costs less than a real one.
         let like = config
             .users
             .values()
-            .next()
-            .map(|u| u.password_hash.as_str());
+            .map(|u| u.password_hash.as_str())
+            .max_by_key(|h| crate::password::cost_of(h));
         let passwords = PasswordPool::with_decoy_like(
             config.oauth.password_workers,
             config.oauth.password_queue,

@@ -76,6 +76,17 @@ fn verify_in(password: &[u8], phc: &str, memory: &mut Vec<Block>) -> bool {
         && bool::from(out.ct_eq(expected.as_bytes()))
 }
 
+/// Memory × passes × lanes of an argon2 PHC string (0 when unreadable): what
+/// one check of it costs, for comparing hashes.
+pub fn cost_of(phc: &str) -> u64 {
+    PasswordHash::new(phc)
+        .ok()
+        .and_then(|h| Params::try_from(&h).ok())
+        .map_or(0, |p| {
+            u64::from(p.m_cost()) * u64::from(p.t_cost()) * u64::from(p.p_cost())
+        })
+}
+
 /// A hash of a fixed decoy password with the algorithm and parameters of `like`
 /// (the library's recommended ones when `like` is absent or unreadable).
 fn decoy_like(like: Option<&str>) -> String {
@@ -235,6 +246,9 @@ mod tests {
         assert!(decoy_like(Some(&cheap)).starts_with("$argon2id$v=19$m=8,t=1,p=1$"));
         assert!(decoy_like(None).starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
         assert!(decoy_like(Some("garbage")).starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
+        assert_eq!(cost_of(&cheap), 8);
+        assert_eq!(cost_of(&hash_password(b"x")), 19456 * 2);
+        assert_eq!(cost_of("garbage"), 0);
     }
 
     #[test]

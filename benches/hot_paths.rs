@@ -192,6 +192,7 @@ fn header_rewrite(c: &mut Criterion) {
         forwarded_for: &peer,
         host: Some(HeaderValue::from_static("api.example.com")),
         identity: Some(&grant),
+        assertion: None,
     };
     let mut g = c.benchmark_group("headers");
     g.bench_function("upstream_request_headers", |b| {

@@ -19,6 +19,9 @@ use crate::ratelimit::{RateKeyKind, RateLimitSpec, RateLimiter};
 use crate::routes::{Route, RouteTable, Upstream};
 use crate::scope::{ScopeSet, is_valid_scope_token};
 
+mod identity;
+pub use identity::UserClaims;
+
 /// A config error: where it is and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -102,6 +105,7 @@ struct RawOAuth {
     default_client: Option<Spanned<String>>,
     password_workers: Option<Spanned<i64>>,
     password_queue: Option<Spanned<i64>>,
+    signing_keys: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -120,6 +124,7 @@ struct RawUser {
     name: Spanned<String>,
     password_hash: Spanned<String>,
     scopes: Option<Spanned<Vec<String>>>,
+    claims: Option<Spanned<identity::RawClaims>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -158,6 +163,8 @@ struct RawRoute {
     upgrades: Option<Spanned<Vec<String>>>,
     rate_limit: Option<Spanned<RawRateLimit>>,
     cors: Option<Spanned<RawCors>>,
+    identity_assertion: Option<Spanned<bool>>,
+    audience: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -234,6 +241,9 @@ pub struct OAuthConfig {
     pub password_workers: usize,
     /// Password checks that may wait for a worker before logins get 503.
     pub password_queue: usize,
+    /// `signing_keys`: the first signs, all are published at
+    /// `/.well-known/jwks.json`. `None`: assertions and OpenID Connect are off.
+    pub signing: Option<Arc<crate::jose::KeySet>>,
 }
 
 #[derive(Debug, Clone)]
@@ -276,6 +286,8 @@ pub struct User {
     pub name: Arc<str>,
     pub password_hash: String,
     pub scopes: ScopeSet,
+    /// OpenID Connect claims (`claims = { name, email, email_verified, groups }`).
+    pub claims: UserClaims,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -1126,6 +1138,15 @@ impl Validator<'_> {
                 100_000,
                 256,
             )?,
+            signing: None,
+        };
+        let key_warnings = match &oauth_raw.signing_keys {
+            None => Vec::new(),
+            Some(list) => {
+                let (set, warnings) = self.signing_keys(list)?;
+                oauth.signing = Some(set);
+                warnings
+            }
         };
 
         // [store]
@@ -1239,6 +1260,7 @@ impl Validator<'_> {
                 name: Arc::from(name.as_str()),
                 password_hash: self.phc(&u.password_hash, &key("password_hash"))?,
                 scopes: self.scopes(&u.scopes, &key("scopes"))?,
+                claims: self.user_claims(&u.claims, &key("claims"))?,
             };
             if users.insert(name.clone(), Arc::new(user)).is_some() {
                 return Err(self.err(
@@ -1433,6 +1455,9 @@ impl Validator<'_> {
             }
             let auth = r.auth.unwrap_or(true);
             let scopes = self.scopes(&r.scopes, &key("scopes"))?;
+            let assertion =
+                self.route_assertion(r, &span, auth, &upstreams, oauth.signing.is_some(), &key)?;
+            self.refuse_identity_path(&prefix, oauth.signing.is_some(), &r.prefix, &key)?;
             let prefix_for_limits = prefix.clone();
             let methods_for_cors = methods.clone();
             if !auth && !scopes.is_empty() {
@@ -1484,11 +1509,12 @@ impl Validator<'_> {
                     None => None,
                     Some(c) => Some(Arc::new(self.cors(c, &methods_for_cors, &key("cors"))?)),
                 },
+                assertion,
             });
         }
 
         let routes = Arc::new(RouteTable::new(routes));
-        let warnings = crate::shadowing::analyse(&routes)
+        let mut warnings: Vec<ConfigWarning> = crate::shadowing::analyse(&routes)
             .into_iter()
             .map(|found| ConfigWarning {
                 file: self.file.to_path_buf(),
@@ -1497,6 +1523,8 @@ impl Validator<'_> {
                 message: found.message,
             })
             .collect();
+        warnings.extend(key_warnings);
+        warnings.extend(self.oidc_warnings(&oauth, &clients, oauth_raw));
         Ok(Config {
             file: self.file.to_path_buf(),
             server,

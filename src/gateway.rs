@@ -22,6 +22,7 @@ use crate::metrics::Metrics;
 use crate::oauth::authorize::{AUTHORIZE_PATH, Authorizer};
 use crate::oauth::endpoints::{self, INTROSPECT_PATH, METADATA_PATH, REVOKE_PATH, USERINFO_PATH};
 use crate::oauth::limiter::Limiter;
+use crate::oauth::oidc::{self, JWKS_PATH, OPENID_CONFIGURATION_PATH};
 use crate::oauth::{BodyReadTimeout, OAuthContext, grant_still_allowed, token_endpoint};
 use crate::password::PasswordPool;
 use crate::proxy::{ForwardInfo, client_address, forward};
@@ -225,7 +226,12 @@ async fn handle_inner<'s>(
         // Browser apps call these across origins (the code flow with PKCE).
         if matches!(
             endpoint,
-            Endpoint::Token | Endpoint::Revoke | Endpoint::Metadata
+            Endpoint::Token
+                | Endpoint::Revoke
+                | Endpoint::Metadata
+                | Endpoint::Userinfo
+                | Endpoint::Jwks
+                | Endpoint::OpenIdConfiguration
         ) {
             // A preflight's answer is whole as it is; other answers get the fields.
             if CorsPolicy::is_preflight(req.method(), req.headers()) {
@@ -254,7 +260,8 @@ async fn handle_inner<'s>(
             Endpoint::Revoke => endpoints::revoke(&ctx, req).await,
             Endpoint::Introspect => endpoints::introspect(&ctx, req).await,
             Endpoint::Userinfo => endpoints::userinfo(&ctx, req).await,
-            Endpoint::Metadata => Ok(endpoints::metadata(config)),
+            Endpoint::Metadata | Endpoint::OpenIdConfiguration => Ok(endpoints::metadata(config)),
+            Endpoint::Jwks => oidc::jwks(config, req.method()),
         };
     }
 
@@ -345,6 +352,7 @@ async fn handle_inner<'s>(
         tls: conn.tls,
         host,
         identity: record.as_ref().map(|r| r.grant.as_ref()),
+        assertion: assertion_for(config, route, record.as_ref()),
     };
     let upstream = route.pick_upstream();
     forward(req, route, upstream, &path, &info).await
@@ -359,6 +367,10 @@ pub enum Endpoint {
     Introspect,
     Userinfo,
     Metadata,
+    /// With signing keys only.
+    Jwks,
+    /// With signing keys only.
+    OpenIdConfiguration,
 }
 
 impl Endpoint {
@@ -371,6 +383,8 @@ impl Endpoint {
             Endpoint::Introspect => INTROSPECT_PATH,
             Endpoint::Userinfo => USERINFO_PATH,
             Endpoint::Metadata => METADATA_PATH,
+            Endpoint::Jwks => JWKS_PATH,
+            Endpoint::OpenIdConfiguration => OPENID_CONFIGURATION_PATH,
         }
     }
 }
@@ -387,8 +401,31 @@ pub fn own_endpoint(config: &Config, path: &str) -> Option<Endpoint> {
         INTROSPECT_PATH => Some(Endpoint::Introspect),
         USERINFO_PATH => Some(Endpoint::Userinfo),
         METADATA_PATH => Some(Endpoint::Metadata),
+        // Without keys these paths are not the gateway's: routes get them, as before.
+        JWKS_PATH if oidc::enabled(config) => Some(Endpoint::Jwks),
+        OPENID_CONFIGURATION_PATH if oidc::enabled(config) => Some(Endpoint::OpenIdConfiguration),
         _ => None,
     }
+}
+
+/// `X-Auth-Assertion` for an authenticated request on a route with
+/// `identity_assertion = true` (the config refuses that option without keys).
+fn assertion_for(
+    config: &Config,
+    route: &crate::routes::Route,
+    record: Option<&crate::store::TokenRecord>,
+) -> Option<HeaderValue> {
+    let (assertion, record, keys) = (
+        route.assertion.as_ref()?,
+        record?,
+        config.oauth.signing.as_ref()?,
+    );
+    Some(assertion.header(
+        &record.grant,
+        &config.oauth.issuer,
+        keys.signer(),
+        crate::store::now_secs(),
+    ))
 }
 
 /// Whether a query string has an `access_token` parameter (its name compared

@@ -4,6 +4,7 @@
 //! APIs through it; every proxied request is checked against the token store and
 //! the route's scopes, then forwarded with the caller's identity in headers.
 
+pub mod assertion;
 pub mod audit;
 pub mod cli;
 pub mod config;
@@ -11,6 +12,7 @@ pub mod cors;
 pub mod error;
 pub mod fsutil;
 pub mod gateway;
+pub mod jose;
 pub mod metrics;
 pub mod oauth;
 pub mod password;

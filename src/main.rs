@@ -68,6 +68,25 @@ enum Command {
     /// Check which route a request would take.
     #[command(subcommand)]
     Route(cli::RouteCommand),
+    /// Write a new signing key (PEM, mode 0600) for [oauth] signing_keys; never overwrites.
+    Keygen {
+        /// The algorithm: ES256 (P-256), RS256 (RSA 3072, what OpenID Connect
+        /// clients expect by default) or EdDSA (Ed25519).
+        #[arg(long, value_enum, default_value_t = KeyAlg::Es256)]
+        alg: KeyAlg,
+        /// Where to write the key.
+        path: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum KeyAlg {
+    #[value(name = "ES256")]
+    Es256,
+    #[value(name = "RS256")]
+    Rs256,
+    #[value(name = "EdDSA")]
+    EdDsa,
 }
 
 fn main() -> ExitCode {
@@ -84,6 +103,25 @@ fn main() -> ExitCode {
             Ok(false) => ExitCode::FAILURE,
             Err(e) => done(Err(e)),
         },
+        Command::Keygen { alg, path } => keygen(alg, &path),
+    }
+}
+
+/// `whosthat keygen`: the key to the file, its kid and the config line to stdout.
+fn keygen(alg: KeyAlg, path: &std::path::Path) -> ExitCode {
+    use whosthat::jose::Alg;
+    let alg = match alg {
+        KeyAlg::Es256 => Alg::Es256,
+        KeyAlg::Rs256 => Alg::Rs256,
+        KeyAlg::EdDsa => Alg::EdDsa,
+    };
+    match whosthat::jose::keys::write_new_key(path, alg) {
+        Ok(kid) => {
+            println!("wrote a new {alg} key to {} (kid {kid})", path.display());
+            println!("add it to [oauth] signing_keys; see README \"Key rotation\" for the order");
+            ExitCode::SUCCESS
+        }
+        Err(e) => done(Err(e.to_string())),
     }
 }
 

@@ -413,6 +413,8 @@ pub struct ForwardInfo<'a> {
     /// The Host (or :authority) the client used.
     pub host: Option<HeaderValue>,
     pub identity: Option<&'a Grant>,
+    /// `X-Auth-Assertion` for routes with `identity_assertion = true`.
+    pub assertion: Option<HeaderValue>,
 }
 
 /// Rewrites request headers for the upstream, in one pass over them.
@@ -480,6 +482,12 @@ pub fn upstream_request_headers(headers: &mut HeaderMap, version: Version, info:
         }
         out.insert(X_AUTH_CLIENT.clone(), h.client.clone());
         out.insert(X_AUTH_SCOPE.clone(), h.scope.clone());
+    }
+    if let Some(assertion) = &info.assertion {
+        out.insert(
+            crate::assertion::X_AUTH_ASSERTION.clone(),
+            assertion.clone(),
+        );
     }
     *headers = out;
 }
@@ -868,6 +876,7 @@ mod tests {
             tls: false,
             host: None,
             identity: None,
+            assertion: None,
         };
         let mut h = HeaderMap::new();
         h.append("cookie", HeaderValue::from_static("a=1"));
@@ -911,6 +920,7 @@ mod tests {
             tls: false,
             host: Some(HeaderValue::from_static("gw.example")),
             identity: Some(&grant),
+            assertion: None,
         };
         upstream_request_headers(&mut h, Version::HTTP_11, &info);
         assert!(h.get("authorization").is_none());
@@ -984,6 +994,7 @@ mod tests {
             tls: false,
             host: None,
             identity: None,
+            assertion: None,
         };
         upstream_request_headers(&mut h, Version::HTTP_11, &info);
         let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();

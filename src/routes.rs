@@ -259,6 +259,8 @@ pub struct Route {
     pub rate_limit: Option<std::sync::Arc<crate::ratelimit::RateLimiter>>,
     /// `cors`: answered preflights and allowed origins.
     pub cors: Option<std::sync::Arc<crate::cors::CorsPolicy>>,
+    /// `identity_assertion = true`: the audience and the cached assertions.
+    pub assertion: Option<std::sync::Arc<crate::assertion::RouteAssertion>>,
 }
 
 impl Route {

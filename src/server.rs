@@ -458,6 +458,9 @@ async fn sweep_loop(state: Arc<AppState>, every: Duration) {
             if let Some(limit) = &route.rate_limit {
                 limit.sweep();
             }
+            if let Some(assertion) = &route.assertion {
+                assertion.sweep(now_secs());
+            }
         }
         match state.store.sweep_expired(now_secs()).await {
             Ok(0) => {}

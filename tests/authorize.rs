@@ -288,7 +288,9 @@ async fn unregistered_redirect_uris_are_error_pages_even_near_misses() {
     for uri in [
         "http://evil.example/callback",
         "http://127.0.0.1:8765/callback/",
-        "http://127.0.0.1:8766/callback",
+        // Another port is allowed for a loopback IP (RFC 8252 section 7.3; see
+        // tests/conformance.rs), another address is not.
+        "http://127.0.0.2:8765/callback",
         "http://127.0.0.1:8765/callback/../callback",
         "http://127.0.0.1:8765/./callback",
         "http://127.0.0.1:8765/Callback",

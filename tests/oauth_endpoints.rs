@@ -342,7 +342,7 @@ async fn introspecting_a_client_credentials_token() {
     let v = introspect(&gw, str_of(&j, "access_token")).await;
     assert_eq!(v["active"], true, "{v}");
     assert_eq!(v["client_id"], "svc");
-    assert_eq!(v["sub"], "svc");
+    assert_eq!(v["sub"], "client:svc", "a client's sub is never a user's");
     assert_eq!(v["scope"], "read");
     assert_eq!(v["token_type"], "Bearer");
     assert!(v.get("username").is_none(), "no user: {v}");
@@ -354,7 +354,10 @@ async fn introspecting_a_refresh_token() {
     let j = cli_tokens(&gw, "alice", ALICE_PW, "read").await;
     let v = introspect(&gw, str_of(&j, "refresh_token")).await;
     assert_eq!(v["active"], true, "{v}");
-    assert_eq!(v["token_type"], "refresh_token");
+    assert_eq!(
+        v["token_type"], "Bearer",
+        "RFC 7662 2.2: an RFC 6749 token type"
+    );
     assert_eq!(v["client_id"], "cli");
     assert_eq!(v["username"], "alice");
     assert_eq!(v["scope"], "read");
@@ -550,7 +553,7 @@ async fn userinfo_tells_whose_token_it_is() {
         .json();
     assert_eq!(v["user"], Value::Null, "{v}");
     assert_eq!(v["client"], "svc");
-    assert_eq!(v["sub"], "svc");
+    assert_eq!(v["sub"], "client:svc", "a client's sub is never a user's");
 }
 
 #[tokio::test]

@@ -28,11 +28,12 @@ use minijinja::{Environment, context};
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use subtle::ConstantTimeEq;
 
-use super::{OAuthContext, pkce, read_form};
+use super::oidc::{self, OidcRequest};
+use super::{OAuthContext, pkce, read_form, redirect};
 use crate::config::{Client, GrantType, User};
 use crate::error::{Body, GatewayError, full};
 use crate::scope::ScopeSet;
-use crate::store::{CodeRecord, TokenHash, new_token, now_secs, random_u64};
+use crate::store::{CodeOidc, CodeRecord, TokenHash, new_token, now_secs, random_u64};
 
 pub const AUTHORIZE_PATH: &str = "/auth/authorize";
 pub const COOKIE_NAME: &str = "whosthat_authz";
@@ -57,7 +58,8 @@ const TAG_LEN: usize = 16;
 /// Binds a sealed cookie to its purpose and format: a blob sealed for another
 /// use of the same key, or in another layout, does not open.
 const AAD: &[u8] = b"whosthat_authz/1";
-const FORMAT_VERSION: u8 = 1;
+/// 2: the OpenID Connect fields (nonce, max_age, auth_time) at the end.
+const FORMAT_VERSION: u8 = 2;
 
 /// Unix seconds now. Injectable so tests can move time instead of sleeping.
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
@@ -71,6 +73,8 @@ struct AuthzRequest {
     state: Option<String>,
     scope: Option<ScopeSet>,
     code_challenge: Option<String>,
+    /// An OpenID Connect request's nonce and max_age.
+    oidc: Option<OidcRequest>,
 }
 
 /// One sign-in in progress, as sealed into the cookie.
@@ -92,6 +96,10 @@ struct Txn {
     user: Option<(String, String)>,
     /// Shown once on the next login page.
     error: Option<String>,
+    /// An OpenID Connect request's nonce and max_age.
+    oidc: Option<OidcRequest>,
+    /// When the password was right (unix seconds; 0 before).
+    auth_time: u64,
 }
 
 impl Txn {
@@ -136,6 +144,21 @@ impl Txn {
             }
         }
         put_opt(&mut out, self.error.as_deref())?;
+        match &self.oidc {
+            None => out.push(0),
+            Some(o) => {
+                out.push(1);
+                put_opt(&mut out, o.nonce.as_deref())?;
+                match o.max_age {
+                    None => out.push(0),
+                    Some(m) => {
+                        out.push(1);
+                        out.extend_from_slice(&m.to_be_bytes());
+                    }
+                }
+            }
+        }
+        out.extend_from_slice(&self.auth_time.to_be_bytes());
         Some(out)
     }
 
@@ -171,6 +194,21 @@ impl Txn {
                     None
                 })
             }
+            fn u64(&mut self) -> Option<u64> {
+                Some(u64::from_be_bytes(self.take(8)?.try_into().ok()?))
+            }
+            fn oidc(&mut self) -> Option<Option<OidcRequest>> {
+                if !self.flag()? {
+                    return Some(None);
+                }
+                let nonce = self.opt()?;
+                let max_age = if self.flag()? {
+                    Some(self.u64()?)
+                } else {
+                    None
+                };
+                Some(Some(OidcRequest { nonce, max_age }))
+            }
         }
         let mut r = R(b);
         if r.byte()? != FORMAT_VERSION {
@@ -195,6 +233,8 @@ impl Txn {
                 None
             },
             error: r.opt()?,
+            oidc: r.oidc()?,
+            auth_time: r.u64()?,
         };
         r.0.is_empty().then_some(txn)
     }
@@ -423,6 +463,8 @@ impl Authorizer {
             csrf: new_token(),
             user: None,
             error: None,
+            oidc: req.oidc.clone(),
+            auth_time: 0,
         };
         let step = Step {
             txn,
@@ -477,7 +519,7 @@ impl Authorizer {
                     "The application is no longer allowed to sign you in here.",
                 )
             })?;
-        if !client.redirect_uris.contains(&txn.redirect_uri) {
+        if !redirect::is_registered(&client.redirect_uris, &txn.redirect_uri) {
             return Err(self.error_page(
                 StatusCode::BAD_REQUEST,
                 "The redirect URI is no longer registered for this application.",
@@ -490,6 +532,7 @@ impl Authorizer {
             state: txn.state.clone(),
             scope: None,
             code_challenge: txn.code_challenge.clone(),
+            oidc: txn.oidc.clone(),
         };
         let scope_refused = |req: &AuthzRequest| {
             clear_cookie(
@@ -525,7 +568,7 @@ impl Authorizer {
                         "The signed-in user is no longer known here.",
                     )
                 })?;
-                let allowed = user.scopes.intersection(&client.scopes);
+                let allowed = oidc::grantable(ctx.config, user, client);
                 match ScopeSet::parse(granted) {
                     Some(g) if g.is_subset_of(&allowed) => Some((user.clone(), g)),
                     _ => return Err(scope_refused(&req)),
@@ -607,6 +650,9 @@ impl Authorizer {
         ctx: &OAuthContext<'_>,
         step: Step,
     ) -> Result<Response<Body>, GatewayError> {
+        if let Some(again) = self.sign_in_again(ctx, &step) {
+            return Ok(again);
+        }
         let Some((user, scope)) = step.user else {
             return Ok(self.expired());
         };
@@ -615,6 +661,7 @@ impl Authorizer {
             return Ok(self.expired());
         }
         let areq = &step.req;
+        let scope_has_openid = scope.contains("openid");
         let code = new_token();
         let rec = CodeRecord {
             grant: ctx
@@ -625,6 +672,14 @@ impl Authorizer {
             redirect_uri_given: areq.redirect_uri_given,
             code_challenge: areq.code_challenge.clone(),
             expires_at: now_secs() + CODE_TTL_SECS,
+            oidc: areq
+                .oidc
+                .as_ref()
+                .filter(|_| scope_has_openid)
+                .map(|o| CodeOidc {
+                    nonce: o.nonce.clone(),
+                    auth_time: step.txn.auth_time,
+                }),
         };
         if ctx.store.put_code(TokenHash::of(&code), rec).await.is_err() {
             // No code exists: the user may try the approval again.
@@ -640,6 +695,25 @@ impl Authorizer {
             ctx,
             see_other(&with_query(&areq.redirect_uri, &params)),
         ))
+    }
+
+    /// OpenID Connect `max_age` (Core 3.1.2.1): a sign-in older than it when
+    /// the user approves is not good enough; back to the login page. `max_age=0`
+    /// asks for a sign-in in this request (as `prompt=login`), which the login
+    /// step was.
+    fn sign_in_again(&self, ctx: &OAuthContext<'_>, step: &Step) -> Option<Response<Body>> {
+        let max_age = step.txn.oidc.as_ref()?.max_age.filter(|m| *m > 0)?;
+        if now_secs() <= step.txn.auth_time.saturating_add(max_age) {
+            return None;
+        }
+        let txn = Txn {
+            user: None,
+            csrf: new_token(),
+            error: Some("This application asks for a recent sign-in. Sign in again.".into()),
+            auth_time: 0,
+            ..step.txn.clone()
+        };
+        Some(self.with_cookie(ctx, see_other(AUTHORIZE_PATH), &txn))
     }
 
     async fn login(
@@ -683,7 +757,7 @@ impl Authorizer {
             }
             Ok(user) => {
                 let areq = &step.req;
-                let allowed = user.scopes.intersection(&areq.client.scopes);
+                let allowed = oidc::grantable(ctx.config, &user, &areq.client);
                 let scope = match &areq.scope {
                     None => allowed,
                     Some(r) if r.is_subset_of(&allowed) => r.clone(),
@@ -699,6 +773,7 @@ impl Authorizer {
                     }
                 };
                 step.txn.user = Some((user.name.to_string(), scope.to_string()));
+                step.txn.auth_time = now_secs();
                 // A fresh CSRF token for the consent step.
                 step.txn.csrf = new_token();
                 step.txn.error = None;
@@ -755,8 +830,9 @@ fn validate(ctx: &OAuthContext<'_>, query: &str) -> Result<AuthzRequest, Invalid
         .and_then(|id| ctx.config.clients.get(id))
         .ok_or(Invalid::Page("The application is not known here."))?;
     let (redirect_uri, given) = match get("redirect_uri") {
-        // Exact string comparison (RFC 9700 section 2.1).
-        Some(uri) if client.redirect_uris.iter().any(|r| r == uri) => (uri.to_string(), true),
+        // Exact string comparison (RFC 9700 section 2.1), any port for a
+        // loopback IP (RFC 8252 section 7.3).
+        Some(uri) if redirect::is_registered(&client.redirect_uris, uri) => (uri.to_string(), true),
         Some(_) => {
             return Err(Invalid::Page(
                 "The redirect URI is not registered for this application.",
@@ -773,6 +849,7 @@ fn validate(ctx: &OAuthContext<'_>, query: &str) -> Result<AuthzRequest, Invalid
         state,
         scope: None,
         code_challenge: None,
+        oidc: None,
     };
     let fail = |code, d| Invalid::Redirect(error_redirect(&partial, code, d, ctx));
     if pairs.iter().any(|(k, _)| count(k) > 1) {
@@ -837,9 +914,12 @@ fn validate(ctx: &OAuthContext<'_>, query: &str) -> Result<AuthzRequest, Invalid
             ));
         }
     };
+    let oidc =
+        oidc::authz_params(ctx.config, scope.as_ref(), get).map_err(|(code, d)| fail(code, d))?;
     Ok(AuthzRequest {
         scope,
         code_challenge,
+        oidc,
         ..partial
     })
 }
@@ -948,6 +1028,11 @@ mod tests {
             csrf: new_token(),
             user: Some(("alice".into(), "read".into())),
             error: Some("Invalid username or password.".into()),
+            oidc: Some(OidcRequest {
+                nonce: Some("n-0S6_WzA2Mj".into()),
+                max_age: Some(60),
+            }),
+            auth_time: 1_899_999_000,
         }
     }
 
@@ -984,15 +1069,26 @@ mod tests {
         assert_eq!(Txn::decode(&longer), None);
         assert_eq!(Txn::decode(&bytes[..bytes.len() - 1]), None);
         let mut other_version = bytes;
-        other_version[0] = 2;
+        other_version[0] = 1;
         assert_eq!(Txn::decode(&other_version), None);
         let none = Txn {
             state: None,
             scope: None,
             user: None,
             error: None,
+            oidc: None,
+            auth_time: 0,
             ..t
         };
+        assert_eq!(Txn::decode(&none.encode().unwrap()), Some(none.clone()));
+        let no_nonce = Txn {
+            oidc: Some(OidcRequest {
+                nonce: None,
+                max_age: None,
+            }),
+            ..none.clone()
+        };
+        assert_eq!(Txn::decode(&no_nonce.encode().unwrap()), Some(no_nonce));
         assert_eq!(Txn::decode(&none.encode().unwrap()), Some(none));
     }
 

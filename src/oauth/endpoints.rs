@@ -130,9 +130,9 @@ pub async fn introspect(
     }
     let (rec, token_type) = match find(ctx, &params).await? {
         Some(Found::Access(rec)) if grant_still_allowed(ctx.config, &rec.grant) => (rec, "Bearer"),
-        Some(Found::Refresh(rec)) if grant_still_allowed(ctx.config, &rec.grant) => {
-            (rec, "refresh_token")
-        }
+        // RFC 7662 section 2.2: the RFC 6749 section 7.1 type the token goes
+        // with, for a refresh token too (it yields Bearer tokens).
+        Some(Found::Refresh(rec)) if grant_still_allowed(ctx.config, &rec.grant) => (rec, "Bearer"),
         _ => return Ok(json_response(&json!({ "active": false }))),
     };
     let g = &rec.grant;
@@ -171,6 +171,10 @@ pub async fn userinfo(
             "the access token is unknown, expired or revoked",
         ))?;
     let g = &rec.grant;
+    // OpenID Connect UserInfo (Core 5.3) for tokens granted `openid`.
+    if super::oidc::enabled(ctx.config) && g.scope.contains("openid") {
+        return Ok(json_response(&super::oidc::userinfo(ctx.config, g)));
+    }
     Ok(json_response(&json!({
         "sub": g.subject(),
         "user": g.user.as_deref(),
@@ -180,7 +184,9 @@ pub async fn userinfo(
     })))
 }
 
-/// `GET /.well-known/oauth-authorization-server` (RFC 8414 section 3).
+/// `GET /.well-known/oauth-authorization-server` (RFC 8414 section 3) and,
+/// with signing keys, `GET /.well-known/openid-configuration` (OIDC Discovery
+/// 4): one document, so the two never disagree.
 pub fn metadata(config: &Config) -> Response<Body> {
     let issuer = &config.oauth.issuer;
     let mut scopes: Vec<&str> = config
@@ -207,6 +213,8 @@ pub fn metadata(config: &Config) -> Response<Body> {
         "scopes_supported": scopes,
         "authorization_response_iss_parameter_supported": true,
     });
+    let mut v = v;
+    super::oidc::add_discovery(config, &mut v);
     let mut resp = json_response(&v);
     // Public, cacheable data.
     resp.headers_mut().insert(

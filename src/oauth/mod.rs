@@ -30,7 +30,9 @@ pub mod authorize;
 pub mod client_auth;
 pub mod endpoints;
 pub mod limiter;
+pub mod oidc;
 pub mod pkce;
+pub mod redirect;
 
 use client_auth::AuthenticatedClient;
 use limiter::Limiter;
@@ -121,6 +123,9 @@ pub struct TokenResponse {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refresh_token: Option<String>,
     pub scope: String,
+    /// OpenID Connect: for a code granted with the `openid` scope.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id_token: Option<String>,
     /// Who the tokens speak for (for the audit line; not sent).
     #[serde(skip)]
     pub grant: Arc<Grant>,
@@ -457,13 +462,16 @@ async fn password_grant(
             OAuthCode::InvalidGrant,
             "invalid username or password",
         ))?;
-    let allowed = user.scopes.intersection(&client.client.scopes);
+    let allowed = oidc::grantable(ctx.config, user, &client.client);
     let scope = grant_scope(requested, &allowed)?;
     let grant = ctx
         .grants
         .intern(Some(user.name.clone()), client.client.id.clone(), scope);
-    let with_refresh = client.client.allows(GrantType::RefreshToken);
-    issue_tokens(ctx, grant, random_u64(), with_refresh).await
+    let refresh = client
+        .client
+        .allows(GrantType::RefreshToken)
+        .then(|| grant.clone());
+    issue_tokens(ctx, grant, random_u64(), refresh).await
 }
 
 async fn client_credentials_grant(
@@ -480,7 +488,7 @@ async fn client_credentials_grant(
     let scope = grant_scope(requested, &client.client.scopes)?;
     let grant = ctx.grants.intern(None, client.client.id.clone(), scope);
     // Section 4.4.3: a refresh token SHOULD NOT be included.
-    issue_tokens(ctx, grant, random_u64(), false).await
+    issue_tokens(ctx, grant, random_u64(), None).await
 }
 
 /// Revokes a grant family for as long as any of its tokens could live.
@@ -520,13 +528,16 @@ async fn refresh_grant(
     // Of racing requests, only the one that takes the token goes on; the others
     // are replays.
     let rec = redeemed(ctx, ctx.store.take_refresh(key).await, BAD, id).await?;
-    let grant = if scope == rec.grant.scope {
+    // A narrower scope is for this access token only: the new refresh token's
+    // scope MUST be identical to the presented one's (section 6), so a later
+    // refresh may ask for all of it again.
+    let access = if scope == rec.grant.scope {
         rec.grant.clone()
     } else {
         ctx.grants
             .intern(rec.grant.user.clone(), rec.grant.client.clone(), scope)
     };
-    issue_tokens(ctx, grant, rec.family, true).await
+    issue_tokens(ctx, access, rec.family, Some(rec.grant)).await
 }
 
 /// The record of a single-use credential (refresh token, code), or `bad`. One
@@ -590,28 +601,37 @@ async fn code_grant(
         // challenge (a downgrade): refused.
         _ => return Err(BAD),
     }
-    let with_refresh = client.client.allows(GrantType::RefreshToken);
-    issue_tokens(ctx, rec.grant, rec.family, with_refresh).await
+    let refresh = client
+        .client
+        .allows(GrantType::RefreshToken)
+        .then(|| rec.grant.clone());
+    let mut resp = issue_tokens(ctx, rec.grant, rec.family, refresh).await?;
+    if let Some(o) = &rec.oidc {
+        resp.id_token = oidc::id_token(ctx.config, &resp.grant, o, &resp.access_token);
+    }
+    Ok(resp)
 }
 
 pub fn ttl_secs(d: Duration) -> u64 {
     d.as_secs().max(1)
 }
 
+/// An access token for `grant` and, given its grant (the same, or wider after
+/// a narrowing refresh), a refresh token.
 async fn issue_tokens(
     ctx: &OAuthContext<'_>,
     grant: Arc<Grant>,
     family: u64,
-    with_refresh: bool,
+    refresh_grant: Option<Arc<Grant>>,
 ) -> Result<TokenResponse, GatewayError> {
     let now = now_secs();
     let access_ttl = ttl_secs(ctx.config.oauth.access_token_ttl);
     let access = new_token();
-    let refresh = with_refresh.then(new_token);
+    let refresh = refresh_grant.as_ref().map(|_| new_token());
     let scope = grant.scope.to_string();
-    if let Some(refresh) = &refresh {
+    if let (Some(refresh), Some(refresh_grant)) = (&refresh, refresh_grant) {
         let rec = TokenRecord {
-            grant: grant.clone(),
+            grant: refresh_grant,
             family,
             issued_at: now,
             expires_at: now.saturating_add(ttl_secs(ctx.config.oauth.refresh_token_ttl)),
@@ -637,6 +657,7 @@ async fn issue_tokens(
         expires_in: access_ttl,
         refresh_token: refresh,
         scope,
+        id_token: None,
         grant,
     })
 }

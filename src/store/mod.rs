@@ -122,6 +122,8 @@ pub struct Grant {
     pub scope: ScopeSet,
     /// The identity headers the upstream gets, built once.
     pub headers: IdentityHeaders,
+    /// `sub` (see [`subject_of`]), built once.
+    subject: Box<str>,
 }
 
 /// `X-Auth-User`, `X-Auth-Client`, `X-Auth-Scope` values of a grant.
@@ -142,17 +144,51 @@ impl Grant {
             client: value(&client).unwrap_or(HeaderValue::from_static("")),
             scope: value(&scope.to_string()).unwrap_or(HeaderValue::from_static("")),
         };
+        let subject = subject_of(user.as_deref(), &client).into_boxed_str();
         Grant {
             user,
             client,
             scope,
             headers,
+            subject,
         }
     }
 
-    /// `sub`: the user, or the client for a client_credentials token.
+    /// `sub`: the user's, or the client's for a client_credentials token;
+    /// never one for both (see [`subject_of`]).
     pub fn subject(&self) -> &str {
-        self.user.as_deref().unwrap_or(&self.client)
+        &self.subject
+    }
+}
+
+/// The `sub` of a user (`Some`) or of a client acting for itself: stable,
+/// at most 255 ASCII characters (OIDC Core 2), and never the same for two
+/// principals, a user and a client of the same name included.
+///
+/// - A user whose name is plain (printable ASCII without `:`, at most 200
+///   bytes) is its name: `alice`.
+/// - A client with a plain id is `client:` and the id: `client:svc`.
+/// - Any other name or id is `user:sha256:` / `client:sha256:` and the
+///   base64url SHA-256 of it.
+///
+/// Plain user subjects have no `:`; every other kind has one and its own
+/// prefix, and a plain client id (no `:`) cannot end in `sha256:...`: so no
+/// two principals share one.
+pub fn subject_of(user: Option<&str>, client: &str) -> String {
+    fn plain(s: &str) -> bool {
+        !s.is_empty() && s.len() <= 200 && s.bytes().all(|b| b.is_ascii_graphic() && b != b':')
+    }
+    fn hashed(kind: &str, s: &str) -> String {
+        format!(
+            "{kind}:sha256:{}",
+            URL_SAFE_NO_PAD.encode(Sha256::digest(s.as_bytes()))
+        )
+    }
+    match user {
+        Some(u) if plain(u) => u.to_string(),
+        Some(u) => hashed("user", u),
+        None if plain(client) => format!("client:{client}"),
+        None => hashed("client", client),
     }
 }
 
@@ -223,6 +259,18 @@ pub struct CodeRecord {
     /// The S256 code challenge, when PKCE was used.
     pub code_challenge: Option<String>,
     pub expires_at: u64,
+    /// Set when the code answers an OpenID Connect request: what its ID token says.
+    pub oidc: Option<CodeOidc>,
+}
+
+/// The parts of an OpenID Connect authentication request an ID token repeats
+/// (OIDC Core 2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodeOidc {
+    /// `nonce`, echoed as it was sent.
+    pub nonce: Option<String>,
+    /// When the user entered the password (unix seconds).
+    pub auth_time: u64,
 }
 
 /// Looking up a single-use credential (refresh token, authorization code).
@@ -297,9 +345,39 @@ mod tests {
         let c = g.intern(None, Arc::from("c"), scope());
         assert!(!Arc::ptr_eq(&a, &c));
         assert!(c.headers.user.is_none());
-        assert_eq!(c.subject(), "c");
+        assert_eq!(c.subject(), "client:c");
         drop((a, b, c));
         g.sweep();
         assert!(g.is_empty());
+    }
+
+    #[test]
+    fn subjects_are_unique_across_users_and_clients() {
+        assert_eq!(subject_of(Some("alice"), "cli"), "alice");
+        assert_eq!(subject_of(None, "alice"), "client:alice");
+        // A user named like a client's subject is hashed: it has a ':'.
+        let odd_user = subject_of(Some("client:alice"), "cli");
+        assert!(odd_user.starts_with("user:sha256:"), "{odd_user}");
+        assert_ne!(odd_user, "client:alice");
+        assert!(subject_of(None, "a:b").starts_with("client:sha256:"));
+        let long = "x".repeat(300);
+        let s = subject_of(Some(&long), "cli");
+        assert!(s.len() <= 255 && s.is_ascii(), "{s}");
+        assert!(subject_of(Some("stéfano"), "c").starts_with("user:sha256:"));
+        // Every kind, pairwise distinct.
+        let names = [
+            "alice",
+            "client:alice",
+            "a:b",
+            "sha256:x",
+            "",
+            "é",
+            "user:sha256:x",
+        ];
+        let mut all = std::collections::HashSet::new();
+        for n in names {
+            assert!(all.insert(subject_of(Some(n), "c")), "user {n:?}");
+            assert!(all.insert(subject_of(None, n)), "client {n:?}");
+        }
     }
 }

@@ -91,6 +91,11 @@ struct StoredCode {
     r: String,
     g: bool,
     p: Option<String>,
+    /// OpenID Connect: `auth_time` (present for an OIDC code) and `nonce`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    a: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    n: Option<String>,
 }
 
 fn down(e: redis::RedisError) -> StoreError {
@@ -302,6 +307,10 @@ impl Inner {
             redirect_uri_given: s.g,
             code_challenge: s.p,
             expires_at: s.e,
+            oidc: s.a.map(|auth_time| super::CodeOidc {
+                nonce: s.n,
+                auth_time,
+            }),
         })
     }
 
@@ -581,6 +590,8 @@ impl TokenStore for RedisStore {
                 r: rec.redirect_uri.clone(),
                 g: rec.redirect_uri_given,
                 p: rec.code_challenge.clone(),
+                a: rec.oidc.as_ref().map(|o| o.auth_time),
+                n: rec.oidc.as_ref().and_then(|o| o.nonce.clone()),
             };
             let value = format!(
                 "{}|{}",

@@ -380,3 +380,20 @@ pub async fn token_from(from: Ipv4Addr, gw: &Gateway, pairs: &[(&str, &str)]) ->
         .unwrap();
     send_from(from, req).await
 }
+
+/// `POST /auth/introspect` for `token` as `svc` (allowed to introspect): the JSON answer.
+pub async fn introspect_as_svc(gw: &Gateway, token: &str) -> Value {
+    let auth = crate::common::basic("svc", crate::common::SVC_SECRET);
+    let r = request(
+        Method::POST,
+        &gw.url("/auth/introspect"),
+        &[
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("authorization", &auth),
+        ],
+        &form(&[("token", token)]),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()
+}

@@ -4,6 +4,7 @@
 
 pub mod binary;
 pub mod redis_server;
+pub mod reloading;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -384,9 +384,23 @@ impl Drop for Gateway {
 }
 
 pub async fn spawn_gateway_with(text: &str) -> Gateway {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    spawn_gateway_on(listener, text)
+}
+
+/// A gateway whose `oauth.issuer` is its own address (the test config's
+/// `http://127.0.0.1:8080` replaced), for clients that fetch metadata from the
+/// issuer's URL (OpenID Connect discovery).
+pub async fn spawn_gateway_as_issuer(text: &str) -> Gateway {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let issuer = format!("issuer = \"http://{}\"", listener.local_addr().unwrap());
+    let text = text.replacen("issuer = \"http://127.0.0.1:8080\"", &issuer, 1);
+    spawn_gateway_on(listener, &text)
+}
+
+fn spawn_gateway_on(listener: TcpListener, text: &str) -> Gateway {
     let config =
         whosthat::Config::parse(text, Path::new("test.toml")).expect("test config is valid");
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(whosthat::serve(Arc::new(config), listener, async move {

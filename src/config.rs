@@ -405,6 +405,9 @@ impl Config {
             "token endpoint: {} (issuer {})",
             self.oauth.token_path, self.oauth.issuer
         );
+        if let Some(keys) = &self.oauth.signing {
+            let _ = writeln!(s, "{}", identity::keys_summary(keys));
+        }
         let _ = writeln!(s, "store: {}", self.store.backend);
         let _ = writeln!(s, "routes ({}):", self.routes.routes().len());
         for r in self.routes.routes() {
@@ -459,6 +462,9 @@ impl Config {
                     c.origins.join(", ")
                 };
                 let _ = writeln!(s, "  {:<29} cors for {origins}", "");
+            }
+            if let Some(a) = &r.assertion {
+                let _ = writeln!(s, "  {:<29} X-Auth-Assertion for aud {}", "", a.audience());
             }
         }
         let mut users: Vec<_> = self.users.values().collect();

@@ -892,6 +892,41 @@ mod tests {
     }
 
     #[test]
+    fn only_the_gateways_assertion_goes_upstream() {
+        let mut h = HeaderMap::new();
+        for name in [
+            "x-auth-assertion",
+            "x_auth_assertion",
+            "x.auth.assertion",
+            "X-AUTH_ASSERTION",
+        ] {
+            h.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_static("forged"),
+            );
+        }
+        let xff = HeaderValue::from_static("127.0.0.1");
+        let mut info = ForwardInfo {
+            forwarded_for: &xff,
+            tls: false,
+            host: None,
+            identity: None,
+            assertion: Some(HeaderValue::from_static("a.b.c")),
+        };
+        let mut with = h.clone();
+        upstream_request_headers(&mut with, Version::HTTP_11, &info);
+        let left: Vec<_> = with
+            .iter()
+            .filter(|(n, _)| n.as_str().replace(['_', '.'], "-") == "x-auth-assertion")
+            .map(|(_, v)| v.clone())
+            .collect();
+        assert_eq!(left, ["a.b.c"]);
+        info.assertion = None;
+        upstream_request_headers(&mut h, Version::HTTP_11, &info);
+        assert!(h.keys().all(|n| !n.as_str().contains("assertion")), "{h:?}");
+    }
+
+    #[test]
     fn headers_rewritten_for_upstream() {
         let mut h = HeaderMap::new();
         h.insert(

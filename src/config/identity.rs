@@ -39,6 +39,21 @@ fn is_claim_text(s: &str) -> bool {
     !s.is_empty() && s.len() <= 1024 && !s.chars().any(char::is_control)
 }
 
+/// The `check-config` summary line of the signing keys.
+pub(super) fn keys_summary(keys: &KeySet) -> String {
+    let list: Vec<String> = keys
+        .keys()
+        .iter()
+        .map(|k| format!("{} {}", k.alg(), k.kid()))
+        .collect();
+    format!(
+        "signing keys ({}, the first signs; ID tokens by {}): {}",
+        list.len(),
+        keys.id_token_signer().kid(),
+        list.join(", ")
+    )
+}
+
 impl Validator<'_> {
     /// `[oauth] signing_keys`: PEM files relative to the config file. Returns
     /// the set and a warning per key file others may read.
@@ -235,5 +250,182 @@ impl Validator<'_> {
             (Some(_), None) => {}
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, ConfigError};
+
+    const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$Ckw0KX5ivcbTIRZv6y2QOwF0P5pjSyCGbaXWfGKmCqE";
+
+    /// `oauth` lines and `route` lines into a small config in `dir` (which holds `k.pem`).
+    fn parse(
+        dir: &tempfile::TempDir,
+        oauth: &str,
+        user: &str,
+        route: &str,
+    ) -> Result<Config, ConfigError> {
+        let key = dir.path().join("k.pem");
+        if !key.exists() {
+            crate::jose::keys::write_new_key(&key, crate::jose::Alg::Es256).unwrap();
+        }
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n\n[oauth]\n{oauth}\n[[users]]\nname = \"ada\"\npassword_hash = \"{HASH}\"\n{user}\n[[routes]]\nprefix = \"/api/\"\nupstream = [\"http://10.0.0.1:9000\", \"http://10.0.0.2:9000\"]\n{route}\n"
+        );
+        Config::parse(&text, &dir.path().join("gw.toml"))
+    }
+
+    fn key_of(r: Result<Config, ConfigError>) -> (Option<String>, Option<usize>, String) {
+        let e = r.unwrap_err();
+        (e.key, e.line, e.message)
+    }
+
+    const KEYS: &str = "signing_keys = [\"k.pem\"]";
+
+    #[test]
+    fn assertions_default_to_the_upstreams_origins() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = parse(&dir, KEYS, "", "identity_assertion = true").unwrap();
+        let a = c.routes.routes()[0].assertion.as_ref().unwrap();
+        assert_eq!(
+            a.audience(),
+            &serde_json::json!(["http://10.0.0.1:9000", "http://10.0.0.2:9000"])
+        );
+        let c = parse(
+            &dir,
+            KEYS,
+            "",
+            "identity_assertion = true\naudience = \"orders\"",
+        )
+        .unwrap();
+        let a = c.routes.routes()[0].assertion.as_ref().unwrap();
+        assert_eq!(a.audience(), &serde_json::json!("orders"));
+        assert!(
+            parse(&dir, KEYS, "", "identity_assertion = false")
+                .unwrap()
+                .routes
+                .routes()[0]
+                .assertion
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn assertion_settings_that_cannot_work_are_refused_with_their_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (key, line, msg) = key_of(parse(&dir, "", "", "identity_assertion = true"));
+        assert_eq!(key.as_deref(), Some("routes[0].identity_assertion"));
+        assert_eq!(line, Some(13));
+        assert!(msg.contains("signing_keys"), "{msg}");
+        let (key, _, _) = key_of(parse(&dir, KEYS, "", "audience = \"x\""));
+        assert_eq!(key.as_deref(), Some("routes[0].audience"));
+        let (key, _, msg) = key_of(parse(
+            &dir,
+            KEYS,
+            "",
+            "auth = false\nidentity_assertion = true",
+        ));
+        assert_eq!(key.as_deref(), Some("routes[0].identity_assertion"));
+        assert!(msg.contains("public route"), "{msg}");
+        let (key, _, _) = key_of(parse(
+            &dir,
+            KEYS,
+            "",
+            "identity_assertion = true\naudience = \"\"",
+        ));
+        assert_eq!(key.as_deref(), Some("routes[0].audience"));
+    }
+
+    #[test]
+    fn signing_keys_errors_name_the_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let (key, line, msg) = key_of(parse(
+            &dir,
+            "signing_keys = [\"k.pem\", \"missing.pem\"]",
+            "",
+            "",
+        ));
+        assert_eq!(key.as_deref(), Some("oauth.signing_keys"));
+        assert_eq!(line, Some(5));
+        assert!(
+            msg.starts_with("key 2 (") && msg.contains("cannot be read"),
+            "{msg}"
+        );
+        let (_, _, msg) = key_of(parse(&dir, "signing_keys = []", "", ""));
+        assert!(msg.contains("at least one"), "{msg}");
+        let (_, _, msg) = key_of(parse(&dir, "signing_keys = [\"k.pem\", \"k.pem\"]", "", ""));
+        assert!(msg.contains("same key"), "{msg}");
+    }
+
+    #[test]
+    fn user_claims_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = parse(
+            &dir,
+            KEYS,
+            "claims = { name = \"Ada\", email = \"ada@x.org\", email_verified = true, groups = [\"eng\"] }",
+            "",
+        )
+        .unwrap();
+        let c = &ok.users["ada"].claims;
+        assert_eq!(c.email.as_deref(), Some("ada@x.org"));
+        assert_eq!(c.groups, ["eng"]);
+        for (claims, key) in [
+            (
+                "claims = { email = \"not an address\" }",
+                "users[0].claims.email",
+            ),
+            ("claims = { email = \"@x\" }", "users[0].claims.email"),
+            (
+                "claims = { email_verified = true }",
+                "users[0].claims.email_verified",
+            ),
+            ("claims = { groups = [\"\"] }", "users[0].claims.groups"),
+            ("claims = { name = \"a\\u0007\" }", "users[0].claims.name"),
+            // An unknown claim: the toml error points at the table.
+            ("claims = { phone = \"1\" }", "users[0].claims"),
+        ] {
+            let (k, _, msg) = key_of(parse(&dir, KEYS, claims, ""));
+            assert_eq!(k.as_deref(), Some(key), "{claims}: {msg}");
+        }
+    }
+
+    #[test]
+    fn with_keys_the_identity_paths_are_the_gateways() {
+        let dir = tempfile::tempdir().unwrap();
+        let route =
+            "\n[[routes]]\nprefix = \"/.well-known/jwks.json\"\nupstream = \"http://10.0.0.1:1\"\n";
+        let (key, _, _) = key_of(parse(&dir, KEYS, "", route));
+        assert_eq!(key.as_deref(), Some("routes[1].prefix"));
+        assert!(
+            parse(&dir, "", "", route).is_ok(),
+            "without keys, as before"
+        );
+    }
+
+    #[test]
+    fn oidc_set_ups_that_will_not_work_are_warned_about() {
+        let dir = tempfile::tempdir().unwrap();
+        let client = "\n[[clients]]\nid = \"rp\"\ngrants = [\"authorization_code\"]\nscopes = [\"openid\"]\nredirect_uris = [\"http://127.0.0.1:1/cb\"]\n";
+        let warned = |oauth: &str| {
+            parse(&dir, oauth, "", client)
+                .unwrap()
+                .warnings
+                .into_iter()
+                .filter(|w| w.key.as_deref() == Some("oauth.signing_keys"))
+                .map(|w| w.message)
+                .collect::<Vec<_>>()
+        };
+        let no_keys = warned("");
+        assert!(
+            no_keys.len() == 1 && no_keys[0].contains("plain scope"),
+            "{no_keys:?}"
+        );
+        let no_rs256 = warned(KEYS);
+        assert!(
+            no_rs256.len() == 1 && no_rs256[0].contains("no RS256 key"),
+            "{no_rs256:?}"
+        );
     }
 }

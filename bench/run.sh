@@ -16,7 +16,8 @@
 # Knobs (env): DURATION (s per load run), ROUNDS, CONNS (wrk connections),
 # FLOOD_CONNS (connections of the login flood, default 4), IDLE_CONNS (idle
 # keep-alive connections per proxy, default 10000; 0 skips that part),
-# TOKEN_MEMORY=0 / ARGON2_CRITERION=0 skip those cargo benches, BENCH_OUT (default
+# TOKEN_MEMORY=0 / ARGON2_CRITERION=0 skip those cargo benches, ASSERTIONS=0 the
+# assertions-on pair, BENCH_OUT (default
 # bench/out) is where configs, pid files and raw outputs go.
 #
 # Installs nginx and wrk from Debian when they are missing (needs root / apt-get).
@@ -226,6 +227,69 @@ for r in $(seq "$ROUNDS"); do
     fi
     echo "  round $r done" >&2
 done
+
+# --- assertions on: a second whosthat with a signing key, a plain route and the same
+# route with identity_assertion = true (X-Auth-Assertion on every request), back to back
+# each round, the order swapped every round, as the rate-limit pair above. What this
+# measures is the cached assertion (signing happens once per grant and route every four
+# minutes: cargo bench --bench jose). ASSERTIONS=0 skips it; its line ends the summary.
+: > "$OUT/assertion.txt"
+rm -f "$OUT/assertion-summary.txt"
+if [ "${ASSERTIONS:-1}" = 1 ]; then
+    AS_PORT=$(free_port)
+    rm -f "$OUT/assertion-key.pem"
+    "$BIN" keygen "$OUT/assertion-key.pem" > /dev/null
+    # The main gateway's config up to its rate-limited route, on another port, with the key.
+    sed -e "s/^listen = .*/listen = \"127.0.0.1:$AS_PORT\"/" \
+        -e 's|^\[oauth\]$|[oauth]\nsigning_keys = ["assertion-key.pem"]|' \
+        -e '/^# The same route under a per-client limit/,$d' \
+        "$OUT/gateway.toml" > "$OUT/gateway-assertion.toml"
+    printf '[[routes]]\nprefix = "/as/"\nupstream = "http://127.0.0.1:%s"\nstrip_prefix = true\nscopes = ["read"]\nidentity_assertion = true\n' \
+        "$UP_PORT" >> "$OUT/gateway-assertion.toml"
+    RUST_LOG=warn "$BIN" -c "$OUT/gateway-assertion.toml" > "$OUT/whosthat-assertion.log" 2>&1 9>&- &
+    AS_PID=$!
+    PIDS+=("$AS_PID")
+    for _ in $(seq 50); do
+        curl -s -o /dev/null "http://127.0.0.1:$AS_PORT/" && break
+        sleep 0.1
+    done
+    AS_TOKEN=$(curl -s -X POST "http://127.0.0.1:$AS_PORT/auth/access_token" \
+        -d "grant_type=password&username=bench&password=$BENCH_PW" |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+    test "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $AS_TOKEN" "http://127.0.0.1:$AS_PORT/as/")" = 200
+    test "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$AS_PORT/.well-known/jwks.json")" = 200
+    echo "assertions on: $ROUNDS rounds x ${DURATION}s, with and without ..." >&2
+    for r in $(seq "$ROUNDS"); do
+        if [ $((r % 2)) = 1 ]; then ORDER="off on"; else ORDER="on off"; fi
+        for name in $ORDER; do
+            if [ "$name" = on ]; then path=as; else path=api; fi
+            wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H "Authorization: Bearer $AS_TOKEN" \
+                "http://127.0.0.1:$AS_PORT/$path/" > "$OUT/wrk-assertion-$name.txt" 2>&1
+            echo "$name $(parse_wrk < "$OUT/wrk-assertion-$name.txt")" >> "$OUT/assertion.txt"
+        done
+        echo "  round $r done" >&2
+    done
+    kill "$AS_PID" 2>/dev/null || true
+    python3 -c '
+import statistics, sys
+rows = {"on": [], "off": []}
+for line in open(sys.argv[1]):
+    name, rps, p50, p99, errs = line.split()
+    rows[name].append((float(rps), float(p99), int(errs)))
+med = statistics.median
+on, off = rows["on"], rows["off"]
+ratios = [b[0] / a[0] for a, b in zip(off, on)]
+ratio = med(ratios)
+on_rps, off_rps = med([r[0] for r in on]), med([r[0] for r in off])
+on_p99, off_p99 = med([r[1] for r in on]), med([r[1] for r in off])
+errors = sum(r[2] for r in on + off)
+verdict = "met" if ratio >= 0.9 else "NOT met"
+print(f"assertions (X-Auth-Assertion, cached): {on_rps:.0f} req/s with, {off_rps:.0f} without; "
+      f"with / without {ratio:.3f}x (median of {len(ratios)} rounds, range "
+      f"{min(ratios):.3f}-{max(ratios):.3f}x; target >= 0.90x: {verdict}); "
+      f"p99 {on_p99:.3f} vs {off_p99:.3f} ms; errors {errors}")
+' "$OUT/assertion.txt" > "$OUT/assertion-summary.txt"
+fi
 
 # --- memory per idle keep-alive connection: IDLE_CONNS connections, one GET each,
 # then the server's RSS minus its RSS before, per connection. Before any login load:
@@ -458,3 +522,4 @@ if "interned" in kv:
         s = kv["sweep"]
         print(f"sweep_expired over {n:,} tokens: {s['none_expired_ms']} ms with nothing expired, {s['half_expired_ms']} ms with half expired")
 EOF
+if [ -s "$OUT/assertion-summary.txt" ]; then cat "$OUT/assertion-summary.txt"; fi

@@ -16,18 +16,8 @@ use std::collections::HashSet;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-struct Setup {
-    gw: Gateway,
-    up: Upstream,
-    _dir: tempfile::TempDir,
-}
-
-async fn setup_signed(alg: Alg) -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let key = key_file(dir.path(), "k.pem", alg);
-    let up = spawn_upstream().await;
-    let gw = spawn_gateway_with(&signed_config(up.addr, &[&key])).await;
-    Setup { gw, up, _dir: dir }
+async fn setup_signed(alg: Alg) -> Signed {
+    spawn_signed(&[alg], false).await
 }
 
 /// The assertions the upstream saw for `GET path` with `token` and `headers`.

@@ -20,14 +20,8 @@ const SPA_REDIRECT: &str = "http://127.0.0.1:8765/callback";
 /// The issuer of the test config, sent back as `iss` (RFC 9207).
 const ISSUER: &str = "http://127.0.0.1:8080";
 
-/// The HTTP client the oauth2 crate sends with. Redirects are not followed, as
-/// the crate's documentation requires (SSRF); no proxy, so only 127.0.0.1 is reached.
 fn http_client() -> reqwest::Client {
-    reqwest::ClientBuilder::new()
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .build()
-        .expect("reqwest client")
+    library_http_client()
 }
 
 fn token_url(gw: &Gateway) -> TokenUrl {

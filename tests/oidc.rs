@@ -16,26 +16,9 @@ use sha2::{Digest, Sha256};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-struct Setup {
-    gw: Gateway,
-    _up: Upstream,
-    rs_kid: String,
-    _dir: tempfile::TempDir,
-}
-
 /// Keys [ES256, RS256]: assertions are ES256, ID tokens RS256.
-async fn setup_oidc() -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let es = key_file(dir.path(), "es.pem", Alg::Es256);
-    let rs = key_file(dir.path(), "rs.pem", Alg::Rs256);
-    let up = spawn_upstream().await;
-    let gw = spawn_gateway_with(&signed_config(up.addr, &[&es, &rs])).await;
-    Setup {
-        gw,
-        _up: up,
-        rs_kid: kid_of(&rs),
-        _dir: dir,
-    }
+async fn setup_oidc() -> Signed {
+    spawn_signed(&[Alg::Es256, Alg::Rs256], false).await
 }
 
 fn rp_params<'a>(scope: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
@@ -122,7 +105,7 @@ async fn the_code_flow_returns_an_id_token_a_third_party_library_verifies() {
     let id_token = str_of(&j, "id_token");
     assert_eq!(
         kid_in(id_token),
-        s.rs_kid,
+        s.kids[1],
         "ID tokens are RS256 while an RS256 key exists"
     );
     let c = verify(&jwks(&s.gw).await, id_token, "rp").unwrap();

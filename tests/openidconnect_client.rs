@@ -17,37 +17,42 @@ use openidconnect::core::{
 };
 use openidconnect::{
     AccessTokenHash, AuthorizationCode, ClientId, ClientSecret, CsrfToken, IssuerUrl, Nonce,
-    OAuth2TokenResponse, PkceCodeChallenge, RedirectUrl, Scope, TokenResponse, reqwest,
+    OAuth2TokenResponse, PkceCodeChallenge, RedirectUrl, Scope, TokenResponse,
 };
 
-/// The HTTP client the library sends with: no redirects followed (its
-/// documentation: SSRF), no proxy, so only 127.0.0.1 is reached.
-fn http_client() -> reqwest::Client {
-    reqwest::ClientBuilder::new()
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .build()
-        .expect("reqwest client")
-}
-
-struct Provider {
-    gw: Gateway,
-    _up: Upstream,
-    _dir: tempfile::TempDir,
-}
-
-async fn provider() -> Provider {
-    let dir = tempfile::tempdir().unwrap();
+async fn provider() -> Signed {
     // ES256 first (assertions), RS256 for ID tokens: what clients expect.
-    let es = key_file(dir.path(), "es.pem", Alg::Es256);
-    let rs = key_file(dir.path(), "rs.pem", Alg::Rs256);
-    let up = spawn_upstream().await;
-    let gw = spawn_gateway_as_issuer(&signed_config(up.addr, &[&es, &rs])).await;
-    Provider {
-        gw,
-        _up: up,
-        _dir: dir,
-    }
+    spawn_signed(&[Alg::Es256, Alg::Rs256], true).await
+}
+
+/// The library's client for `id` (with `secret`: confidential), from discovery.
+async fn rp_client(
+    p: &Signed,
+    id: &str,
+    secret: Option<&str>,
+    redirect: &str,
+) -> (
+    openidconnect::core::CoreClient<
+        openidconnect::EndpointSet,
+        openidconnect::EndpointNotSet,
+        openidconnect::EndpointNotSet,
+        openidconnect::EndpointNotSet,
+        openidconnect::EndpointMaybeSet,
+        openidconnect::EndpointMaybeSet,
+    >,
+    IssuerUrl,
+) {
+    let issuer = IssuerUrl::new(format!("http://{}", p.gw.addr)).unwrap();
+    let metadata = CoreProviderMetadata::discover_async(issuer.clone(), &library_http_client())
+        .await
+        .expect("discovery");
+    let client = CoreClient::from_provider_metadata(
+        metadata,
+        ClientId::new(id.into()),
+        secret.map(|s| ClientSecret::new(s.into())),
+    )
+    .set_redirect_uri(RedirectUrl::new(redirect.into()).unwrap());
+    (client, issuer)
 }
 
 /// The user at the authorization URL: the login page, alice's password, the
@@ -67,17 +72,8 @@ async fn sign_in(gw: &Gateway, auth_url: &str, user: &str, pw: &str) -> (String,
 #[tokio::test]
 async fn a_confidential_relying_party_signs_alice_in() {
     let p = provider().await;
-    let http = http_client();
-    let issuer = IssuerUrl::new(format!("http://{}", p.gw.addr)).unwrap();
-    let metadata = CoreProviderMetadata::discover_async(issuer.clone(), &http)
-        .await
-        .expect("discovery");
-    let client = CoreClient::from_provider_metadata(
-        metadata,
-        ClientId::new("rp".into()),
-        Some(ClientSecret::new(SVC_SECRET.into())),
-    )
-    .set_redirect_uri(RedirectUrl::new(RP_CB.into()).unwrap());
+    let http = library_http_client();
+    let (client, issuer) = rp_client(&p, "rp", Some(SVC_SECRET), RP_CB).await;
 
     let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
     let (url, csrf, nonce) = client
@@ -147,13 +143,8 @@ async fn a_confidential_relying_party_signs_alice_in() {
 #[tokio::test]
 async fn a_public_relying_party_with_pkce() {
     let p = provider().await;
-    let http = http_client();
-    let issuer = IssuerUrl::new(format!("http://{}", p.gw.addr)).unwrap();
-    let metadata = CoreProviderMetadata::discover_async(issuer, &http)
-        .await
-        .expect("discovery");
-    let client = CoreClient::from_provider_metadata(metadata, ClientId::new("app".into()), None)
-        .set_redirect_uri(RedirectUrl::new(APP_CB.into()).unwrap());
+    let http = library_http_client();
+    let (client, _) = rp_client(&p, "app", None, APP_CB).await;
     let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
     let (url, _csrf, nonce) = client
         .authorize_url(

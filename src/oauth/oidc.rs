@@ -151,6 +151,17 @@ pub fn user_claims(user: &User, scope: &ScopeSet) -> Map<String, Value> {
     m
 }
 
+/// The claims of `grant`'s user (as configured now) under its scope; none for
+/// a client acting for itself.
+fn grant_claims(config: &Config, grant: &Grant) -> Map<String, Value> {
+    grant
+        .user
+        .as_deref()
+        .and_then(|u| config.users.get(u))
+        .map(|u| user_claims(u, &grant.scope))
+        .unwrap_or_default()
+}
+
 /// The ID token for a code redeemed by `grant`'s client (Core 3.1.3.3, 2),
 /// with `at_hash` of `access_token` (3.1.3.6). `None` when OpenID Connect is
 /// off (keys removed by a reload since the code was issued).
@@ -168,12 +179,7 @@ pub fn id_token(
         .access_token_ttl
         .as_secs()
         .clamp(1, MAX_ID_TOKEN_TTL);
-    let mut claims = grant
-        .user
-        .as_deref()
-        .and_then(|u| config.users.get(u))
-        .map(|u| user_claims(u, &grant.scope))
-        .unwrap_or_default();
+    let mut claims = grant_claims(config, grant);
     for (k, v) in [
         ("iss", json!(config.oauth.issuer)),
         ("sub", json!(grant.subject())),
@@ -195,12 +201,7 @@ pub fn id_token(
 /// UserInfo for a token with the `openid` scope (Core 5.3.2): `sub` and the
 /// claims its scopes give.
 pub fn userinfo(config: &Config, grant: &Grant) -> Value {
-    let mut m = grant
-        .user
-        .as_deref()
-        .and_then(|u| config.users.get(u))
-        .map(|u| user_claims(u, &grant.scope))
-        .unwrap_or_default();
+    let mut m = grant_claims(config, grant);
     m.insert("sub".into(), json!(grant.subject()));
     Value::Object(m)
 }

@@ -413,6 +413,17 @@ fn spawn_gateway_on(listener: TcpListener, text: &str) -> Gateway {
     }
 }
 
+/// The HTTP client third-party OAuth / OpenID Connect libraries send with here:
+/// redirects never followed (their documentation: SSRF), no proxy, so only
+/// 127.0.0.1 is reached. `oauth2` and `openidconnect` share this reqwest.
+pub fn library_http_client() -> oauth2::reqwest::Client {
+    oauth2::reqwest::ClientBuilder::new()
+        .redirect(oauth2::reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()
+        .expect("reqwest client")
+}
+
 /// An upstream and a gateway with the standard test config.
 pub async fn setup() -> (Gateway, Upstream) {
     let up = spawn_upstream().await;

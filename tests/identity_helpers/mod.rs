@@ -10,7 +10,10 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{DecodingKey, Validation, decode, decode_header};
 use serde_json::Value;
 
-use crate::common::{Gateway, config_text, get};
+use crate::common::{
+    Gateway, Upstream, config_text, get, spawn_gateway_as_issuer, spawn_gateway_with,
+    spawn_upstream,
+};
 
 pub use whosthat::jose::Alg;
 
@@ -98,6 +101,39 @@ identity_assertion = true
 audience = "orders-api"
 "#
     )
+}
+
+/// A gateway on [`signed_config`] with a key per `algs` (in that order), and
+/// the upstream; `as_issuer`: its issuer is its own URL (for discovery).
+pub struct Signed {
+    pub gw: Gateway,
+    pub up: Upstream,
+    /// The keys' kids, in order.
+    pub kids: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+pub async fn spawn_signed(algs: &[Alg], as_issuer: bool) -> Signed {
+    let dir = tempfile::tempdir().unwrap();
+    let keys: Vec<PathBuf> = algs
+        .iter()
+        .enumerate()
+        .map(|(i, alg)| key_file(dir.path(), &format!("k{i}.pem"), *alg))
+        .collect();
+    let up = spawn_upstream().await;
+    let paths: Vec<&Path> = keys.iter().map(PathBuf::as_path).collect();
+    let text = signed_config(up.addr, &paths);
+    let gw = if as_issuer {
+        spawn_gateway_as_issuer(&text).await
+    } else {
+        spawn_gateway_with(&text).await
+    };
+    Signed {
+        gw,
+        up,
+        kids: keys.iter().map(|k| kid_of(k)).collect(),
+        _dir: dir,
+    }
 }
 
 pub const RP_CB: &str = "http://127.0.0.1:8765/rp";

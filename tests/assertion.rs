@@ -182,7 +182,7 @@ async fn one_assertion_serves_a_grant_and_route_also_under_100_concurrent_reques
     let after = assertions(&s.gw, "/signed/x", &bob, &[]).await.remove(0);
     assert_eq!(
         assertions(&s.gw, "/signed/x", &bob, &[]).await,
-        [after.clone()]
+        std::slice::from_ref(&after)
     );
     assert!(
         by_user["bob"].contains(&after),

@@ -136,14 +136,14 @@ pub fn user_claims(user: &User, scope: &ScopeSet) -> Map<String, Value> {
         }
         m.insert("preferred_username".into(), json!(user.name.as_ref()));
     }
-    if scope.contains("email") {
-        if let Some(email) = &c.email {
-            m.insert("email".into(), json!(email));
-            m.insert(
-                "email_verified".into(),
-                json!(c.email_verified.unwrap_or(false)),
-            );
-        }
+    if scope.contains("email")
+        && let Some(email) = &c.email
+    {
+        m.insert("email".into(), json!(email));
+        m.insert(
+            "email_verified".into(),
+            json!(c.email_verified.unwrap_or(false)),
+        );
     }
     if scope.contains("groups") && !c.groups.is_empty() {
         m.insert("groups".into(), json!(c.groups));

@@ -60,11 +60,10 @@ pub fn signed_config(upstream: SocketAddr, keys: &[&Path]) -> String {
     );
     let alice_scopes = "scopes = [\"read\", \"write\", \"admin\"]\n\n[[users]]\nname = \"bob\"";
     assert!(base.contains(alice_scopes));
+    let claims = "claims = { name = \"Alice Liddell\", email = \"alice@example.com\", email_verified = true, groups = [\"eng\", \"ops\"] }";
     let base = base.replacen(
         alice_scopes,
-        &format!(
-            "scopes = [\"read\", \"write\", \"admin\"]\nclaims = {{ name = \"Alice Liddell\", email = \"alice@example.com\", email_verified = true, groups = [\"eng\", \"ops\"] }}\n\n[[users]]\nname = \"bob\""
-        ),
+        &alice_scopes.replacen("\n\n", &format!("\n{claims}\n\n"), 1),
         1,
     );
     let svc_hash = base

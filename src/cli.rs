@@ -16,9 +16,10 @@ use std::path::{Path, PathBuf};
 use clap::Subcommand;
 use toml_edit::{Array, ArrayOfTables, DocumentMut, InlineTable, Item, Table, Value};
 
+use crate::config::clients::{ClientConflict, check_client_shape, check_grant, check_redirect_uri};
+use crate::config::values::{check_scope_name, is_valid_id};
 use crate::config::{Config, GrantType};
 use crate::routes::normalize_path;
-use crate::scope::is_valid_scope_token;
 
 /// What a command failed on, shown as `error: ...`; the exit code is 1.
 pub type CliResult<T> = Result<T, String>;
@@ -173,9 +174,12 @@ pub fn read_password() -> CliResult<String> {
 }
 
 // ------------------------------------------------------------- input checks
+//
+// The rules are the loader's own (`config::values`, `config::clients`); only
+// the wording of the messages is the command line's.
 
 fn check_name(what: &str, name: &str) -> CliResult<()> {
-    if name.is_empty() || name.chars().any(char::is_control) {
+    if !is_valid_id(name) {
         return Err(format!(
             "{name:?} is not a valid {what}: it must be non-empty, without control characters"
         ));
@@ -187,11 +191,7 @@ fn check_name(what: &str, name: &str) -> CliResult<()> {
 fn check_scopes(scopes: &[String]) -> CliResult<Vec<String>> {
     let mut out: Vec<String> = Vec::new();
     for s in scopes.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
-        if !is_valid_scope_token(s) {
-            return Err(format!(
-                "{s:?} is not a valid scope (RFC 6749 section 3.3: printable ASCII, no space, `\"` or `\\`)"
-            ));
-        }
+        check_scope_name(s).map_err(|why| format!("{s:?} {why}"))?;
         if !out.iter().any(|o| o == s) {
             out.push(s.to_string());
         }
@@ -218,15 +218,12 @@ impl NewClient {
         scopes: &[String],
         public: bool,
         redirect_uris: Vec<String>,
+        introspect: bool,
     ) -> CliResult<NewClient> {
         check_name("client id", id)?;
         let mut parsed = Vec::new();
         for g in grants.iter().map(|g| g.trim()).filter(|g| !g.is_empty()) {
-            let grant = GrantType::parse(g).ok_or_else(|| {
-                format!(
-                    "{g:?} is not a grant: use password, client_credentials, refresh_token or authorization_code"
-                )
-            })?;
+            let grant = check_grant(g).map_err(|why| format!("{g:?} {why}"))?;
             if !parsed.contains(&grant) {
                 parsed.push(grant);
             }
@@ -234,25 +231,22 @@ impl NewClient {
         if parsed.is_empty() {
             return Err("a client needs at least one grant (--grants)".into());
         }
-        if public && parsed.contains(&GrantType::ClientCredentials) {
-            return Err(
-                "client_credentials needs a confidential client: drop --public or that grant"
-                    .into(),
-            );
-        }
+        check_client_shape(&parsed, !public, redirect_uris.len(), introspect).map_err(
+            |conflict| match conflict {
+                ClientConflict::CredentialsWithoutSecret => {
+                    "client_credentials needs a confidential client: drop --public or that grant"
+                }
+                ClientConflict::CodeWithoutRedirect => {
+                    "authorization_code needs at least one --redirect-uri"
+                }
+                ClientConflict::IntrospectWithoutSecret => {
+                    "--introspect needs a confidential client (not --public)"
+                }
+            },
+        )?;
         for r in &redirect_uris {
-            let ok = r
-                .parse::<http::Uri>()
-                .is_ok_and(|u| u.scheme().is_some() && u.authority().is_some())
-                && !r.contains('#');
-            if !ok {
-                return Err(format!(
-                    "{r:?} is not a redirect URI: it must be an absolute URL without a fragment"
-                ));
-            }
-        }
-        if parsed.contains(&GrantType::AuthorizationCode) && redirect_uris.is_empty() {
-            return Err("authorization_code needs at least one --redirect-uri".into());
+            check_redirect_uri(r)
+                .map_err(|fault| format!("{r:?} is not a redirect URI: it {fault}"))?;
         }
         Ok(NewClient {
             id: id.to_string(),
@@ -260,7 +254,7 @@ impl NewClient {
             scopes: check_scopes(scopes)?,
             public,
             redirect_uris,
-            introspect: false,
+            introspect,
         })
     }
 }
@@ -633,12 +627,7 @@ fn client_add(
     redirect_uris: Vec<String>,
     introspect: bool,
 ) -> CliResult<()> {
-    let mut client = NewClient::check(id, grants, scopes, public, redirect_uris)?;
-    if introspect && public {
-        // The loader's rule (config.rs): only a client that proves a secret.
-        return Err("--introspect needs a confidential client (not --public)".into());
-    }
-    client.introspect = introspect;
+    let client = NewClient::check(id, grants, scopes, public, redirect_uris, introspect)?;
     refuse_duplicate(&read_doc(path)?, Section::Clients, id, path)?;
     let secret = (!public).then(crate::store::new_token);
     let hash = secret
@@ -942,13 +931,27 @@ scopes = ["read"]
     #[test]
     fn client_input_checks() {
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-        assert!(NewClient::check("x", &s(&["nope"]), &[], false, vec![]).is_err());
-        assert!(NewClient::check("x", &s(&["client_credentials"]), &[], true, vec![]).is_err());
-        assert!(NewClient::check("x", &s(&["authorization_code"]), &[], true, vec![]).is_err());
-        assert!(NewClient::check("x", &s(&["password"]), &s(&["a\"b"]), true, vec![]).is_err());
-        assert!(NewClient::check("", &s(&["password"]), &[], true, vec![]).is_err());
+        assert!(NewClient::check("x", &s(&["nope"]), &[], false, vec![], false).is_err());
         assert!(
-            NewClient::check("x", &s(&["authorization_code"]), &[], true, s(&["/cb"])).is_err()
+            NewClient::check("x", &s(&["client_credentials"]), &[], true, vec![], false).is_err()
+        );
+        assert!(
+            NewClient::check("x", &s(&["authorization_code"]), &[], true, vec![], false).is_err()
+        );
+        assert!(
+            NewClient::check("x", &s(&["password"]), &s(&["a\"b"]), true, vec![], false).is_err()
+        );
+        assert!(NewClient::check("", &s(&["password"]), &[], true, vec![], false).is_err());
+        assert!(
+            NewClient::check(
+                "x",
+                &s(&["authorization_code"]),
+                &[],
+                true,
+                s(&["/cb"]),
+                false
+            )
+            .is_err()
         );
         let c = NewClient::check(
             "x",
@@ -956,6 +959,7 @@ scopes = ["read"]
             &s(&["read", "read"]),
             true,
             s(&["http://127.0.0.1:1/cb"]),
+            false,
         )
         .unwrap();
         assert_eq!(c.grants.len(), 2);
@@ -969,6 +973,72 @@ scopes = ["read"]
             s(&["http://127.0.0.1:1/cb"])
         );
         assert!(add_client(&mut d, &c, None, f()).is_err());
+    }
+
+    /// One client entry as the loader reads it, each value quoted as TOML.
+    fn client_toml(id: &str, grant: &str, scope: &str, redirect: &str) -> String {
+        let q = |v: &str| Value::from(v).to_string();
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[[clients]]\nid = {}\nsecret_hash = \"{HASH}\"\ngrants = [{}]\nscopes = [{}]\nredirect_uris = [{}]\n",
+            q(id),
+            q(grant),
+            q(scope),
+            q(redirect)
+        )
+    }
+
+    #[test]
+    fn client_add_and_the_loader_refuse_alike() {
+        let ok = (
+            "app",
+            "authorization_code",
+            "read",
+            "https://app.example/cb",
+        );
+        let cases = [
+            // An http URL with an empty host: once let through by both.
+            (ok.0, ok.1, ok.2, "http://:80/cb"),
+            (ok.0, ok.1, ok.2, "https://:443"),
+            (ok.0, ok.1, ok.2, "/relative"),
+            (ok.0, ok.1, ok.2, "https://app.example/cb#frag"),
+            (ok.0, ok.1, ok.2, "not a url"),
+            (ok.0, "magic", ok.2, ok.3),
+            (ok.0, ok.1, "a\"b", ok.3),
+            ("", ok.1, ok.2, ok.3),
+            ("a\u{7}b", ok.1, ok.2, ok.3),
+        ];
+        let s = |v: &str| vec![v.to_string()];
+        let verdicts = |(id, grant, scope, uri): (&str, &str, &str, &str)| {
+            let cli = NewClient::check(id, &s(grant), &s(scope), false, s(uri), false);
+            let loader = Config::parse(&client_toml(id, grant, scope, uri), f());
+            (cli.map(|_| ()), loader.map(|_| ()))
+        };
+        let (cli, loader) = verdicts(ok);
+        assert!(cli.is_ok() && loader.is_ok(), "{cli:?} {loader:?}");
+        // A native app's custom scheme (RFC 8252 section 7.1) stays allowed by both.
+        let (cli, loader) = verdicts((ok.0, ok.1, ok.2, "com.example.app://cb"));
+        assert!(cli.is_ok() && loader.is_ok(), "{cli:?} {loader:?}");
+        for case in cases {
+            let (cli, loader) = verdicts(case);
+            assert!(
+                cli.is_err() && loader.is_err(),
+                "{case:?}: {cli:?} {loader:?}"
+            );
+        }
+        let (cli, loader) = verdicts((ok.0, ok.1, ok.2, "http://:80/cb"));
+        assert!(cli.unwrap_err().contains("must name a host"));
+        let loader = loader.unwrap_err();
+        assert_eq!(loader.key.as_deref(), Some("clients[0].redirect_uris"));
+        assert!(loader.message.contains("must name a host"), "{loader}");
+        // The user-name rule is the client-id rule.
+        assert!(check_name("user name", "a\u{7}b").is_err());
+        let user = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[[users]]\nname = \"a\\u0007b\"\npassword_hash = \"{HASH}\"\n"
+        );
+        assert_eq!(
+            Config::parse(&user, f()).unwrap_err().key.as_deref(),
+            Some("users[0].name")
+        );
     }
 
     #[test]

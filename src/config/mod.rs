@@ -38,7 +38,7 @@ mod server;
 mod store;
 mod summary;
 pub(crate) mod users;
-mod values;
+pub(crate) mod values;
 
 use raw::RawConfig;
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use toml::Spanned;
 
 use super::raw::RawUser;
+use super::values::is_valid_id;
 use super::{ConfigError, User, Validator};
 
 impl Validator<'_> {
@@ -19,7 +20,7 @@ impl Validator<'_> {
             let u = u.get_ref();
             let key = |k: &str| format!("users[{i}].{k}");
             let name = u.name.get_ref();
-            if name.is_empty() || name.chars().any(|c| c.is_control()) {
+            if !is_valid_id(name) {
                 return Err(self.err(
                     u.name.span(),
                     key("name"),

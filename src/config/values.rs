@@ -1,5 +1,7 @@
 //! Checks of value kinds that several sections use: durations, bounded counts,
-//! scope lists and argon2 hashes.
+//! names, scope lists and argon2 hashes. The `check_*` functions are the rules
+//! themselves, shared with the CLI so that `user add` and `client add` refuse
+//! what the loader refuses.
 
 use std::time::Duration;
 
@@ -10,6 +12,24 @@ use crate::scope::{ScopeSet, is_valid_scope_token};
 
 /// Token expiry times are unix seconds plus a lifetime: keep them far from overflow.
 const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 86400);
+
+/// Why a scope token is refused, after the token itself.
+const BAD_SCOPE: &str =
+    "is not a valid scope (RFC 6749 section 3.3: printable ASCII, no space, `\"` or `\\`)";
+
+/// A user name or client id: not empty, no control characters (they would
+/// forge lines in logs and headers).
+pub(crate) fn is_valid_id(s: &str) -> bool {
+    !s.is_empty() && !s.chars().any(char::is_control)
+}
+
+/// A scope-token (RFC 6749 section 3.3). `Err`: why, to follow the token.
+pub(crate) fn check_scope_name(s: &str) -> Result<(), &'static str> {
+    if !is_valid_scope_token(s) {
+        return Err(BAD_SCOPE);
+    }
+    Ok(())
+}
 
 impl Validator<'_> {
     /// A humantime duration, more than zero and at most [`MAX_DURATION`].
@@ -77,13 +97,7 @@ impl Validator<'_> {
             return Ok(ScopeSet::default());
         };
         for s in v.get_ref() {
-            if !is_valid_scope_token(s) {
-                return Err(self.err(
-                    v.span(),
-                    key,
-                    format!("`{s}` is not a valid scope (RFC 6749 section 3.3: printable ASCII, no space, `\"` or `\\`)"),
-                ));
-            }
+            check_scope_name(s).map_err(|why| self.err(v.span(), key, format!("`{s}` {why}")))?;
         }
         Ok(ScopeSet::from_iter(v.get_ref().iter().map(String::as_str)))
     }

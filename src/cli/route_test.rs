@@ -1,57 +1,34 @@
-//! `route test`: what the gateway would do with a request, for a person.
+//! `route test`: what the gateway would do with a request, for a person. The
+//! decision is the pipeline's own ([`crate::dispatch::classify`]); this file
+//! only reports it.
 
 use std::fmt::Write as _;
 
-use crate::config::Config;
-use crate::routes::normalize_path;
+use http::Method;
 
-fn endpoint_label(path: &str, config: &Config) -> &'static str {
-    use crate::oauth::authorize::AUTHORIZE_PATH;
-    use crate::oauth::endpoints::{INTROSPECT_PATH, METADATA_PATH, REVOKE_PATH, USERINFO_PATH};
-    if path == config.oauth.token_path {
-        return "token endpoint";
-    }
-    match path {
-        AUTHORIZE_PATH => "authorization endpoint",
-        REVOKE_PATH => "token revocation endpoint",
-        INTROSPECT_PATH => "token introspection endpoint",
-        USERINFO_PATH => "userinfo endpoint",
-        METADATA_PATH => "server metadata endpoint",
-        _ => "endpoint",
-    }
-}
+use crate::config::Config;
+use crate::dispatch::{Decision, Needs, RouteMatch, classify};
+use crate::routes::NormalizedPath;
 
 /// What the gateway would do with `method target`: whether a route matches,
-/// and a report for a person. Uses the gateway's own path normalisation,
-/// endpoint check, route lookup and upstream path, in its order.
+/// and a report for a person. Uses the gateway's own path normalisation and
+/// decision, and the upstream path it would send.
 pub fn route_test(config: &Config, method: &str, target: &str) -> (bool, String) {
     let mut out = String::new();
-    let method = match http::Method::from_bytes(method.to_ascii_uppercase().as_bytes()) {
-        Ok(m) => m,
-        Err(_) => {
-            let _ = writeln!(out, "{method} {target}");
-            let _ = writeln!(out, "  no route: {method:?} is not an HTTP method");
+    let Ok(method) = Method::from_bytes(method.to_ascii_uppercase().as_bytes()) else {
+        let _ = writeln!(out, "{method} {target}");
+        let _ = writeln!(out, "  no route: {method:?} is not an HTTP method");
+        return (false, out);
+    };
+    let _ = writeln!(out, "{method} {target}");
+    let (raw_path, query) = match split_target(target) {
+        Ok(parts) => parts,
+        Err(why) => {
+            let _ = writeln!(out, "  no route: {why}");
             return (false, out);
         }
     };
-    let _ = writeln!(out, "{method} {target}");
-    // What a client would send: no fragment; an absolute URL stands for its path.
-    let target = target.split_once('#').map_or(target, |(t, _)| t);
-    let (raw_path, query) = if !target.starts_with('/') && target.contains("://") {
-        match target.parse::<http::Uri>() {
-            Ok(u) => (u.path().to_string(), u.query().map(str::to_string)),
-            Err(_) => {
-                let _ = writeln!(out, "  no route: `{target}` is not a URL or a path");
-                return (false, out);
-            }
-        }
-    } else {
-        match target.split_once('?') {
-            Some((p, q)) => (p.to_string(), Some(q.to_string())),
-            None => (target.to_string(), None),
-        }
-    };
-    let path = match normalize_path(&raw_path) {
+    let path = match NormalizedPath::new(&raw_path) {
         Ok(p) => p,
         Err(why) => {
             let _ = writeln!(
@@ -61,64 +38,91 @@ pub fn route_test(config: &Config, method: &str, target: &str) -> (bool, String)
             return (false, out);
         }
     };
-    if path != raw_path {
-        let _ = writeln!(out, "  path      {path} (normalised)");
+    if path.as_str() != raw_path {
+        let _ = writeln!(out, "  path      {} (normalised)", path.as_str());
     }
-    if let Some(endpoint) = crate::gateway::own_endpoint(config, &path) {
-        let _ = writeln!(
-            out,
-            "  no route: {} is the gateway's own {}; it answers it itself and never proxies it",
-            endpoint.name(config),
-            endpoint_label(&path, config)
-        );
-        return (false, out);
+    match classify(config, &method, &path) {
+        Decision::Endpoint(endpoint) => {
+            let _ = writeln!(
+                out,
+                "  no route: {} is the gateway's own {}; it answers it itself and never proxies it",
+                endpoint.path(&config.oauth.token_path),
+                endpoint.label()
+            );
+            (false, out)
+        }
+        Decision::NoRoute => {
+            let _ = writeln!(
+                out,
+                "  no route: no route's prefix matches {} (404 Not Found)",
+                path.as_str()
+            );
+            (false, out)
+        }
+        Decision::Route(matched) => {
+            let ok = report_route(&mut out, &matched, &method, &path, query.as_deref());
+            (ok, out)
+        }
     }
-    let Some(route) = config.routes.find(&path) else {
-        let _ = writeln!(
-            out,
-            "  no route: no route's prefix matches {path} (404 Not Found)"
-        );
-        return (false, out);
-    };
+}
+
+/// The path and query of what a client would send: no fragment; an absolute
+/// URL stands for its path.
+fn split_target(target: &str) -> Result<(String, Option<String>), String> {
+    let target = target.split_once('#').map_or(target, |(t, _)| t);
+    if !target.starts_with('/') && target.contains("://") {
+        return match target.parse::<http::Uri>() {
+            Ok(u) => Ok((u.path().to_string(), u.query().map(str::to_string))),
+            Err(_) => Err(format!("`{target}` is not a URL or a path")),
+        };
+    }
+    Ok(match target.split_once('?') {
+        Some((p, q)) => (p.to_string(), Some(q.to_string())),
+        None => (target.to_string(), None),
+    })
+}
+
+/// The matched route, what it needs, and where the request would go; `false`
+/// when the route refuses the method.
+fn report_route(
+    out: &mut String,
+    matched: &RouteMatch<'_>,
+    method: &Method,
+    path: &NormalizedPath,
+    query: Option<&str>,
+) -> bool {
+    let route = matched.route;
+    let stripped = route.strip_prefix && route.prefix != "/";
     let _ = writeln!(
         out,
         "  route     {}{}",
         route.prefix,
-        if route.strip_prefix && route.prefix != "/" {
-            " (prefix stripped)"
-        } else {
-            ""
-        }
+        if stripped { " (prefix stripped)" } else { "" }
     );
-    let needs = if !route.auth {
-        "nothing: a public route, no token needed".to_string()
-    } else if route.scopes.is_empty() {
-        "a valid bearer token (any scope)".to_string()
-    } else {
-        format!("a bearer token with scopes [{}]", route.scopes)
+    let needs = match matched.needs {
+        Needs::Nothing => "nothing: a public route, no token needed".to_string(),
+        Needs::Token { scopes } if scopes.is_empty() => {
+            "a valid bearer token (any scope)".to_string()
+        }
+        Needs::Token { scopes } => format!("a bearer token with scopes [{scopes}]"),
     };
     let _ = writeln!(out, "  needs     {needs}");
     let methods = if route.methods.is_empty() {
         "any".to_string()
     } else {
-        route
-            .methods
-            .iter()
-            .map(|m| m.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
+        matched.allow()
     };
     let _ = writeln!(out, "  methods   {methods}");
-    if !route.allows_method(&method) {
+    if !matched.method_allowed {
         let _ = writeln!(
             out,
             "  no route: {} does not allow {method} (405 Method Not Allowed)",
             route.prefix
         );
-        return (false, out);
+        return false;
     }
     for (i, up) in route.upstreams.iter().enumerate() {
-        let pq = route.upstream_path_and_query(up, &path, query.as_deref());
+        let pq = route.upstream_path_and_query(up, path, query);
         let _ = writeln!(
             out,
             "  {}{}://{}{pq}",
@@ -135,7 +139,7 @@ pub fn route_test(config: &Config, method: &str, target: &str) -> (bool, String)
         "  timeout   {}",
         humantime::format_duration(route.timeout)
     );
-    (true, out)
+    true
 }
 
 #[cfg(test)]

@@ -116,7 +116,7 @@ fn server_tls(t: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, (&'static str, 
 
 /// TLS to upstreams that trust the CA certificates in `path` (PEM) besides the
 /// webpki roots.
-fn upstream_tls(path: &Path) -> Result<crate::proxy::UpstreamTls, String> {
+fn upstream_tls(path: &Path) -> Result<crate::upstream_tls::UpstreamTls, String> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
         .and_then(|it| it.collect::<Result<_, _>>())
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
@@ -125,5 +125,5 @@ fn upstream_tls(path: &Path) -> Result<crate::proxy::UpstreamTls, String> {
     if added == 0 {
         return Err(format!("{} holds no usable CA certificate", path.display()));
     }
-    Ok(crate::proxy::upstream_tls(roots))
+    Ok(crate::upstream_tls::upstream_tls(roots))
 }

@@ -10,16 +10,7 @@ use toml::Spanned;
 
 use super::raw::RawOAuth;
 use super::{Client, ConfigError, OAuthConfig, Validator, cores};
-
-const DEFAULT_TOKEN_PATH: &str = "/auth/access_token";
-/// The gateway's endpoints at fixed paths; no route or token path may take them.
-pub(super) const FIXED_ENDPOINTS: [&str; 5] = [
-    "/auth/authorize",
-    "/auth/revoke",
-    "/auth/introspect",
-    "/auth/userinfo",
-    "/.well-known/oauth-authorization-server",
-];
+use crate::endpoint::{DEFAULT_TOKEN_PATH, Endpoint};
 
 impl Validator<'_> {
     /// `[oauth]` but `default_client`, which needs the clients: see
@@ -81,7 +72,8 @@ impl Validator<'_> {
                 format!("`{path}` must be a plain absolute path like \"/auth/access_token\""),
             ));
         }
-        if FIXED_ENDPOINTS.contains(&path.as_str()) {
+        // The fixed endpoints' paths are not the token endpoint's to take.
+        if Endpoint::fixed_paths().any(|e| e == path) {
             return Err(self.err(
                 p.span(),
                 "oauth.token_path",

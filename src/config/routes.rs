@@ -10,10 +10,10 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::load::CaFile;
-use super::oauth::FIXED_ENDPOINTS;
 use super::raw::{RawCors, RawRateLimit, RawRoute, RawUpstreams};
 use super::{ConfigError, ConfigWarning, Validator, spanned_items};
 use crate::cors::CorsPolicy;
+use crate::endpoint::Endpoint;
 use crate::ratelimit::{RateKeyKind, RateLimitSpec, RateLimiter};
 use crate::routes::{Route, RouteTable, Upstream};
 
@@ -59,10 +59,10 @@ impl Validator<'_> {
         let raw_prefix = r.prefix.get_ref();
         let prefix = crate::routes::normalize_prefix(raw_prefix)
             .map_err(|why| self.err(r.prefix.span(), key, format!("`{raw_prefix}` {why}")))?;
+        // Ignoring case, as prefixes match: a route at `/Auth/Revoke` would take
+        // the revocation endpoint's path written in another case.
         if prefix.eq_ignore_ascii_case(token_path)
-            || FIXED_ENDPOINTS
-                .iter()
-                .any(|e| e.eq_ignore_ascii_case(&prefix))
+            || Endpoint::fixed_paths().any(|e| e.eq_ignore_ascii_case(&prefix))
         {
             return Err(self.err(
                 r.prefix.span(),

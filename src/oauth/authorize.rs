@@ -30,11 +30,11 @@ use subtle::ConstantTimeEq;
 
 use super::{OAuthContext, pkce, read_form};
 use crate::config::{Client, GrantType, User};
+use crate::endpoint::AUTHORIZE_PATH;
 use crate::error::{Body, GatewayError, full};
 use crate::scope::ScopeSet;
 use crate::store::{CodeRecord, TokenHash, new_token, now_secs, random_u64};
 
-pub const AUTHORIZE_PATH: &str = "/auth/authorize";
 pub const COOKIE_NAME: &str = "whosthat_authz";
 /// How long a sign-in may take, from the first page to the consent (seconds).
 pub const TXN_TTL_SECS: u64 = 10 * 60;

@@ -27,6 +27,7 @@ use crate::store::{
 };
 
 pub mod authorize;
+pub mod bearer;
 pub mod client_auth;
 pub mod endpoints;
 pub mod limiter;

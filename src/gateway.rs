@@ -17,7 +17,7 @@ use crate::config::StoreBackend;
 use crate::cors::CorsPolicy;
 use crate::dispatch::{Decision, Needs, RouteMatch, classify};
 use crate::endpoint::Endpoint;
-use crate::error::{Body, GatewayError};
+use crate::error::{Body, Cause, GatewayError, Side};
 use crate::error::{RATELIMIT, RATELIMIT_POLICY};
 use crate::metrics::Metrics;
 use crate::oauth::authorize::Authorizer;
@@ -115,6 +115,10 @@ struct LogContext<'s> {
     /// `RateLimit-Policy` and `RateLimit` for an answer under a route's limit.
     rate_limit: Option<(HeaderValue, HeaderValue)>,
     reason: Option<&'static str>,
+    /// Whose fault a refusal was, and the fault under it (for this line only,
+    /// never the response).
+    side: Option<Side>,
+    cause: Option<Cause>,
     request_id: &'s str,
 }
 
@@ -174,6 +178,8 @@ pub async fn handle(
         Err(e) => {
             state.metrics.rejected(&e);
             log.reason = Some(e.reason());
+            log.side = Some(e.side());
+            log.cause = e.cause().cloned();
             e.into_response()
         }
     };
@@ -204,6 +210,8 @@ pub async fn handle(
         user = log.user.as_deref().unwrap_or("-"),
         request_id = log.request_id,
         reason = log.reason.unwrap_or("-"),
+        side = log.side.map(Side::as_str),
+        cause = log.cause.as_ref().map(tracing::field::display),
         latency_us = latency.as_micros() as u64,
         "request"
     );

@@ -626,10 +626,10 @@ impl Authorizer {
             code_challenge: areq.code_challenge.clone(),
             expires_at: now_secs() + CODE_TTL_SECS,
         };
-        if ctx.store.put_code(TokenHash::of(&code), rec).await.is_err() {
+        if let Err(e) = ctx.store.put_code(TokenHash::of(&code), rec).await {
             // No code exists: the user may try the approval again.
             self.used.remove(&step.txn.id);
-            return Err(GatewayError::StoreUnavailable);
+            return Err(e.into());
         }
         let mut params = vec![("code", code.as_str())];
         if let Some(s) = &areq.state {

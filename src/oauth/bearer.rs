@@ -30,8 +30,7 @@ pub async fn require_token(
     let token = bearer_token(headers)?.ok_or(GatewayError::NoToken)?;
     store
         .get_access(TokenHash::of(token))
-        .await
-        .map_err(|_| GatewayError::StoreUnavailable)?
+        .await?
         .filter(|r| grant_still_allowed(config, &r.grant))
         .ok_or(GatewayError::InvalidToken(
             "the access token is unknown, expired or revoked",

@@ -18,6 +18,7 @@ use crate::cors::CorsPolicy;
 use crate::ratelimit::{RateKeyKind, RateLimitSpec, RateLimiter};
 use crate::routes::{Route, RouteTable, Upstream};
 use crate::scope::{ScopeSet, is_valid_scope_token};
+use crate::store::RedisTopology;
 
 /// A config error: where it is and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,9 +110,19 @@ struct RawOAuth {
 struct RawStore {
     backend: Option<Spanned<String>>,
     redis_url: Option<Spanned<String>>,
+    redis_sentinel: Option<Spanned<RawSentinel>>,
+    redis_cluster: Option<Spanned<Vec<String>>>,
     sweep_interval: Option<Spanned<String>>,
     state_file: Option<Spanned<String>>,
     max_staleness: Option<Spanned<String>>,
+}
+
+/// `store.redis_sentinel = { master_name, nodes }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSentinel {
+    master_name: Spanned<String>,
+    nodes: Spanned<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -251,8 +262,8 @@ pub struct StoreConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreBackend {
     Memory,
-    /// `redis://` or `rediss://` URL.
-    Redis(String),
+    /// One server, Sentinel or Cluster.
+    Redis(RedisTopology),
 }
 
 impl fmt::Display for StoreBackend {
@@ -260,13 +271,7 @@ impl fmt::Display for StoreBackend {
         match self {
             StoreBackend::Memory => f.write_str("memory"),
             // Never the password a URL may carry.
-            StoreBackend::Redis(url) => match url
-                .split_once("://")
-                .and_then(|(scheme, rest)| rest.split_once('@').map(|(_, host)| (scheme, host)))
-            {
-                Some((scheme, host)) => write!(f, "redis {scheme}://***@{host}"),
-                None => write!(f, "redis {url}"),
-            },
+            StoreBackend::Redis(t) => t.fmt(f),
         }
     }
 }
@@ -588,6 +593,70 @@ impl Validator<'_> {
             .filter(|b| **b == b'\n')
             .count()
             + 1
+    }
+
+    /// `store.backend` and where Redis is: exactly one of `redis_url`,
+    /// `redis_sentinel`, `redis_cluster` with the redis backend, none without.
+    fn store_backend(&self, s: &RawStore) -> Result<StoreBackend, ConfigError> {
+        const ONE_OF: &str = "store.redis_url, store.redis_sentinel or store.redis_cluster";
+        let mut given: Vec<(Range<usize>, &str, RedisTopology)> = Vec::new();
+        if let Some(u) = &s.redis_url {
+            given.push((u.span(), "store.redis_url", RedisTopology::Single(u.get_ref().clone())));
+        }
+        if let Some(sen) = &s.redis_sentinel {
+            let r = sen.get_ref();
+            let t = RedisTopology::Sentinel {
+                master_name: r.master_name.get_ref().clone(),
+                nodes: r.nodes.get_ref().clone(),
+            };
+            if let Err(e) = t.check() {
+                let (span, key) = if e.starts_with("master_name") {
+                    (r.master_name.span(), "store.redis_sentinel.master_name")
+                } else {
+                    (r.nodes.span(), "store.redis_sentinel.nodes")
+                };
+                return Err(self.err(span, key, e));
+            }
+            given.push((sen.span(), "store.redis_sentinel", t));
+        }
+        if let Some(c) = &s.redis_cluster {
+            given.push((c.span(), "store.redis_cluster", RedisTopology::Cluster(c.get_ref().clone())));
+        }
+        let backend = s.backend.as_ref().map(|b| (b.span(), b.get_ref().as_str()));
+        match (backend, given.len()) {
+            (Some((_, "redis")), 1) => {
+                let (span, key, t) = given.pop().expect("one");
+                t.check().map_err(|e| self.err(span, key, e))?;
+                Ok(StoreBackend::Redis(t))
+            }
+            (Some((span, "redis")), 0) => Err(self.err(
+                span,
+                "store.redis_url",
+                format!("the redis backend needs one of {ONE_OF}"),
+            )),
+            (Some((_, "redis")), _) => {
+                let (span, key, _) = given.swap_remove(1);
+                Err(self.err(span, key, format!("give only one of {ONE_OF}")))
+            }
+            (None | Some((_, "memory")), 0) => Ok(StoreBackend::Memory),
+            (Some((_, "memory")), _) => {
+                let (span, key, _) = given.swap_remove(0);
+                Err(self.err(span, key, "only used with store.backend = \"redis\""))
+            }
+            (None, _) => {
+                let (span, key, _) = given.swap_remove(0);
+                Err(self.err(
+                    span,
+                    "store.backend",
+                    format!("{key} is set: say backend = \"redis\""),
+                ))
+            }
+            (Some((span, other)), _) => Err(self.err(
+                span,
+                "store.backend",
+                format!("`{other}` is not a backend: use \"memory\" or \"redis\""),
+            )),
+        }
     }
 
     fn err(
@@ -1138,54 +1207,7 @@ impl Validator<'_> {
             },
             Some(s) => {
                 let s = s.get_ref();
-                let backend = match (&s.backend, &s.redis_url) {
-                    (Some(b), url) if b.get_ref() == "redis" => {
-                        let url = url.as_ref().ok_or_else(|| {
-                            self.err(
-                                b.span(),
-                                "store.redis_url",
-                                "the redis backend needs store.redis_url",
-                            )
-                        })?;
-                        let u = url.get_ref();
-                        if !(u.starts_with("redis://") || u.starts_with("rediss://"))
-                            || ::redis::Client::open(u.as_str()).is_err()
-                        {
-                            return Err(self.err(
-                                url.span(),
-                                "store.redis_url",
-                                "must be a redis:// or rediss:// URL like \"redis://127.0.0.1:6379/0\"",
-                            ));
-                        }
-                        StoreBackend::Redis(u.clone())
-                    }
-                    (None, None) => StoreBackend::Memory,
-                    (Some(b), None) if b.get_ref() == "memory" => StoreBackend::Memory,
-                    (Some(b), Some(_)) if b.get_ref() == "memory" => {
-                        return Err(self.err(
-                            b.span(),
-                            "store.redis_url",
-                            "only used with store.backend = \"redis\"",
-                        ));
-                    }
-                    (None, Some(url)) => {
-                        return Err(self.err(
-                            url.span(),
-                            "store.backend",
-                            "store.redis_url is set: say backend = \"redis\"",
-                        ));
-                    }
-                    (Some(b), _) => {
-                        return Err(self.err(
-                            b.span(),
-                            "store.backend",
-                            format!(
-                                "`{}` is not a backend: use \"memory\" or \"redis\"",
-                                b.get_ref()
-                            ),
-                        ));
-                    }
-                };
+                let backend = self.store_backend(s)?;
                 let state_file = match &s.state_file {
                     None => None,
                     Some(_) if backend != StoreBackend::Memory => {

@@ -108,10 +108,13 @@ impl RedisConn {
                     .iter()
                     .map(|u| Client::open(u.as_str()))
                     .collect::<Result<_, _>>()?;
+                // Instances start at a random seed: subscriptions spread over
+                // the nodes, and a broadcast must cross the cluster bus.
+                let first = super::random_u64() as usize;
                 Link::Cluster {
                     conn,
                     seeds,
-                    next_seed: AtomicUsize::new(0),
+                    next_seed: AtomicUsize::new(first),
                 }
             }
         };

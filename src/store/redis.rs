@@ -309,6 +309,12 @@ impl Inner {
     }
 
     /// Runs the redeem script; `value` decodes what it returns.
+    ///
+    /// The family is checked before the credential is used, as one script
+    /// checking both would (a Cluster keeps the family key in another slot):
+    /// a peek, the family, then the use. Of two instances racing on one
+    /// refresh token, the one that uses it first wins even though the other,
+    /// seeing a replay, revokes the family right after.
     async fn redeem<T>(
         &self,
         kind: &str,
@@ -318,25 +324,32 @@ impl Inner {
     ) -> Result<Redeem<T>, StoreError> {
         self.check()?;
         let (k, used) = single_use_keys(kind, key);
-        let answer: String = self
-            .redeem
-            .key(k)
-            .key(used)
-            .arg(if take { "1" } else { "0" })
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(|e| self.failed(e))?;
-        let (tag, value) = answer.split_at(1.min(answer.len()));
-        let Some((family, _)) = Self::split(value) else {
+        let run = |take: bool| {
+            let mut inv = self.redeem.key(&k);
+            inv.key(&used).arg(if take { "1" } else { "0" });
+            let mut conn = self.conn.clone();
+            async move {
+                inv.invoke_async::<String>(&mut conn)
+                    .await
+                    .map_err(|e| self.failed(e))
+            }
+        };
+        let mut answer = run(false).await?;
+        let peeked = answer.split_at(1.min(answer.len()));
+        let Some((family, _)) = Self::split(peeked.1) else {
             return Ok(Redeem::Unknown);
         };
         // A revoked family's credentials are unknown, used or not.
-        if matches!(tag, "1" | "2") && self.family_revoked_in_redis(family).await? {
+        if self.family_revoked_in_redis(family).await? {
             return Ok(Redeem::Unknown);
         }
-        Ok(match tag {
-            "1" => decode(value).map_or(Redeem::Unknown, Redeem::Fresh),
-            "2" => Redeem::Spent { family },
+        if take && peeked.0 == "1" {
+            answer = run(true).await?;
+        }
+        let (tag, value) = answer.split_at(1.min(answer.len()));
+        Ok(match (tag, Self::split(value)) {
+            ("1", Some(_)) => decode(value).map_or(Redeem::Unknown, Redeem::Fresh),
+            ("2", Some((family, _))) => Redeem::Spent { family },
             _ => Redeem::Unknown,
         })
     }

@@ -1752,6 +1752,59 @@ upstream = "http://127.0.0.1:9000"
     }
 
     #[test]
+    fn exactly_one_redis_topology_is_named() {
+        let err = |store: &str| parse(&(base() + "\n[store]\nbackend = \"redis\"\n" + store)).err();
+        let key = |store: &str| err(store).and_then(|e| e.key);
+        let sentinel = "redis_sentinel = { master_name = \"mymaster\", nodes = [\"redis://10.0.0.5:26379\"] }\n";
+        let cluster = "redis_cluster = [\"redis://10.0.0.5:7000\", \"redis://10.0.0.6:7000\"]\n";
+        assert!(err(sentinel).is_none());
+        assert!(err(cluster).is_none());
+        // Two at once: refused at the second, with its line.
+        let e = err(&format!("redis_url = \"redis://h/0\"\n{cluster}")).unwrap();
+        assert_eq!(e.key.as_deref(), Some("store.redis_cluster"));
+        assert!(e.line.is_some() && e.message.contains("only one"), "{e}");
+        assert_eq!(
+            key(&format!("{sentinel}{cluster}")).as_deref(),
+            Some("store.redis_cluster")
+        );
+        assert_eq!(
+            key("redis_sentinel = { master_name = \"\", nodes = [\"redis://h:26379\"] }\n")
+                .as_deref(),
+            Some("store.redis_sentinel.master_name")
+        );
+        assert_eq!(
+            key("redis_sentinel = { master_name = \"m\", nodes = [] }\n").as_deref(),
+            Some("store.redis_sentinel.nodes")
+        );
+        assert_eq!(
+            key("redis_sentinel = { master_name = \"m\", nodes = [\"h:1\"] }\n").as_deref(),
+            Some("store.redis_sentinel.nodes")
+        );
+        // Unknown keys inside the table are refused by name.
+        assert!(
+            err("redis_sentinel = { master_name = \"m\", nodes = [\"redis://h:1\"], x = 1 }\n")
+                .is_some()
+        );
+        assert_eq!(key("redis_cluster = []\n").as_deref(), Some("store.redis_cluster"));
+        assert_eq!(
+            key("redis_cluster = [\"redis://a:7000\", \"tcp://b\"]\n").as_deref(),
+            Some("store.redis_cluster")
+        );
+        // Without the redis backend, a topology is a mistake.
+        let memory = parse(&(base() + "\n[store]\nbackend = \"memory\"\n" + cluster)).unwrap_err();
+        assert_eq!(memory.key.as_deref(), Some("store.redis_cluster"));
+        let unsaid = parse(&(base() + "\n[store]\n" + sentinel)).unwrap_err();
+        assert_eq!(unsaid.key.as_deref(), Some("store.backend"));
+        // Shown without passwords.
+        let text = base()
+            + "\n[store]\nbackend = \"redis\"\n"
+            + "redis_sentinel = { master_name = \"m\", nodes = [\"redis://:hunter2@10.0.0.5:26379\"] }\n";
+        let summary = parse(&text).unwrap().summary();
+        assert!(summary.contains("redis sentinel m via redis://***@10.0.0.5:26379"), "{summary}");
+        assert!(!summary.contains("hunter2"));
+    }
+
+    #[test]
     fn the_summary_never_shows_a_redis_password() {
         let text = base()
             + "\n[store]\nbackend = \"redis\"\nredis_url = \"redis://:hunter2@10.0.0.5:6379/0\"\n";

@@ -441,6 +441,14 @@ async fn sentinel_failovers_lose_no_revocation_and_need_no_restart() {
     let trigger = Instant::now();
     set.node_mut(new).kill();
     windows.push(settle(&set, &f, &keep, new, trigger).await);
+    // No replica now: a revocation cannot be made durable, and says so.
+    let url = f.gws[2].url("/auth/revoke");
+    let body = form(&[("token", revs[2].as_str()), ("client_id", "cli")]);
+    let h = [("content-type", "application/x-www-form-urlencoded")];
+    let r = request(Method::POST, &url, &h, &body).await;
+    assert_eq!(r.status, 503, "no replica, yet: {}", r.text());
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(r.json()["error"], "temporarily_unavailable", "{}", r.text());
     // It comes back empty; the sentinels make it a replica: revocations are
     // confirmed again.
     set.node_mut(new).restart();

@@ -43,10 +43,13 @@ enum Link {
     Single {
         client: Client,
         conn: ConnectionManager,
+        /// For durable writes alone: `WAIT` holds up its connection.
+        durable: ConnectionManager,
     },
     Sentinel(Arc<SentinelLink>),
     Cluster {
         conn: ClusterConnection,
+        durable: ClusterConnection,
         /// One client per seed node, for the subscription (see [`RedisConn::pubsub_client`]).
         seeds: Vec<Client>,
         next_seed: AtomicUsize,
@@ -84,7 +87,13 @@ impl RedisConn {
             RedisTopology::Single(url) => {
                 let client = Client::open(url.as_str())?;
                 let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_config())?;
-                Link::Single { client, conn }
+                let durable =
+                    ConnectionManager::new_lazy_with_config(client.clone(), manager_config())?;
+                Link::Single {
+                    client,
+                    conn,
+                    durable,
+                }
             }
             RedisTopology::Sentinel { master_name, nodes } => {
                 Link::Sentinel(Arc::new(SentinelLink::new(master_name, nodes)?))
@@ -99,11 +108,13 @@ impl RedisConn {
                     .min_retry_wait(20)
                     .max_retry_wait(250)
                     .build()?;
-                let conn = client.get_pending_async_connection_with_config(
+                let config = || {
                     redis::cluster::ClusterConfig::new()
                         .set_connection_timeout(Duration::from_millis(500))
-                        .set_response_timeout(Duration::from_secs(1)),
-                );
+                        .set_response_timeout(Duration::from_secs(1))
+                };
+                let conn = client.get_pending_async_connection_with_config(config());
+                let durable = client.get_pending_async_connection_with_config(config());
                 let seeds = nodes
                     .iter()
                     .map(|u| Client::open(u.as_str()))
@@ -113,6 +124,7 @@ impl RedisConn {
                 let first = super::random_u64() as usize;
                 Link::Cluster {
                     conn,
+                    durable,
                     seeds,
                     next_seed: AtomicUsize::new(first),
                 }
@@ -163,31 +175,19 @@ impl RedisConn {
     ///
     /// Replication is asynchronous: a write the primary acknowledged and then
     /// lost in a failover is as if it never happened. `WAIT` on the same
-    /// connection covers every write sent before it on that connection. Under
-    /// Sentinel a replica is always required (a failover promotes one, and a
-    /// replica that has just been promoted or cut off is exactly when a write
-    /// on the old primary is lost); elsewhere one is required when the node
-    /// reports a connected replica.
+    /// connection covers every write sent before it on that connection; it
+    /// holds that connection up while it waits, so durable writes have a
+    /// connection of their own and the request path never queues behind one.
+    /// Under Sentinel a replica is always required (a failover promotes one,
+    /// and a replica that has just been promoted or cut off is exactly when a
+    /// write on the old primary is lost); elsewhere one is required when the
+    /// node reports a connected replica, and without one there is no `WAIT`.
     pub async fn durable(&self, key: &str, mut pipe: Pipeline) -> Result<(), DurableError> {
         let writes = pipe.len();
-        pipe.cmd("WAIT").arg(1).arg(REPLICA_ACK_MS);
         pipe.cmd("INFO").arg("replication");
-        let answers = match &self.shared.link {
-            Link::Cluster { conn, .. } => {
-                let route = Route::with_slot(Slot::for_key(key), SlotAddr::Master);
-                let n = pipe.len();
-                conn.clone()
-                    .route_pipeline(pipe, 0, n, SingleNodeRoutingInfo::SpecificNode(route))
-                    .await?
-            }
-            _ => self.clone().req_packed_commands(&pipe, 0, pipe.len()).await?,
-        };
-        let acked = match answers.get(writes) {
-            Some(Value::Int(n)) => *n,
-            _ => return Err(DurableError::Unexpected),
-        };
+        let answers = self.on_durable(key, pipe).await?;
         let replicas = answers
-            .get(writes + 1)
+            .get(writes)
             .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
             .and_then(|info| connected_replicas(&info))
             .unwrap_or(0);
@@ -195,10 +195,42 @@ impl RedisConn {
             Link::Sentinel(_) => 1,
             _ => replicas.min(1),
         };
+        if wanted == 0 {
+            return Ok(());
+        }
+        let mut wait = redis::pipe();
+        wait.cmd("WAIT").arg(wanted).arg(REPLICA_ACK_MS);
+        let acked = match self.on_durable(key, wait).await?.first() {
+            Some(Value::Int(n)) => *n,
+            _ => return Err(DurableError::Unexpected),
+        };
         if acked < wanted {
             return Err(DurableError::NotReplicated { acked, wanted });
         }
         Ok(())
+    }
+
+    /// `pipe` on the durable-write connection to the node holding `key`.
+    async fn on_durable(&self, key: &str, pipe: Pipeline) -> Result<Vec<Value>, RedisError> {
+        let n = pipe.len();
+        match &self.shared.link {
+            Link::Single { durable, .. } => durable.clone().req_packed_commands(&pipe, 0, n).await,
+            Link::Sentinel(s) => {
+                let r = match s.durable_connection() {
+                    Ok(mut c) => c.req_packed_commands(&pipe, 0, n).await,
+                    Err(e) => Err(e),
+                };
+                s.saw(r.as_ref().err());
+                r
+            }
+            Link::Cluster { durable, .. } => {
+                let route = Route::with_slot(Slot::for_key(key), SlotAddr::Master);
+                durable
+                    .clone()
+                    .route_pipeline(pipe, 0, n, SingleNodeRoutingInfo::SpecificNode(route))
+                    .await
+            }
+        }
     }
 
     /// `PING`, within a second (Cluster: every node must answer).

@@ -32,6 +32,8 @@ const ANSWER_WITHIN: Duration = Duration::from_millis(500);
 struct Primary {
     client: Client,
     conn: ConnectionManager,
+    /// For durable writes alone (see `RedisConn::durable`).
+    durable: ConnectionManager,
     /// `host:port`, as the sentinels name it.
     addr: String,
 }
@@ -85,6 +87,17 @@ impl SentinelLink {
     pub(super) fn connection(&self) -> Result<ConnectionManager, RedisError> {
         match self.primary.load().as_ref() {
             Some(p) => Ok(p.conn.clone()),
+            None => {
+                self.recheck.notify_one();
+                Err(no_primary())
+            }
+        }
+    }
+
+    /// The durable-write connection to the current primary.
+    pub(super) fn durable_connection(&self) -> Result<ConnectionManager, RedisError> {
+        match self.primary.load().as_ref() {
+            Some(p) => Ok(p.durable.clone()),
             None => {
                 self.recheck.notify_one();
                 Err(no_primary())
@@ -189,6 +202,12 @@ impl SentinelLink {
             .map_err(|_| RedisError::from((ErrorKind::Io, "the sentinels did not answer in time")))??;
         let addr = client.get_connection_info().addr().to_string();
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_config())?;
-        Ok(Primary { client, conn, addr })
+        let durable = ConnectionManager::new_lazy_with_config(client.clone(), manager_config())?;
+        Ok(Primary {
+            client,
+            conn,
+            durable,
+            addr,
+        })
     }
 }

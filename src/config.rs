@@ -601,7 +601,11 @@ impl Validator<'_> {
         const ONE_OF: &str = "store.redis_url, store.redis_sentinel or store.redis_cluster";
         let mut given: Vec<(Range<usize>, &str, RedisTopology)> = Vec::new();
         if let Some(u) = &s.redis_url {
-            given.push((u.span(), "store.redis_url", RedisTopology::Single(u.get_ref().clone())));
+            given.push((
+                u.span(),
+                "store.redis_url",
+                RedisTopology::Single(u.get_ref().clone()),
+            ));
         }
         if let Some(sen) = &s.redis_sentinel {
             let r = sen.get_ref();
@@ -620,7 +624,11 @@ impl Validator<'_> {
             given.push((sen.span(), "store.redis_sentinel", t));
         }
         if let Some(c) = &s.redis_cluster {
-            given.push((c.span(), "store.redis_cluster", RedisTopology::Cluster(c.get_ref().clone())));
+            given.push((
+                c.span(),
+                "store.redis_cluster",
+                RedisTopology::Cluster(c.get_ref().clone()),
+            ));
         }
         let backend = s.backend.as_ref().map(|b| (b.span(), b.get_ref().as_str()));
         match (backend, given.len()) {
@@ -1785,7 +1793,10 @@ upstream = "http://127.0.0.1:9000"
             err("redis_sentinel = { master_name = \"m\", nodes = [\"redis://h:1\"], x = 1 }\n")
                 .is_some()
         );
-        assert_eq!(key("redis_cluster = []\n").as_deref(), Some("store.redis_cluster"));
+        assert_eq!(
+            key("redis_cluster = []\n").as_deref(),
+            Some("store.redis_cluster")
+        );
         assert_eq!(
             key("redis_cluster = [\"redis://a:7000\", \"tcp://b\"]\n").as_deref(),
             Some("store.redis_cluster")
@@ -1800,7 +1811,10 @@ upstream = "http://127.0.0.1:9000"
             + "\n[store]\nbackend = \"redis\"\n"
             + "redis_sentinel = { master_name = \"m\", nodes = [\"redis://:hunter2@10.0.0.5:26379\"] }\n";
         let summary = parse(&text).unwrap().summary();
-        assert!(summary.contains("redis sentinel m via redis://***@10.0.0.5:26379"), "{summary}");
+        assert!(
+            summary.contains("redis sentinel m via redis://***@10.0.0.5:26379"),
+            "{summary}"
+        );
         assert!(!summary.contains("hunter2"));
     }
 

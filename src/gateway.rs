@@ -74,7 +74,13 @@ impl AppState {
             match &config.store.backend {
                 StoreBackend::Memory => {
                     let m = Arc::new(MemoryStore::new());
-                    (m.clone(), Some(m), Limiter::memory(), None, Authorizer::new())
+                    (
+                        m.clone(),
+                        Some(m),
+                        Limiter::memory(),
+                        None,
+                        Authorizer::new(),
+                    )
                 }
                 StoreBackend::Redis(topology) => {
                     let r = RedisStore::new(topology, grants.clone(), config.store.max_staleness)?;
@@ -82,7 +88,13 @@ impl AppState {
                     let buckets: Arc<dyn SharedBuckets> =
                         Arc::new(crate::ratelimit::RedisBuckets::new(conn.clone()));
                     let limiter = Limiter::redis(conn.clone());
-                    (Arc::new(r), None, limiter, Some(buckets), Authorizer::fleet(conn))
+                    (
+                        Arc::new(r),
+                        None,
+                        limiter,
+                        Some(buckets),
+                        Authorizer::fleet(conn),
+                    )
                 }
             };
         Ok(AppState {

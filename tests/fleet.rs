@@ -101,7 +101,10 @@ where
         if r.status != 503 {
             return r;
         }
-        assert!(r.header("retry-after").is_some(), "{what}: a 503 without Retry-After");
+        assert!(
+            r.header("retry-after").is_some(),
+            "{what}: a 503 without Retry-After"
+        );
         assert!(Instant::now() < deadline, "{what}: still 503: {}", r.text());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -278,7 +281,11 @@ async fn serving_again(f: &Fleet, keep: &str) {
 
 /// Every assertion over the load's samples; prints what was observed.
 fn check(samples: &[Sample], revoked: &[Revoked], windows: &[Window]) {
-    assert!(samples.len() > 100, "the load loop barely ran: {}", samples.len());
+    assert!(
+        samples.len() > 100,
+        "the load loop barely ran: {}",
+        samples.len()
+    );
     let mut served_revoked = Vec::new();
     let mut outside = Vec::new();
     for s in samples {

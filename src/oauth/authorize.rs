@@ -333,7 +333,10 @@ impl Authorizer {
             .find_map(|key| {
                 let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
                 let mut buf = sealed.to_vec();
-                let plain = key.aead.open_in_place(nonce, Aad::from(AAD), &mut buf).ok()?;
+                let plain = key
+                    .aead
+                    .open_in_place(nonce, Aad::from(AAD), &mut buf)
+                    .ok()?;
                 Txn::decode(plain)
             })
     }

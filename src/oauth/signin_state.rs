@@ -133,8 +133,7 @@ pub trait Ledger: Send + Sync {
     fn reopen<'a>(&'a self, id: &'a [u8; 16]) -> Fut<'a, ()>;
     /// Whether a login's cookie must be backed by a record ([`Ledger::put_login`]).
     fn verifies_logins(&self) -> bool;
-    fn put_login<'a>(&'a self, proof: &'a TokenHash, record: String, until: u64)
-    -> Fut<'a, ()>;
+    fn put_login<'a>(&'a self, proof: &'a TokenHash, record: String, until: u64) -> Fut<'a, ()>;
     fn login<'a>(&'a self, proof: &'a TokenHash) -> Fut<'a, Option<String>>;
     /// Forgets what expired (Redis keys expire by themselves).
     fn sweep(&self, _now: u64) {}
@@ -244,7 +243,9 @@ impl RedisLedger {
         .await?;
         let raw = STANDARD.decode(stored.trim()).map_err(|_| Unavailable)?;
         raw.try_into().map_err(|_| {
-            tracing::error!("{KEY_NAME} in redis is not a 32-byte key; sign-ins wait until it is deleted");
+            tracing::error!(
+                "{KEY_NAME} in redis is not a 32-byte key; sign-ins wait until it is deleted"
+            );
             Unavailable
         })
     }
@@ -315,12 +316,7 @@ impl Ledger for RedisLedger {
         true
     }
 
-    fn put_login<'a>(
-        &'a self,
-        proof: &'a TokenHash,
-        record: String,
-        until: u64,
-    ) -> Fut<'a, ()> {
+    fn put_login<'a>(&'a self, proof: &'a TokenHash, record: String, until: u64) -> Fut<'a, ()> {
         Box::pin(async move {
             within(
                 redis::cmd("SET")
@@ -357,7 +353,10 @@ mod tests {
     #[test]
     fn a_new_key_keeps_the_old_one_for_opening() {
         let keys = Keys::fixed(CookieKey::new(&[1; KEY_BYTES]));
-        assert!(!keys.adopt(&[1; KEY_BYTES]), "the same key: nothing changes");
+        assert!(
+            !keys.adopt(&[1; KEY_BYTES]),
+            "the same key: nothing changes"
+        );
         assert!(keys.adopt(&[2; KEY_BYTES]));
         let ring = keys.ring().unwrap();
         assert_eq!(ring.current.raw, [2; KEY_BYTES]);

@@ -86,7 +86,8 @@ impl RedisConn {
         let link = match topology {
             RedisTopology::Single(url) => {
                 let client = Client::open(url.as_str())?;
-                let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_config())?;
+                let conn =
+                    ConnectionManager::new_lazy_with_config(client.clone(), manager_config())?;
                 let durable =
                     ConnectionManager::new_lazy_with_config(client.clone(), manager_config())?;
                 Link::Single {

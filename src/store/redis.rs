@@ -539,9 +539,7 @@ impl TokenStore for RedisStore {
         Box::pin(async move {
             let value = Inner::encode_token(&rec);
             let px = px_until(rec.expires_at);
-            self.inner
-                .set(access_key(&key), value, px)
-                .await?;
+            self.inner.set(access_key(&key), value, px).await?;
             self.inner.cache.insert(key, rec);
             Ok(())
         })
@@ -583,7 +581,9 @@ impl TokenStore for RedisStore {
             let k = access_key(&key);
             let mut pipe = redis::pipe();
             pipe.cmd("DEL").arg(&k);
-            pipe.cmd("PUBLISH").arg(CHANNEL).arg(format!("t:{}", hex(&key)));
+            pipe.cmd("PUBLISH")
+                .arg(CHANNEL)
+                .arg(format!("t:{}", hex(&key)));
             let done = inner.durable(&k, pipe).await;
             // After the DEL (whether or not a replica confirmed it); also bumps
             // the epoch, so a lookup of ours in flight does not cache it.
@@ -664,7 +664,11 @@ impl TokenStore for RedisStore {
             inner.revoked.insert(family, until);
             let k = family_key(family);
             let mut pipe = redis::pipe();
-            pipe.cmd("SET").arg(&k).arg("1").arg("PX").arg(px_until(until));
+            pipe.cmd("SET")
+                .arg(&k)
+                .arg("1")
+                .arg("PX")
+                .arg(px_until(until));
             pipe.cmd("PUBLISH")
                 .arg(CHANNEL)
                 .arg(format!("f:{family}:{until}"));

@@ -156,7 +156,10 @@ impl SentinelLink {
     }
 
     /// `host:port` of the primary, as the first sentinel that answers names it.
-    async fn ask_sentinels(&self, asked: &mut Option<(usize, MultiplexedConnection)>) -> Option<String> {
+    async fn ask_sentinels(
+        &self,
+        asked: &mut Option<(usize, MultiplexedConnection)>,
+    ) -> Option<String> {
         let n = self.sentinels.len();
         let start = asked.as_ref().map_or(0, |(i, _)| *i);
         for k in 0..n {
@@ -199,7 +202,9 @@ impl SentinelLink {
         };
         let client = tokio::time::timeout(ANSWER_WITHIN * 4, lookup)
             .await
-            .map_err(|_| RedisError::from((ErrorKind::Io, "the sentinels did not answer in time")))??;
+            .map_err(|_| {
+                RedisError::from((ErrorKind::Io, "the sentinels did not answer in time"))
+            })??;
         let addr = client.get_connection_info().addr().to_string();
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_config())?;
         let durable = ConnectionManager::new_lazy_with_config(client.clone(), manager_config())?;

@@ -64,7 +64,9 @@ impl RedisTopology {
 
 fn check_nodes(nodes: &[String], what: &str, example: &str) -> Result<(), String> {
     if nodes.is_empty() {
-        return Err(format!("needs at least one {what} node URL, like \"{example}\""));
+        return Err(format!(
+            "needs at least one {what} node URL, like \"{example}\""
+        ));
     }
     match nodes.iter().find(|u| !valid_url(u)) {
         Some(bad) => Err(format!(
@@ -101,7 +103,11 @@ mod tests {
 
     #[test]
     fn each_kind_is_checked_and_shown_without_passwords() {
-        assert!(RedisTopology::Single("redis://:pw@h:6379/0".into()).check().is_ok());
+        assert!(
+            RedisTopology::Single("redis://:pw@h:6379/0".into())
+                .check()
+                .is_ok()
+        );
         assert!(RedisTopology::Single("http://h".into()).check().is_err());
         let s = RedisTopology::Sentinel {
             master_name: "mymaster".into(),

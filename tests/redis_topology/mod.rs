@@ -258,7 +258,10 @@ impl SentinelSet {
     }
 
     pub fn node(&self, port: u16) -> &Node {
-        self.nodes.iter().find(|n| n.port == port).expect("a data node")
+        self.nodes
+            .iter()
+            .find(|n| n.port == port)
+            .expect("a data node")
     }
 
     pub fn node_mut(&mut self, port: u16) -> &mut Node {
@@ -271,28 +274,31 @@ impl SentinelSet {
     /// Until the sentinels agree on a primary that has an online replica, see
     /// each other (quorum and majority for a failover), and know the replica.
     pub async fn wait_healthy(&self) {
-        until("a primary with an online replica, watched by 3 sentinels", || async {
-            let Some(p) = self.agreed_primary().await else {
-                return false;
-            };
-            let rep = self.node(p).replication().await;
-            let online = rep
-                .iter()
-                .any(|(k, v)| k.starts_with("slave") && v.contains("state=online"));
-            if !online {
-                return false;
-            }
-            for s in &self.sentinels {
-                let ok: redis::RedisResult<String> =
-                    s.cmd(&["SENTINEL", "CKQUORUM", MASTER_NAME]).await;
-                let replicas: redis::RedisResult<Vec<Value>> =
-                    s.cmd(&["SENTINEL", "REPLICAS", MASTER_NAME]).await;
-                if ok.is_err() || replicas.map_or(true, |r| r.is_empty()) {
+        until(
+            "a primary with an online replica, watched by 3 sentinels",
+            || async {
+                let Some(p) = self.agreed_primary().await else {
+                    return false;
+                };
+                let rep = self.node(p).replication().await;
+                let online = rep
+                    .iter()
+                    .any(|(k, v)| k.starts_with("slave") && v.contains("state=online"));
+                if !online {
                     return false;
                 }
-            }
-            true
-        })
+                for s in &self.sentinels {
+                    let ok: redis::RedisResult<String> =
+                        s.cmd(&["SENTINEL", "CKQUORUM", MASTER_NAME]).await;
+                    let replicas: redis::RedisResult<Vec<Value>> =
+                        s.cmd(&["SENTINEL", "REPLICAS", MASTER_NAME]).await;
+                    if ok.is_err() || replicas.map_or(true, |r| r.is_empty()) {
+                        return false;
+                    }
+                }
+                true
+            },
+        )
         .await;
     }
 
@@ -380,7 +386,10 @@ impl ClusterSet {
     }
 
     pub async fn slot_of(&self, key: &str) -> u16 {
-        self.nodes[0].cmd(&["CLUSTER", "KEYSLOT", key]).await.unwrap()
+        self.nodes[0]
+            .cmd(&["CLUSTER", "KEYSLOT", key])
+            .await
+            .unwrap()
     }
 
     /// The index of the node that owns `slot` now.

@@ -16,7 +16,7 @@ use crate::audit;
 use crate::config::Config;
 use crate::config::StoreBackend;
 use crate::cors::CorsPolicy;
-use crate::error::{Body, GatewayError};
+use crate::error::{Body, Cause, GatewayError, Side};
 use crate::error::{RATELIMIT, RATELIMIT_POLICY};
 use crate::metrics::Metrics;
 use crate::oauth::authorize::{AUTHORIZE_PATH, Authorizer};
@@ -124,6 +124,10 @@ struct LogContext<'s> {
     /// `RateLimit-Policy` and `RateLimit` for an answer under a route's limit.
     rate_limit: Option<(HeaderValue, HeaderValue)>,
     reason: Option<&'static str>,
+    /// Whose fault a refusal was, and the fault under it (for this line only,
+    /// never the response).
+    side: Option<Side>,
+    cause: Option<Cause>,
     request_id: &'s str,
 }
 
@@ -183,6 +187,8 @@ pub async fn handle(
         Err(e) => {
             state.metrics.rejected(&e);
             log.reason = Some(e.reason());
+            log.side = Some(e.side());
+            log.cause = e.cause().cloned();
             e.into_response()
         }
     };
@@ -213,6 +219,8 @@ pub async fn handle(
         user = log.user.as_deref().unwrap_or("-"),
         request_id = log.request_id,
         reason = log.reason.unwrap_or("-"),
+        side = log.side.map(Side::as_str),
+        cause = log.cause.as_ref().map(tracing::field::display),
         latency_us = latency.as_micros() as u64,
         "request"
     );
@@ -302,8 +310,7 @@ async fn handle_inner<'s>(
         let record = state
             .store
             .get_access(TokenHash::of(token))
-            .await
-            .map_err(|_| GatewayError::StoreUnavailable)?
+            .await?
             .filter(|r| grant_still_allowed(config, &r.grant))
             .ok_or(GatewayError::InvalidToken(
                 "the access token is unknown, expired or revoked",

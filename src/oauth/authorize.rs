@@ -33,7 +33,7 @@ use super::{OAuthContext, pkce, read_form};
 use crate::config::{Client, GrantType, User};
 use crate::error::{Body, GatewayError, full};
 use crate::scope::ScopeSet;
-use crate::store::{CodeRecord, RedisConn, TokenHash, new_token, now_secs, random_u64};
+use crate::store::{CodeRecord, RedisConn, StoreError, TokenHash, new_token, now_secs, random_u64};
 
 pub const AUTHORIZE_PATH: &str = "/auth/authorize";
 pub const COOKIE_NAME: &str = "whosthat_authz";
@@ -351,13 +351,12 @@ impl Authorizer {
         else {
             return Ok(None);
         };
-        let down = |_| GatewayError::StoreUnavailable;
-        if self.ledger.is_ended(&txn.id).await.map_err(down)? {
+        if self.ledger.is_ended(&txn.id).await? {
             return Ok(None);
         }
         if txn.user.is_some() && self.ledger.verifies_logins() {
             let proof = TokenHash::of(&txn.csrf);
-            let found = self.ledger.login(&proof).await.map_err(down)?;
+            let found = self.ledger.login(&proof).await?;
             if found.as_deref() != login_record(&txn).as_deref() {
                 return Ok(None);
             }
@@ -367,10 +366,7 @@ impl Authorizer {
 
     /// Marks the transaction ended; `false` if it already was (a replay).
     async fn finish(&self, txn: &Txn) -> Result<bool, GatewayError> {
-        self.ledger
-            .end(&txn.id, txn.expires)
-            .await
-            .map_err(|_| GatewayError::StoreUnavailable)
+        Ok(self.ledger.end(&txn.id, txn.expires).await?)
     }
 
     fn render(&self, status: StatusCode, name: &str, ctx: minijinja::Value) -> Response<Body> {
@@ -413,7 +409,10 @@ impl Authorizer {
             Method::GET | Method::HEAD | Method::POST if self.keys.ring().is_none() => {
                 // The fleet's cookie key is not known yet (Redis has not
                 // answered since the start): no sign-in can be carried.
-                Err(GatewayError::StoreUnavailable)
+                Err(StoreError::Unavailable(
+                    "the fleet's sign-in cookie key is not read yet".into(),
+                )
+                .into())
             }
             Method::GET | Method::HEAD => self.get(ctx, &req).await,
             Method::POST => self.post(ctx, req).await,
@@ -682,10 +681,10 @@ impl Authorizer {
             code_challenge: areq.code_challenge.clone(),
             expires_at: now_secs() + CODE_TTL_SECS,
         };
-        if ctx.store.put_code(TokenHash::of(&code), rec).await.is_err() {
+        if let Err(e) = ctx.store.put_code(TokenHash::of(&code), rec).await {
             // No code exists: the user may try the approval again.
             let _ = self.ledger.reopen(&step.txn.id).await;
-            return Err(GatewayError::StoreUnavailable);
+            return Err(e.into());
         }
         let mut params = vec![("code", code.as_str())];
         if let Some(s) = &areq.state {
@@ -761,8 +760,7 @@ impl Authorizer {
                 if let Some(record) = login_record(&step.txn) {
                     self.ledger
                         .put_login(&TokenHash::of(&step.txn.csrf), record, step.txn.expires)
-                        .await
-                        .map_err(|_| GatewayError::StoreUnavailable)?;
+                        .await?;
                 }
                 let mut resp = self.with_cookie(ctx, see_other(AUTHORIZE_PATH), &step.txn);
                 let secure = ctx.config.oauth.issuer.starts_with("https://");

@@ -53,14 +53,13 @@ enum Found {
 /// `token_type_hint` only changes the order; RFC 7009 section 2.1).
 async fn find(ctx: &OAuthContext<'_>, params: &Params) -> Result<Option<Found>, GatewayError> {
     let key = TokenHash::of(params.get("token").unwrap_or(""));
-    let down = |_| GatewayError::StoreUnavailable;
     let refresh_first = params.get("token_type_hint") == Some("refresh_token");
     for as_refresh in [refresh_first, !refresh_first] {
         if as_refresh {
-            if let Redeem::Fresh(rec) = ctx.store.get_refresh(key).await.map_err(down)? {
+            if let Redeem::Fresh(rec) = ctx.store.get_refresh(key).await? {
                 return Ok(Some(Found::Refresh(rec)));
             }
-        } else if let Some(rec) = ctx.store.get_access(key).await.map_err(down)? {
+        } else if let Some(rec) = ctx.store.get_access(key).await? {
             return Ok(Some(Found::Access(rec)));
         }
     }
@@ -78,10 +77,7 @@ pub async fn revoke(
     let key = TokenHash::of(params.get("token").unwrap_or(""));
     let revoked = match find(ctx, &params).await? {
         Some(Found::Access(rec)) if rec.grant.client == client.client.id => {
-            ctx.store
-                .remove_access(key)
-                .await
-                .map_err(|_| GatewayError::StoreUnavailable)?;
+            ctx.store.remove_access(key).await?;
             Some((rec.grant, "access_token"))
         }
         Some(Found::Refresh(rec)) if rec.grant.client == client.client.id => {
@@ -164,8 +160,7 @@ pub async fn userinfo(
     let rec = ctx
         .store
         .get_access(TokenHash::of(token))
-        .await
-        .map_err(|_| GatewayError::StoreUnavailable)?
+        .await?
         .filter(|r| grant_still_allowed(ctx.config, &r.grant))
         .ok_or(GatewayError::InvalidToken(
             "the access token is unknown, expired or revoked",

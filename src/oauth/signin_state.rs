@@ -23,7 +23,6 @@
 //! the cookie alone is trusted, as before.
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,7 +33,7 @@ use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use ring::aead::{CHACHA20_POLY1305, LessSafeKey, UnboundKey};
 
-use crate::store::{RedisConn, TokenHash, hex};
+use crate::store::{RedisConn, StoreError, StoreFuture, TokenHash, hex};
 
 /// Bytes of the AEAD key.
 pub const KEY_BYTES: usize = 32;
@@ -118,11 +117,9 @@ impl Keys {
     }
 }
 
-/// The state cannot be read or written now: the page answers 503.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Unavailable;
-
-pub type Fut<'a, T> = Pin<Box<dyn Future<Output = Result<T, Unavailable>> + Send + 'a>>;
+/// An answer, or why the state cannot be read or written now (the page
+/// answers 503).
+pub type Fut<'a, T> = StoreFuture<'a, T>;
 
 /// Ended transactions and login proofs.
 pub trait Ledger: Send + Sync {
@@ -212,14 +209,12 @@ fn px_until(until: u64) -> u64 {
         .max(1)
 }
 
-async fn within<T>(f: impl Future<Output = redis::RedisResult<T>>) -> Result<T, Unavailable> {
+async fn within<T>(f: impl Future<Output = redis::RedisResult<T>>) -> Result<T, StoreError> {
     match tokio::time::timeout(Duration::from_secs(2), f).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "sign-in state: redis failed");
-            Err(Unavailable)
-        }
-        Err(_) => Err(Unavailable),
+        Ok(r) => Ok(r?),
+        Err(_) => Err(StoreError::Unavailable(
+            "redis did not answer within 2 s (sign-in state)".into(),
+        )),
     }
 }
 
@@ -232,7 +227,7 @@ impl RedisLedger {
     }
 
     /// The fleet's key: the one in Redis, or `mine` once written there.
-    async fn fleet_key(&self, mine: &[u8; KEY_BYTES]) -> Result<[u8; KEY_BYTES], Unavailable> {
+    async fn fleet_key(&self, mine: &[u8; KEY_BYTES]) -> Result<[u8; KEY_BYTES], StoreError> {
         let mut conn = self.conn.clone();
         let stored: String = within(
             self.key_or_mine
@@ -241,13 +236,13 @@ impl RedisLedger {
                 .invoke_async(&mut conn),
         )
         .await?;
-        let raw = STANDARD.decode(stored.trim()).map_err(|_| Unavailable)?;
-        raw.try_into().map_err(|_| {
-            tracing::error!(
-                "{KEY_NAME} in redis is not a 32-byte key; sign-ins wait until it is deleted"
-            );
-            Unavailable
-        })
+        let bad = || {
+            StoreError::Unavailable(format!(
+                "{KEY_NAME} in redis is not a base64 32-byte key; sign-ins wait until it is deleted"
+            ))
+        };
+        let raw = STANDARD.decode(stored.trim()).map_err(|_| bad())?;
+        raw.try_into().map_err(|_| bad())
     }
 
     /// Keeps `keys` on the fleet's cookie key, forever: at once, then every
@@ -263,8 +258,14 @@ impl RedisLedger {
                     }
                     KEY_CHECK
                 }
-                Err(Unavailable) if keys.ring().is_none() => Duration::from_millis(500),
-                Err(Unavailable) => KEY_CHECK,
+                Err(e) if keys.ring().is_none() => {
+                    tracing::warn!(error = %e, "the sign-in cookie key cannot be read from redis yet; sign-ins get 503");
+                    Duration::from_millis(500)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the sign-in cookie key could not be checked in redis");
+                    KEY_CHECK
+                }
             };
             tokio::time::sleep(wait).await;
         }

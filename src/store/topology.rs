@@ -20,9 +20,11 @@ pub enum RedisTopology {
     Cluster(Vec<String>),
 }
 
-/// `redis://` or `rediss://`, and a URL redis-rs accepts.
+/// `redis://` or `rediss://`, and a URL redis-rs can read (parsed only: no
+/// client is made).
 pub fn valid_url(u: &str) -> bool {
-    (u.starts_with("redis://") || u.starts_with("rediss://")) && redis::Client::open(u).is_ok()
+    use redis::IntoConnectionInfo;
+    (u.starts_with("redis://") || u.starts_with("rediss://")) && u.into_connection_info().is_ok()
 }
 
 /// A URL without the password it may carry (logs, `check-config`).

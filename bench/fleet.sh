@@ -43,13 +43,8 @@ if ! flock -n 9; then
     exit 1
 fi
 
-need() { # command package
-    if ! command -v "$1" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$1" ]; then
-        echo "installing $2 ..." >&2
-        if [ -z "${APT_UPDATED:-}" ]; then apt-get update -qq; APT_UPDATED=1; fi
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
-    fi
-}
+# need, free_port, start_upstream, parse_wrk
+. "$ROOT/bench/lib.sh"
 need wrk wrk
 need nginx nginx-light
 need redis-server redis-server
@@ -68,11 +63,6 @@ if ! PY_ARGON2=$(argon2_python); then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-argon2 >/dev/null
     PY_ARGON2=$(argon2_python) || { echo "python3-argon2 is installed but no python3 imports it" >&2; exit 1; }
 fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 
 PIDS=()
 cleanup() {
@@ -92,21 +82,7 @@ fi
 
 # --- upstream: nginx answering a small static body
 UP_PORT=$(free_port)
-cat > "$OUT/nginx-upstream.conf" <<EOF
-worker_processes 1;
-pid $OUT/nginx-upstream.pid;
-error_log $OUT/nginx-upstream.err warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 1000000;
-    server {
-        listen 127.0.0.1:$UP_PORT;
-        location / { return 200 "hello from upstream\n"; }
-    }
-}
-EOF
-"$NGINX" -c "$OUT/nginx-upstream.conf" -p "$OUT" -e "$OUT/nginx-upstream.err" 9>&-
+start_upstream "$UP_PORT"
 
 # --- one Redis of our own
 REDIS_PORT=$(free_port)
@@ -182,23 +158,6 @@ for p in "${R_PORTS[@]}"; do
     test "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $R_TOKEN" "http://127.0.0.1:$p/api/")" = 200
 done
 
-# wrk output -> "rps p50_ms p99_ms errors"
-parse_wrk() {
-    python3 -c '
-import re, sys
-t = sys.stdin.read()
-def ms(v):
-    n, u = re.match(r"([\d.]+)(us|ms|s)", v).groups()
-    return float(n) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[u]
-rps = float(re.search(r"Requests/sec:\s+([\d.]+)", t).group(1))
-p50 = ms(re.search(r"\s50%\s+(\S+)", t).group(1))
-p99 = ms(re.search(r"\s99%\s+(\S+)", t).group(1))
-m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", t)
-e = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", t)
-errs = (int(m.group(1)) if m else 0) + (sum(map(int, e.groups())) if e else 0)
-print(f"{rps:.0f} {p50:.3f} {p99:.3f} {errs}")
-'
-}
 
 drive() { # kind name: the three instances of `kind` (redis|memory) at once, one wrk each
     local kind=$1 name=$2 i pids=() port token

@@ -383,20 +383,7 @@ async fn sign_in_across(f: &Fleet) {
     b.cookie = after;
     let again = decide(&f.gws[1], &mut b, &consent, "approve").await;
     assert_error_page(&again, 400, "expired or was already used");
-    let j = assert_tokens(
-        &token(
-            &f.gws[1],
-            &[
-                ("grant_type", "authorization_code"),
-                ("code", &code),
-                ("redirect_uri", SPA_CB),
-                ("client_id", "spa"),
-                ("code_verifier", &verifier),
-            ],
-            &[],
-        )
-        .await,
-    );
+    let j = assert_tokens(&spa_exchange(&f.gws[1], &code, &verifier).await);
     let r = get_with_token(&f.gws[2].url("/api/signed-in"), &access(&j)).await;
     assert_eq!(r.status, 200, "{}", r.text());
 }

@@ -85,19 +85,19 @@ impl SentinelLink {
 
     /// The command connection to the current primary.
     pub(super) fn connection(&self) -> Result<ConnectionManager, RedisError> {
-        match self.primary.load().as_ref() {
-            Some(p) => Ok(p.conn.clone()),
-            None => {
-                self.recheck.notify_one();
-                Err(no_primary())
-            }
-        }
+        self.on_primary(|p| p.conn.clone())
     }
 
     /// The durable-write connection to the current primary.
     pub(super) fn durable_connection(&self) -> Result<ConnectionManager, RedisError> {
+        self.on_primary(|p| p.durable.clone())
+    }
+
+    /// `pick` of the current primary; with none known yet, an error, and the
+    /// sentinels are asked again at once.
+    fn on_primary<T>(&self, pick: impl FnOnce(&Primary) -> T) -> Result<T, RedisError> {
         match self.primary.load().as_ref() {
-            Some(p) => Ok(p.durable.clone()),
+            Some(p) => Ok(pick(p)),
             None => {
                 self.recheck.notify_one();
                 Err(no_primary())

@@ -69,6 +69,10 @@ impl Node {
         .map(|s| s.to_string())
         .collect();
         args.extend(extra.iter().map(|s| s.to_string()));
+        Node::launch(port, dir, args)
+    }
+
+    fn launch(port: u16, dir: PathBuf, args: Vec<String>) -> Node {
         let child = Some(spawn(&dir, &args));
         Node {
             port,
@@ -99,13 +103,7 @@ impl Node {
         )
         .unwrap();
         let args = vec![conf.to_str().unwrap().to_string(), "--sentinel".to_string()];
-        let child = Some(spawn(&dir, &args));
-        Node {
-            port,
-            dir,
-            args,
-            child,
-        }
+        Node::launch(port, dir, args)
     }
 
     pub fn url(&self) -> String {

@@ -70,30 +70,41 @@ impl AppState {
         let grants = Arc::new(Grants::default());
         // The brute-force counters live where the tokens do: with Redis, every
         // instance counts against the same numbers.
-        let (store, memory, limiter): (Arc<dyn TokenStore>, _, _) = match &config.store.backend {
-            StoreBackend::Memory => {
-                let m = Arc::new(MemoryStore::new());
-                (m.clone(), Some(m), Limiter::memory())
-            }
-            StoreBackend::Redis(url) => {
-                let r = RedisStore::new(url, grants.clone(), config.store.max_staleness)?;
-                let limiter = Limiter::redis(r.connection());
-                (Arc::new(r), None, limiter)
-            }
-        };
-        // Rate-limit buckets are shared where tokens are: with Redis, fleet-wide.
-        let rate_buckets: Option<Arc<dyn SharedBuckets>> = match &config.store.backend {
-            StoreBackend::Memory => None,
-            StoreBackend::Redis(url) => Some(Arc::new(
-                crate::ratelimit::RedisBuckets::new(url).map_err(StoreError::Unavailable)?,
-            )),
-        };
+        // So do rate-limit buckets and sign-ins in progress: with Redis, any
+        // instance continues what another began.
+        let (store, memory, limiter, rate_buckets, authorizer): (Arc<dyn TokenStore>, _, _, _, _) =
+            match &config.store.backend {
+                StoreBackend::Memory => {
+                    let m = Arc::new(MemoryStore::new());
+                    (
+                        m.clone(),
+                        Some(m),
+                        Limiter::memory(),
+                        None,
+                        Authorizer::new(),
+                    )
+                }
+                StoreBackend::Redis(topology) => {
+                    let r = RedisStore::new(topology, grants.clone(), config.store.max_staleness)?;
+                    let conn = r.connection();
+                    let buckets: Arc<dyn SharedBuckets> =
+                        Arc::new(crate::ratelimit::RedisBuckets::new(conn.clone()));
+                    let limiter = Limiter::redis(conn.clone());
+                    (
+                        Arc::new(r),
+                        None,
+                        limiter,
+                        Some(buckets),
+                        Authorizer::fleet(conn),
+                    )
+                }
+            };
         Ok(AppState {
             rate_buckets,
             store,
             passwords,
             limiter,
-            authorizer: Authorizer::new(),
+            authorizer,
             grants,
             metrics: Arc::new(Metrics::new()),
             memory,

@@ -124,8 +124,8 @@ pub async fn serve_with(
     if let Some(file) = &config.store.state_file {
         check_state_dir(file);
     }
-    if let crate::config::StoreBackend::Redis(url) = &config.store.backend {
-        check_redis(url, &config.store.backend).await;
+    if let crate::config::StoreBackend::Redis(topology) = &config.store.backend {
+        check_redis(topology).await;
     }
     restore_tokens(&state, &config);
     let housekeeping = spawn_housekeeping(&state, reload_from);
@@ -207,6 +207,7 @@ fn spawn_housekeeping(
     reload_from: Option<Reload>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let mut housekeeping = state.store.spawn_background();
+    housekeeping.extend(state.authorizer.spawn_background());
     housekeeping.push(tokio::spawn(sweep_loop(
         state.clone(),
         state.config().store.sweep_interval,
@@ -275,21 +276,22 @@ fn check_state_dir(file: &Path) {
     }
 }
 
-/// Says at start when Redis does not answer (the URL without its password):
-/// until it does, requests that need the store get 503.
-async fn check_redis(url: &str, shown: &crate::config::StoreBackend) {
+/// Says at start when Redis does not answer (URLs without their passwords):
+/// until it does, requests that need the store get 503. A Sentinel primary is
+/// found by the store's own follower; here the sentinels are asked.
+async fn check_redis(topology: &crate::store::RedisTopology) {
     let ping = async {
-        let client = redis::Client::open(url)?;
+        let client = redis::Client::open(topology.urls()[0].as_str())?;
         let mut conn = client.get_multiplexed_async_connection().await?;
         redis::cmd("PING").query_async::<String>(&mut conn).await
     };
     match tokio::time::timeout(Duration::from_secs(2), ping).await {
-        Ok(Ok(_)) => tracing::info!(store = %shown, "Redis answers"),
+        Ok(Ok(_)) => tracing::info!(store = %topology, "Redis answers"),
         Ok(Err(e)) => {
-            tracing::warn!(store = %shown, error = %e, "Redis is unreachable at start: requests that need the token store get 503 until it answers")
+            tracing::warn!(store = %topology, error = %e, "Redis is unreachable at start: requests that need the token store get 503 until it answers")
         }
         Err(_) => {
-            tracing::warn!(store = %shown, "Redis did not answer within 2 s at start: requests that need the token store get 503 until it answers")
+            tracing::warn!(store = %topology, "Redis did not answer within 2 s at start: requests that need the token store get 503 until it answers")
         }
     }
 }

@@ -146,8 +146,8 @@ pub struct StoreConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreBackend {
     Memory,
-    /// `redis://` or `rediss://` URL.
-    Redis(String),
+    /// One server, Sentinel or Cluster.
+    Redis(crate::store::RedisTopology),
 }
 
 impl fmt::Display for StoreBackend {
@@ -155,13 +155,7 @@ impl fmt::Display for StoreBackend {
         match self {
             StoreBackend::Memory => f.write_str("memory"),
             // Never the password a URL may carry.
-            StoreBackend::Redis(url) => match url
-                .split_once("://")
-                .and_then(|(scheme, rest)| rest.split_once('@').map(|(_, host)| (scheme, host)))
-            {
-                Some((scheme, host)) => write!(f, "redis {scheme}://***@{host}"),
-                None => write!(f, "redis {url}"),
-            },
+            StoreBackend::Redis(t) => t.fmt(f),
         }
     }
 }

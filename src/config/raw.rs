@@ -62,9 +62,19 @@ pub(super) struct RawOAuth {
 pub(super) struct RawStore {
     pub(super) backend: Option<Spanned<String>>,
     pub(super) redis_url: Option<Spanned<String>>,
+    pub(super) redis_sentinel: Option<Spanned<RawSentinel>>,
+    pub(super) redis_cluster: Option<Spanned<Vec<String>>>,
     pub(super) sweep_interval: Option<Spanned<String>>,
     pub(super) state_file: Option<Spanned<String>>,
     pub(super) max_staleness: Option<Spanned<String>>,
+}
+
+/// `store.redis_sentinel = { master_name, nodes }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSentinel {
+    pub(super) master_name: Spanned<String>,
+    pub(super) nodes: Spanned<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,5 +1,6 @@
 //! `[store]`: where tokens live (memory or Redis), sweeping, the state file.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -7,6 +8,7 @@ use toml::Spanned;
 
 use super::raw::RawStore;
 use super::{ConfigError, StoreBackend, StoreConfig, Validator};
+use crate::store::RedisTopology;
 
 const DEFAULT_MAX_STALENESS: Duration = Duration::from_millis(250);
 const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
@@ -43,57 +45,76 @@ impl Validator<'_> {
         })
     }
 
-    /// `store.backend` with `store.redis_url`, which goes with redis only.
+    /// `store.backend` and where Redis is: exactly one of `redis_url`,
+    /// `redis_sentinel`, `redis_cluster` with the redis backend, none without.
     fn backend(&self, s: &RawStore) -> Result<StoreBackend, ConfigError> {
-        match (&s.backend, &s.redis_url) {
-            (Some(b), url) if b.get_ref() == "redis" => {
-                let url = url.as_ref().ok_or_else(|| {
-                    self.err(
-                        b.span(),
-                        "store.redis_url",
-                        "the redis backend needs store.redis_url",
-                    )
-                })?;
-                self.redis_url(url).map(StoreBackend::Redis)
-            }
-            (None, None) => Ok(StoreBackend::Memory),
-            (Some(b), None) if b.get_ref() == "memory" => Ok(StoreBackend::Memory),
-            (Some(b), Some(_)) if b.get_ref() == "memory" => Err(self.err(
-                b.span(),
+        const ONE_OF: &str = "store.redis_url, store.redis_sentinel or store.redis_cluster";
+        let mut given: Vec<(Range<usize>, &str, RedisTopology)> = Vec::new();
+        if let Some(u) = &s.redis_url {
+            given.push((
+                u.span(),
                 "store.redis_url",
-                "only used with store.backend = \"redis\"",
-            )),
-            (None, Some(url)) => Err(self.err(
-                url.span(),
-                "store.backend",
-                "store.redis_url is set: say backend = \"redis\"",
-            )),
-            (Some(b), _) => Err(self.err(
-                b.span(),
-                "store.backend",
-                format!(
-                    "`{}` is not a backend: use \"memory\" or \"redis\"",
-                    b.get_ref()
-                ),
-            )),
-        }
-    }
-
-    /// A `redis://` or `rediss://` URL the Redis client can read (parsed only:
-    /// no client is made and nothing connects here).
-    fn redis_url(&self, url: &Spanned<String>) -> Result<String, ConfigError> {
-        use ::redis::IntoConnectionInfo;
-        let u = url.get_ref();
-        if !(u.starts_with("redis://") || u.starts_with("rediss://"))
-            || u.as_str().into_connection_info().is_err()
-        {
-            return Err(self.err(
-                url.span(),
-                "store.redis_url",
-                "must be a redis:// or rediss:// URL like \"redis://127.0.0.1:6379/0\"",
+                RedisTopology::Single(u.get_ref().clone()),
             ));
         }
-        Ok(u.clone())
+        if let Some(sen) = &s.redis_sentinel {
+            let r = sen.get_ref();
+            let t = RedisTopology::Sentinel {
+                master_name: r.master_name.get_ref().clone(),
+                nodes: r.nodes.get_ref().clone(),
+            };
+            if let Err(e) = t.check() {
+                let (span, key) = if e.starts_with("master_name") {
+                    (r.master_name.span(), "store.redis_sentinel.master_name")
+                } else {
+                    (r.nodes.span(), "store.redis_sentinel.nodes")
+                };
+                return Err(self.err(span, key, e));
+            }
+            given.push((sen.span(), "store.redis_sentinel", t));
+        }
+        if let Some(c) = &s.redis_cluster {
+            given.push((
+                c.span(),
+                "store.redis_cluster",
+                RedisTopology::Cluster(c.get_ref().clone()),
+            ));
+        }
+        let backend = s.backend.as_ref().map(|b| (b.span(), b.get_ref().as_str()));
+        match (backend, given.len()) {
+            (Some((_, "redis")), 1) => {
+                let (span, key, t) = given.pop().expect("one");
+                t.check().map_err(|e| self.err(span, key, e))?;
+                Ok(StoreBackend::Redis(t))
+            }
+            (Some((span, "redis")), 0) => Err(self.err(
+                span,
+                "store.redis_url",
+                format!("the redis backend needs one of {ONE_OF}"),
+            )),
+            (Some((_, "redis")), _) => {
+                let (span, key, _) = given.swap_remove(1);
+                Err(self.err(span, key, format!("give only one of {ONE_OF}")))
+            }
+            (None | Some((_, "memory")), 0) => Ok(StoreBackend::Memory),
+            (Some((_, "memory")), _) => {
+                let (span, key, _) = given.swap_remove(0);
+                Err(self.err(span, key, "only used with store.backend = \"redis\""))
+            }
+            (None, _) => {
+                let (span, key, _) = given.swap_remove(0);
+                Err(self.err(
+                    span,
+                    "store.backend",
+                    format!("{key} is set: say backend = \"redis\""),
+                ))
+            }
+            (Some((span, other)), _) => Err(self.err(
+                span,
+                "store.backend",
+                format!("`{other}` is not a backend: use \"memory\" or \"redis\""),
+            )),
+        }
     }
 
     /// `store.state_file`, memory backend only, relative to the config file.
@@ -157,5 +178,64 @@ mod tests {
             key("sweep_interval = \"400y\"\n").as_deref(),
             Some("store.sweep_interval")
         );
+    }
+
+    #[test]
+    fn exactly_one_redis_topology_is_named() {
+        let err = |store: &str| parse(&(base() + "\n[store]\nbackend = \"redis\"\n" + store)).err();
+        let key = |store: &str| err(store).and_then(|e| e.key);
+        let sentinel = "redis_sentinel = { master_name = \"mymaster\", nodes = [\"redis://10.0.0.5:26379\"] }\n";
+        let cluster = "redis_cluster = [\"redis://10.0.0.5:7000\", \"redis://10.0.0.6:7000\"]\n";
+        assert!(err(sentinel).is_none());
+        assert!(err(cluster).is_none());
+        // Two at once: refused at the second, with its line.
+        let e = err(&format!("redis_url = \"redis://h/0\"\n{cluster}")).unwrap();
+        assert_eq!(e.key.as_deref(), Some("store.redis_cluster"));
+        assert!(e.line.is_some() && e.message.contains("only one"), "{e}");
+        assert_eq!(
+            key(&format!("{sentinel}{cluster}")).as_deref(),
+            Some("store.redis_cluster")
+        );
+        assert_eq!(
+            key("redis_sentinel = { master_name = \"\", nodes = [\"redis://h:26379\"] }\n")
+                .as_deref(),
+            Some("store.redis_sentinel.master_name")
+        );
+        assert_eq!(
+            key("redis_sentinel = { master_name = \"m\", nodes = [] }\n").as_deref(),
+            Some("store.redis_sentinel.nodes")
+        );
+        assert_eq!(
+            key("redis_sentinel = { master_name = \"m\", nodes = [\"h:1\"] }\n").as_deref(),
+            Some("store.redis_sentinel.nodes")
+        );
+        // Unknown keys inside the table are refused by name.
+        assert!(
+            err("redis_sentinel = { master_name = \"m\", nodes = [\"redis://h:1\"], x = 1 }\n")
+                .is_some()
+        );
+        assert_eq!(
+            key("redis_cluster = []\n").as_deref(),
+            Some("store.redis_cluster")
+        );
+        assert_eq!(
+            key("redis_cluster = [\"redis://a:7000\", \"tcp://b\"]\n").as_deref(),
+            Some("store.redis_cluster")
+        );
+        // Without the redis backend, a topology is a mistake.
+        let memory = parse(&(base() + "\n[store]\nbackend = \"memory\"\n" + cluster)).unwrap_err();
+        assert_eq!(memory.key.as_deref(), Some("store.redis_cluster"));
+        let unsaid = parse(&(base() + "\n[store]\n" + sentinel)).unwrap_err();
+        assert_eq!(unsaid.key.as_deref(), Some("store.backend"));
+        // Shown without passwords.
+        let text = base()
+            + "\n[store]\nbackend = \"redis\"\n"
+            + "redis_sentinel = { master_name = \"m\", nodes = [\"redis://:hunter2@10.0.0.5:26379\"] }\n";
+        let summary = parse(&text).unwrap().summary();
+        assert!(
+            summary.contains("redis sentinel m via redis://***@10.0.0.5:26379"),
+            "{summary}"
+        );
+        assert!(!summary.contains("hunter2"));
     }
 }

@@ -32,6 +32,7 @@ pub mod client_auth;
 pub mod endpoints;
 pub mod limiter;
 pub mod pkce;
+pub mod signin_state;
 
 use client_auth::AuthenticatedClient;
 use limiter::Limiter;

@@ -21,11 +21,16 @@ use subtle::ConstantTimeEq;
 
 use crate::scope::ScopeSet;
 
+pub mod connection;
 pub mod memory;
 pub mod redis;
+mod sentinel;
+pub mod topology;
 
+pub use connection::RedisConn;
 pub use memory::MemoryStore;
 pub use redis::RedisStore;
+pub use topology::RedisTopology;
 
 /// Random bytes in a token: 256 bits (RFC 6749 section 10.10 asks for at least 128).
 pub const TOKEN_BYTES: usize = 32;

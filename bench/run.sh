@@ -54,20 +54,12 @@ if [ "$IDLE_CONNS" -gt $((NOFILE - 512)) ]; then
     IDLE_CONNS=$((NOFILE - 512))
 fi
 
-need() {
-    if ! command -v "$1" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$1" ]; then
-        echo "installing $2 ..." >&2
-        if [ -z "${APT_UPDATED:-}" ]; then apt-get update -qq; APT_UPDATED=1; fi
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
-    fi
-}
+# need, free_port, start_upstream, parse_wrk
+. "$ROOT/bench/lib.sh"
 need wrk wrk
 need nginx nginx-light
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 UP_PORT=$(free_port); NGX_PORT=$(free_port); GW_PORT=$(free_port)
 
 PIDS=()
@@ -88,21 +80,7 @@ TARGET_DIR=$(cargo metadata --format-version 1 --no-deps |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 
 # --- upstream: nginx answering a small static body, one worker
-cat > "$OUT/nginx-upstream.conf" <<EOF
-worker_processes 1;
-pid $OUT/nginx-upstream.pid;
-error_log $OUT/nginx-upstream.err warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 1000000;
-    server {
-        listen 127.0.0.1:$UP_PORT;
-        location / { return 200 "hello from upstream\n"; }
-    }
-}
-EOF
-"$NGINX" -c "$OUT/nginx-upstream.conf" -p "$OUT" -e "$OUT/nginx-upstream.err" 9>&-
+start_upstream "$UP_PORT"
 
 # --- nginx as the peer: plain reverse proxy, keep-alive pool, as many workers as whosthat has threads.
 # Room for all the idle connections in one worker (accepts need not spread evenly);
@@ -187,23 +165,6 @@ if ! grep -qi '^HTTP/1.1 200' <<< "$RL_HEAD" || ! grep -qi '^ratelimit-policy:' 
     exit 1
 fi
 
-# wrk output -> "rps p50_ms p99_ms errors"
-parse_wrk() {
-    python3 -c '
-import re, sys
-t = sys.stdin.read()
-def ms(v):
-    n, u = re.match(r"([\d.]+)(us|ms|s)", v).groups()
-    return float(n) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[u]
-rps = float(re.search(r"Requests/sec:\s+([\d.]+)", t).group(1))
-p50 = ms(re.search(r"\s50%\s+(\S+)", t).group(1))
-p99 = ms(re.search(r"\s99%\s+(\S+)", t).group(1))
-m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", t)
-e = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", t)
-errs = (int(m.group(1)) if m else 0) + (sum(map(int, e.groups())) if e else 0)
-print(f"{rps:.0f} {p50:.3f} {p99:.3f} {errs}")
-'
-}
 
 run_wrk() { # name url [extra wrk args...]
     local name=$1 url=$2; shift 2

@@ -477,27 +477,20 @@ end
 return {got, string.format('%d', tat - now)}
 ";
 
-/// Shared buckets in Redis, on a connection of their own.
+/// Shared buckets in Redis, on the token store's connection (one key per
+/// bucket: any slot of a Cluster; multiplexed, so a take waits for no other
+/// command).
 pub struct RedisBuckets {
-    conn: redis::aio::ConnectionManager,
+    conn: crate::store::RedisConn,
     script: redis::Script,
 }
 
 impl RedisBuckets {
-    /// Prepares the connection; nothing connects until the first take.
-    pub fn new(url: &str) -> Result<RedisBuckets, String> {
-        let client = redis::Client::open(url).map_err(|e| e.to_string())?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_millis(500)))
-            .set_response_timeout(Some(Duration::from_millis(500)))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = redis::aio::ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| e.to_string())?;
-        Ok(RedisBuckets {
+    pub fn new(conn: crate::store::RedisConn) -> RedisBuckets {
+        RedisBuckets {
             conn,
             script: redis::Script::new(TAKE),
-        })
+        }
     }
 }
 

@@ -777,20 +777,7 @@ async fn nothing_from_the_request_appears_unescaped() {
     }
 
     // The code still works: the state did not get in the way.
-    let j = assert_tokens(
-        &token(
-            &gw,
-            &[
-                ("grant_type", "authorization_code"),
-                ("code", &code),
-                ("redirect_uri", SPA_CB),
-                ("client_id", "spa"),
-                ("code_verifier", &verifier),
-            ],
-            &[],
-        )
-        .await,
-    );
+    let j = assert_tokens(&spa_exchange(&gw, &code, &verifier).await);
     assert_eq!(j["scope"], "read");
 }
 

@@ -836,8 +836,9 @@ async fn scenario(l: &Limiter) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_and_redis_limiters_follow_the_same_rules() {
     let redis = Redis::start().await;
-    let client = redis::Client::open(format!("redis://127.0.0.1:{}/0", redis.port)).unwrap();
-    let conn = redis::aio::ConnectionManager::new(client).await.unwrap();
+    let url = format!("redis://127.0.0.1:{}/0", redis.port);
+    let conn =
+        whosthat::store::RedisConn::new(&whosthat::store::RedisTopology::Single(url)).unwrap();
     let on_redis = scenario(&Limiter::redis(conn)).await;
     let in_memory = scenario(&Limiter::memory()).await;
     println!("{in_memory:#?}");

@@ -1,28 +1,22 @@
 //! The keys of verifiable identity: `[oauth] signing_keys`, `[[users]] claims`,
-//! `[[routes]] identity_assertion` and `audience`. One small validator per key.
+//! `[[routes]] identity_assertion` and `audience`. One small validator per key;
+//! the key files are read after validation, by [`super::load`], through
+//! [`load_keys`].
 
+use std::collections::HashMap;
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::Deserialize;
 use toml::Spanned;
 
-use super::{Client, ConfigError, ConfigWarning, OAuthConfig, RawOAuth, RawRoute, Validator};
+use super::load::{KeyFiles, Site};
+use super::raw::{RawClaims, RawOAuth, RawRoute};
+use super::{Client, ConfigError, ConfigWarning, OAuthConfig, Validator};
 use crate::assertion::RouteAssertion;
+use crate::endpoint::Endpoint;
 use crate::jose::{Alg, KeySet};
-use crate::oauth::oidc::{JWKS_PATH, OPENID_CONFIGURATION_PATH};
 use crate::routes::Upstream;
-
-/// `claims = { name, email, email_verified, groups }` as written.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawClaims {
-    name: Option<String>,
-    email: Option<String>,
-    email_verified: Option<bool>,
-    groups: Option<Vec<String>>,
-}
 
 /// A user's OpenID Connect claims (OIDC Core 5.1): what the `profile`, `email`
 /// and `groups` scopes give away. Empty by default.
@@ -54,29 +48,76 @@ pub(super) fn keys_summary(keys: &KeySet) -> String {
     )
 }
 
+/// Reads `oauth.signing_keys` (after validation): the set, and a warning per
+/// key file others may read. `Err`: which entry and why, never its content.
+pub(super) fn load_keys(files: &KeyFiles) -> Result<(Arc<KeySet>, Vec<String>), String> {
+    let (set, warnings) = KeySet::load(&files.paths)
+        .map_err(|e| format!("key {} ({}) {}", e.index + 1, e.path.display(), e.why))?;
+    Ok((Arc::new(set), warnings))
+}
+
+/// OpenID Connect set-ups that will not do what they look like: a client
+/// asking for `openid` with no key to sign ID tokens, and ID tokens that
+/// cannot be RS256 (the algorithm clients assume). `at`: where `signing_keys` is.
+pub(super) fn oidc_warnings(
+    oauth: &OAuthConfig,
+    clients: &HashMap<String, Arc<Client>>,
+    file: &Path,
+    at: Option<&Site>,
+) -> Vec<ConfigWarning> {
+    let mut oidc_clients: Vec<&str> = clients
+        .values()
+        .filter(|c| c.scopes.contains("openid"))
+        .map(|c| c.id.as_ref())
+        .collect();
+    oidc_clients.sort_unstable();
+    let warning = |line: Option<usize>, message: String| ConfigWarning {
+        file: file.to_path_buf(),
+        line,
+        key: Some("oauth.signing_keys".into()),
+        message,
+    };
+    match &oauth.signing {
+        None => oidc_clients
+            .into_iter()
+            .map(|id| {
+                warning(None, format!(
+                    "client `{id}` may ask for scope openid, but without signing keys it is a plain scope and no ID token is issued"
+                ))
+            })
+            .collect(),
+        Some(set)
+            if !oidc_clients.is_empty() && !set.keys().iter().any(|k| k.alg() == Alg::Rs256) =>
+        {
+            vec![warning(at.map(|a| a.line), format!(
+                "no RS256 key: ID tokens are signed {}, and OpenID Connect clients accept only RS256 unless configured otherwise (add one: `whosthat keygen --alg RS256 PATH`)",
+                set.id_token_signer().alg()
+            ))]
+        }
+        Some(_) => Vec::new(),
+    }
+}
+
 impl Validator<'_> {
-    /// `[oauth] signing_keys`: PEM files relative to the config file. Returns
-    /// the set and a warning per key file others may read.
+    /// `[oauth] signing_keys`: at least one PEM file, relative to the config
+    /// file; read by `load`.
     pub(super) fn signing_keys(
         &self,
-        list: &Spanned<Vec<String>>,
-    ) -> Result<(Arc<KeySet>, Vec<ConfigWarning>), ConfigError> {
+        raw: Option<&RawOAuth>,
+    ) -> Result<Option<KeyFiles>, ConfigError> {
         const KEY: &str = "oauth.signing_keys";
+        let Some(list) = raw.and_then(|r| r.signing_keys.as_ref()) else {
+            return Ok(None);
+        };
+        if list.get_ref().is_empty() {
+            return Err(self.err(list.span(), KEY, "name at least one key file"));
+        }
         let base = self.file.parent().unwrap_or(Path::new("."));
-        let paths: Vec<_> = list.get_ref().iter().map(|p| base.join(p)).collect();
-        let (set, warnings) = KeySet::load(&paths).map_err(|e| {
-            let what = if e.path.as_os_str().is_empty() {
-                e.why.clone()
-            } else {
-                format!("key {} ({}) {}", e.index + 1, e.path.display(), e.why)
-            };
-            self.err(list.span(), KEY, what)
-        })?;
-        let warnings = warnings
-            .into_iter()
-            .map(|w| self.err(list.span(), KEY, w))
-            .collect();
-        Ok((Arc::new(set), warnings))
+        let paths: Vec<PathBuf> = list.get_ref().iter().map(|p| base.join(p)).collect();
+        Ok(Some(KeyFiles {
+            paths,
+            at: self.site(list.span(), KEY),
+        }))
     }
 
     /// `[[users]] claims`.
@@ -192,8 +233,9 @@ impl Validator<'_> {
         raw_prefix: &Spanned<String>,
         key: &dyn Fn(&str) -> String,
     ) -> Result<(), ConfigError> {
-        let taken = [JWKS_PATH, OPENID_CONFIGURATION_PATH]
+        let taken = Endpoint::IDENTITY
             .iter()
+            .filter_map(|e| e.fixed_path())
             .any(|p| p.eq_ignore_ascii_case(prefix));
         if signing && taken {
             return Err(self.err(
@@ -203,53 +245,6 @@ impl Validator<'_> {
             ));
         }
         Ok(())
-    }
-
-    /// OpenID Connect set-ups that will not do what they look like: a client
-    /// asking for `openid` with no key to sign ID tokens, and ID tokens that
-    /// cannot be RS256 (the algorithm clients assume).
-    pub(super) fn oidc_warnings(
-        &self,
-        oauth: &OAuthConfig,
-        clients: &std::collections::HashMap<String, Arc<Client>>,
-        raw: &RawOAuth,
-    ) -> Vec<ConfigWarning> {
-        let mut oidc_clients: Vec<&str> = clients
-            .values()
-            .filter(|c| c.scopes.contains("openid"))
-            .map(|c| c.id.as_ref())
-            .collect();
-        oidc_clients.sort_unstable();
-        let mut out = Vec::new();
-        match (&oauth.signing, &raw.signing_keys) {
-            (None, _) => {
-                for id in oidc_clients {
-                    out.push(ConfigWarning {
-                        file: self.file.to_path_buf(),
-                        line: None,
-                        key: Some("oauth.signing_keys".into()),
-                        message: format!(
-                            "client `{id}` may ask for scope openid, but without signing keys it is a plain scope and no ID token is issued"
-                        ),
-                    });
-                }
-            }
-            (Some(set), Some(list)) => {
-                let has_rs256 = set.keys().iter().any(|k| k.alg() == Alg::Rs256);
-                if !has_rs256 && !oidc_clients.is_empty() {
-                    out.push(self.err(
-                        list.span(),
-                        "oauth.signing_keys",
-                        format!(
-                            "no RS256 key: ID tokens are signed {}, and OpenID Connect clients accept only RS256 unless configured otherwise (add one: `whosthat keygen --alg RS256 PATH`)",
-                            set.id_token_signer().alg()
-                        ),
-                    ));
-                }
-            }
-            (Some(_), None) => {}
-        }
-        out
     }
 }
 

@@ -14,28 +14,31 @@
 //! that ended (approve, deny, a scope refused after the login) is remembered as
 //! used until it expires, so a replayed cookie cannot mint a second code; those
 //! entries only exist after a right password, so argon2's rate bounds them.
+//! With the Redis store the key and those entries are the fleet's (see
+//! [`super::signin_state`]): any instance continues a sign-in another began.
 
 use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use dashmap::DashMap;
-use dashmap::mapref::entry::Entry;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, COOKIE, HeaderValue, LOCATION, SET_COOKIE};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use minijinja::{Environment, context};
-use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use ring::aead::{Aad, NONCE_LEN, Nonce};
 use subtle::ConstantTimeEq;
 
 use super::oidc::{self, OidcRequest};
+use super::signin_state::{CookieKey, Keys, Ledger, MemoryLedger, RedisLedger};
 use super::{OAuthContext, pkce, read_form, redirect};
 use crate::config::{Client, GrantType, User};
+use crate::endpoint::AUTHORIZE_PATH;
 use crate::error::{Body, GatewayError, full};
 use crate::scope::ScopeSet;
-use crate::store::{CodeOidc, CodeRecord, TokenHash, new_token, now_secs, random_u64};
+use crate::store::{
+    CodeOidc, CodeRecord, RedisConn, StoreError, TokenHash, new_token, now_secs, random_u64,
+};
 
-pub const AUTHORIZE_PATH: &str = "/auth/authorize";
 pub const COOKIE_NAME: &str = "whosthat_authz";
 /// How long a sign-in may take, from the first page to the consent (seconds).
 pub const TXN_TTL_SECS: u64 = 10 * 60;
@@ -52,7 +55,7 @@ pub const MAX_QUERY_BYTES: usize = 8 * 1024;
 /// (RFC 6265 section 6.1 asks them to keep at least that much).
 const MAX_SET_COOKIE_BYTES: usize = 4000;
 /// Bytes of the AEAD key.
-pub const KEY_BYTES: usize = 32;
+pub use super::signin_state::KEY_BYTES;
 /// Poly1305 tag length.
 const TAG_LEN: usize = 16;
 /// Binds a sealed cookie to its purpose and format: a blob sealed for another
@@ -251,10 +254,13 @@ struct Step {
 /// The pages, the cookie key, and the transactions that ended.
 pub struct Authorizer {
     templates: Environment<'static>,
-    key: LessSafeKey,
+    keys: Arc<Keys>,
     clock: Clock,
-    /// Transaction ids that ended (approve, deny, scope refused), until they expire.
-    used: DashMap<[u8; 16], u64>,
+    /// Transaction ids that ended (approve, deny, scope refused), until they
+    /// expire, and (Redis) the proofs of right passwords.
+    ledger: Arc<dyn Ledger>,
+    /// With the Redis store: where the fleet's cookie key is kept.
+    fleet: Option<Arc<RedisLedger>>,
 }
 
 impl Default for Authorizer {
@@ -267,13 +273,27 @@ impl Authorizer {
     /// With a fresh random key: cookies from before a restart, or from another
     /// instance, do not open (see [`Authorizer::with_key`]).
     pub fn new() -> Authorizer {
-        let mut key = [0u8; KEY_BYTES];
-        getrandom::fill(&mut key).expect("the OS random source failed");
-        Authorizer::with_key(&key)
+        Authorizer::build(Keys::fixed(CookieKey::random()), None)
     }
 
     /// With the given key: instances sharing it accept each other's cookies.
     pub fn with_key(key: &[u8; KEY_BYTES]) -> Authorizer {
+        Authorizer::build(Keys::fixed(CookieKey::new(key)), None)
+    }
+
+    /// With the Redis store: the fleet's key and ledger, in Redis. The key is
+    /// read by [`Authorizer::spawn_background`]; until then sign-ins get 503.
+    pub fn fleet(conn: RedisConn) -> Authorizer {
+        Authorizer::build(Keys::default(), Some(Arc::new(RedisLedger::new(conn))))
+    }
+
+    /// Starts reading (and keeping) the fleet's cookie key, with the Redis store.
+    pub fn spawn_background(&self) -> Option<tokio::task::JoinHandle<()>> {
+        let fleet = self.fleet.clone()?;
+        Some(tokio::spawn(fleet.keep_key(self.keys.clone())))
+    }
+
+    fn build(keys: Keys, fleet: Option<Arc<RedisLedger>>) -> Authorizer {
         let mut env = Environment::new();
         // Names ending in .html are auto-escaped.
         for (name, src) in [
@@ -285,12 +305,16 @@ impl Authorizer {
             env.add_template(name, src)
                 .expect("the built-in templates parse");
         }
-        let key = UnboundKey::new(&CHACHA20_POLY1305, key).expect("a 32-byte ChaCha20 key");
+        let ledger: Arc<dyn Ledger> = match &fleet {
+            Some(f) => f.clone(),
+            None => Arc::new(MemoryLedger::default()),
+        };
         Authorizer {
             templates: env,
-            key: LessSafeKey::new(key),
+            keys: Arc::new(keys),
             clock: Arc::new(now_secs),
-            used: DashMap::new(),
+            ledger,
+            fleet,
         }
     }
 
@@ -302,13 +326,13 @@ impl Authorizer {
 
     /// Forgets ended transactions whose cookies have expired anyway.
     pub fn sweep(&self) {
-        let now = (self.clock)();
-        self.used.retain(|_, expires| *expires > now);
+        self.ledger.sweep((self.clock)());
     }
 
-    /// Ended transactions remembered (for tests and metrics).
+    /// Ended transactions remembered in this process (for tests and metrics;
+    /// with Redis they are kept there).
     pub fn used_len(&self) -> usize {
-        self.used.len()
+        self.ledger.len()
     }
 
     /// The transaction sealed into a cookie value: base64url(nonce || ciphertext || tag).
@@ -319,7 +343,9 @@ impl Authorizer {
         // beyond the 2^32 cookies one key will ever seal.
         let mut nonce = [0u8; NONCE_LEN];
         getrandom::fill(&mut nonce).expect("the OS random source failed");
-        self.key
+        let ring = self.keys.ring()?;
+        ring.current
+            .aead
             .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(AAD),
@@ -337,33 +363,52 @@ impl Authorizer {
         if value.len() > MAX_SET_COOKIE_BYTES {
             return None;
         }
-        let mut raw = URL_SAFE_NO_PAD.decode(value).ok()?;
+        let raw = URL_SAFE_NO_PAD.decode(value).ok()?;
         if raw.len() < NONCE_LEN + TAG_LEN {
             return None;
         }
-        let (nonce, sealed) = raw.split_at_mut(NONCE_LEN);
-        let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
-        let plain = self.key.open_in_place(nonce, Aad::from(AAD), sealed).ok()?;
-        Txn::decode(plain)
+        let (nonce, sealed) = raw.split_at(NONCE_LEN);
+        let ring = self.keys.ring()?;
+        // The current key, then the one before it (a key changed meanwhile).
+        std::iter::once(&ring.current)
+            .chain(ring.previous.as_ref())
+            .find_map(|key| {
+                let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+                let mut buf = sealed.to_vec();
+                let plain = key
+                    .aead
+                    .open_in_place(nonce, Aad::from(AAD), &mut buf)
+                    .ok()?;
+                Txn::decode(plain)
+            })
     }
 
-    /// The live, unused transaction the request's cookie carries.
-    fn load(&self, headers: &HeaderMap) -> Option<Txn> {
+    /// The live, unused transaction the request's cookie carries; after the
+    /// login, only with its proof in the ledger (see [`super::signin_state`]).
+    async fn load(&self, headers: &HeaderMap) -> Result<Option<Txn>, GatewayError> {
         let now = (self.clock)();
-        cookies(headers)
+        let Some(txn) = cookies(headers)
             .find_map(|v| self.open(v))
-            .filter(|t| t.expires > now && !self.used.contains_key(&t.id))
+            .filter(|t| t.expires > now)
+        else {
+            return Ok(None);
+        };
+        if self.ledger.is_ended(&txn.id).await? {
+            return Ok(None);
+        }
+        if txn.user.is_some() && self.ledger.verifies_logins() {
+            let proof = TokenHash::of(&txn.csrf);
+            let found = self.ledger.login(&proof).await?;
+            if found.as_deref() != login_record(&txn).as_deref() {
+                return Ok(None);
+            }
+        }
+        Ok(Some(txn))
     }
 
     /// Marks the transaction ended; `false` if it already was (a replay).
-    fn finish(&self, txn: &Txn) -> bool {
-        match self.used.entry(txn.id) {
-            Entry::Occupied(_) => false,
-            Entry::Vacant(v) => {
-                v.insert(txn.expires);
-                true
-            }
-        }
+    async fn finish(&self, txn: &Txn) -> Result<bool, GatewayError> {
+        Ok(self.ledger.end(&txn.id, txn.expires).await?)
     }
 
     fn render(&self, status: StatusCode, name: &str, ctx: minijinja::Value) -> Response<Body> {
@@ -403,21 +448,33 @@ impl Authorizer {
         req: Request<Incoming>,
     ) -> Result<Response<Body>, GatewayError> {
         match *req.method() {
-            Method::GET | Method::HEAD => Ok(self.get(ctx, &req)),
+            Method::GET | Method::HEAD | Method::POST if self.keys.ring().is_none() => {
+                // The fleet's cookie key is not known yet (Redis has not
+                // answered since the start): no sign-in can be carried.
+                Err(StoreError::Unavailable(
+                    "the fleet's sign-in cookie key is not read yet".into(),
+                )
+                .into())
+            }
+            Method::GET | Method::HEAD => self.get(ctx, &req).await,
             Method::POST => self.post(ctx, req).await,
             _ => Err(GatewayError::MethodNotAllowed("GET, POST".into())),
         }
     }
 
-    fn get(&self, ctx: &OAuthContext<'_>, req: &Request<Incoming>) -> Response<Body> {
-        match req.uri().query().filter(|q| !q.is_empty()) {
+    async fn get(
+        &self,
+        ctx: &OAuthContext<'_>,
+        req: &Request<Incoming>,
+    ) -> Result<Response<Body>, GatewayError> {
+        Ok(match req.uri().query().filter(|q| !q.is_empty()) {
             Some(query) => match validate(ctx, query) {
                 Ok(areq) => self.start(ctx, areq),
                 Err(Invalid::Page(msg)) => self.error_page(StatusCode::BAD_REQUEST, msg),
                 Err(Invalid::Redirect(to)) => see_other(&to),
             },
             // Back from a POST: show where the sign-in stands.
-            None => match self.load(req.headers()) {
+            None => match self.load(req.headers()).await? {
                 Some(txn) => match self.resume(ctx, txn) {
                     Ok(mut step) => {
                         let error = step.txn.error.take();
@@ -437,7 +494,7 @@ impl Authorizer {
                     "This page needs an authorization request from an application.",
                 ),
             },
-        }
+        })
     }
 
     fn expired(&self) -> Response<Body> {
@@ -604,7 +661,7 @@ impl Authorizer {
         ctx: &OAuthContext<'_>,
         req: Request<Incoming>,
     ) -> Result<Response<Body>, GatewayError> {
-        let Some(txn) = self.load(req.headers()) else {
+        let Some(txn) = self.load(req.headers()).await? else {
             return Ok(self.expired());
         };
         // The device cookie (OWASP): a browser that signed in as a name before is
@@ -627,7 +684,7 @@ impl Authorizer {
             (Some("login"), false) => self.login(ctx, step, &form, &device).await,
             (Some("approve"), true) => self.approve(ctx, step).await,
             (Some("deny"), true) => {
-                if !self.finish(&step.txn) {
+                if !self.finish(&step.txn).await? {
                     return Ok(self.expired());
                 }
                 let to = error_redirect(
@@ -657,7 +714,7 @@ impl Authorizer {
             return Ok(self.expired());
         };
         // One code per transaction: of racing or replayed approvals, one gets past here.
-        if !self.finish(&step.txn) {
+        if !self.finish(&step.txn).await? {
             return Ok(self.expired());
         }
         let areq = &step.req;
@@ -681,10 +738,10 @@ impl Authorizer {
                     auth_time: step.txn.auth_time,
                 }),
         };
-        if ctx.store.put_code(TokenHash::of(&code), rec).await.is_err() {
+        if let Err(e) = ctx.store.put_code(TokenHash::of(&code), rec).await {
             // No code exists: the user may try the approval again.
-            self.used.remove(&step.txn.id);
-            return Err(GatewayError::StoreUnavailable);
+            let _ = self.ledger.reopen(&step.txn.id).await;
+            return Err(e.into());
         }
         let mut params = vec![("code", code.as_str())];
         if let Some(s) = &areq.state {
@@ -762,7 +819,7 @@ impl Authorizer {
                     None => allowed,
                     Some(r) if r.is_subset_of(&allowed) => r.clone(),
                     Some(_) => {
-                        self.finish(&step.txn);
+                        self.finish(&step.txn).await?;
                         let to = error_redirect(
                             areq,
                             "invalid_scope",
@@ -777,6 +834,11 @@ impl Authorizer {
                 // A fresh CSRF token for the consent step.
                 step.txn.csrf = new_token();
                 step.txn.error = None;
+                if let Some(record) = login_record(&step.txn) {
+                    self.ledger
+                        .put_login(&TokenHash::of(&step.txn.csrf), record, step.txn.expires)
+                        .await?;
+                }
                 let mut resp = self.with_cookie(ctx, see_other(AUTHORIZE_PATH), &step.txn);
                 let secure = ctx.config.oauth.issuer.starts_with("https://");
                 if let Some(v) = super::limiter::device_set_cookie(device, secure) {
@@ -786,6 +848,14 @@ impl Authorizer {
             }
         }
     }
+}
+
+/// What the ledger keeps of a login: the transaction, user and scope (names
+/// hold no control characters: the config refuses them).
+fn login_record(txn: &Txn) -> Option<String> {
+    let (user, scope) = txn.user.as_ref()?;
+    let id: String = txn.id.iter().map(|b| format!("{b:02x}")).collect();
+    Some(format!("{id}\n{user}\n{scope}"))
 }
 
 /// A reason the request cannot go on.
@@ -1115,8 +1185,8 @@ mod tests {
         assert_eq!(a.open("not base64!"), None);
     }
 
-    #[test]
-    fn a_transaction_ends_once_and_is_forgotten_after_it_expires() {
+    #[tokio::test]
+    async fn a_transaction_ends_once_and_is_forgotten_after_it_expires() {
         let now = Arc::new(std::sync::atomic::AtomicU64::new(1_000));
         let clock = now.clone();
         let a = Authorizer::with_key(&[3; KEY_BYTES]).with_clock(Arc::new(move || {
@@ -1126,8 +1196,8 @@ mod tests {
             expires: 1_600,
             ..txn()
         };
-        assert!(a.finish(&t));
-        assert!(!a.finish(&t));
+        assert!(a.finish(&t).await.unwrap());
+        assert!(!a.finish(&t).await.unwrap());
         a.sweep();
         assert_eq!(a.used_len(), 1);
         now.store(1_600, std::sync::atomic::Ordering::SeqCst);

@@ -6,19 +6,13 @@ use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 
+use super::bearer::require_token;
 use super::client_auth::{self, AuthenticatedClient};
-use super::{
-    OAuthContext, Params, authorize::AUTHORIZE_PATH, grant_still_allowed, read_form, revoke_family,
-};
+use super::{OAuthContext, Params, grant_still_allowed, read_form, revoke_family};
 use crate::config::Config;
+use crate::endpoint::{AUTHORIZE_PATH, INTROSPECT_PATH, REVOKE_PATH, USERINFO_PATH};
 use crate::error::{Body, GatewayError, OAuthCode, full};
-use crate::gateway::bearer_token;
 use crate::store::{Redeem, TokenHash, TokenRecord};
-
-pub const REVOKE_PATH: &str = "/auth/revoke";
-pub const INTROSPECT_PATH: &str = "/auth/introspect";
-pub const USERINFO_PATH: &str = "/auth/userinfo";
-pub const METADATA_PATH: &str = "/.well-known/oauth-authorization-server";
 
 fn json_response(v: &Value) -> Response<Body> {
     let mut resp = Response::new(full(v.to_string()));
@@ -53,14 +47,13 @@ enum Found {
 /// `token_type_hint` only changes the order; RFC 7009 section 2.1).
 async fn find(ctx: &OAuthContext<'_>, params: &Params) -> Result<Option<Found>, GatewayError> {
     let key = TokenHash::of(params.get("token").unwrap_or(""));
-    let down = |_| GatewayError::StoreUnavailable;
     let refresh_first = params.get("token_type_hint") == Some("refresh_token");
     for as_refresh in [refresh_first, !refresh_first] {
         if as_refresh {
-            if let Redeem::Fresh(rec) = ctx.store.get_refresh(key).await.map_err(down)? {
+            if let Redeem::Fresh(rec) = ctx.store.get_refresh(key).await? {
                 return Ok(Some(Found::Refresh(rec)));
             }
-        } else if let Some(rec) = ctx.store.get_access(key).await.map_err(down)? {
+        } else if let Some(rec) = ctx.store.get_access(key).await? {
             return Ok(Some(Found::Access(rec)));
         }
     }
@@ -78,10 +71,7 @@ pub async fn revoke(
     let key = TokenHash::of(params.get("token").unwrap_or(""));
     let revoked = match find(ctx, &params).await? {
         Some(Found::Access(rec)) if rec.grant.client == client.client.id => {
-            ctx.store
-                .remove_access(key)
-                .await
-                .map_err(|_| GatewayError::StoreUnavailable)?;
+            ctx.store.remove_access(key).await?;
             Some((rec.grant, "access_token"))
         }
         Some(Found::Refresh(rec)) if rec.grant.client == client.client.id => {
@@ -160,16 +150,7 @@ pub async fn userinfo(
     if req.method() != Method::GET && req.method() != Method::POST {
         return Err(GatewayError::MethodNotAllowed("GET, POST".into()));
     }
-    let token = bearer_token(req.headers())?.ok_or(GatewayError::NoToken)?;
-    let rec = ctx
-        .store
-        .get_access(TokenHash::of(token))
-        .await
-        .map_err(|_| GatewayError::StoreUnavailable)?
-        .filter(|r| grant_still_allowed(ctx.config, &r.grant))
-        .ok_or(GatewayError::InvalidToken(
-            "the access token is unknown, expired or revoked",
-        ))?;
+    let rec = require_token(ctx.store, ctx.config, req.headers(), req.uri().query()).await?;
     let g = &rec.grant;
     // OpenID Connect UserInfo (Core 5.3) for tokens granted `openid`.
     if super::oidc::enabled(ctx.config) && g.scope.contains("openid") {

@@ -38,9 +38,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use redis::Script;
-use redis::aio::ConnectionManager;
 
-use crate::store::{TokenHash, hex, new_token};
+use crate::store::{RedisConn, TokenHash, hex, new_token};
 
 /// Failures one client address may have at once (all names together)...
 pub const ADDR_BURST: u32 = 10;
@@ -77,7 +76,11 @@ pub const DEVICE_COOKIE: &str = "whosthat_device";
 pub const MAX_ENTRIES: usize = 1_000_000;
 /// A Redis round trip that takes longer fails (closed).
 const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
-const PREFIX: &str = "whosthat:lim:";
+/// Every counter's key starts so. `{lim}` is a Cluster hash tag: one plan's
+/// keys (address, name, device) are read and written by one script, so they
+/// must share a slot, and any two plans may share keys. The counters are
+/// touched only by password checks, so one slot carries them easily.
+const PREFIX: &str = "whosthat:{lim}:";
 
 // ----------------------------------------------------------------- the rules
 
@@ -303,8 +306,8 @@ pub fn device_set_cookie(device: &str, secure: bool) -> Option<http::HeaderValue
 pub enum Refusal {
     /// A limit has no room: 429, `Retry-After` this many whole seconds.
     TooMany(u64),
-    /// The limiter's store cannot answer: 503.
-    Unavailable,
+    /// The limiter's store cannot answer (why): 503.
+    Unavailable(Unavailable),
 }
 
 /// The brute-force limiter, over a [`LimitStore`].
@@ -325,7 +328,7 @@ impl Limiter {
     }
 
     /// Counters in Redis, shared by every instance using it.
-    pub fn redis(conn: ConnectionManager) -> Limiter {
+    pub fn redis(conn: RedisConn) -> Limiter {
         Limiter::with_store(Arc::new(RedisLimits::new(conn)))
     }
 
@@ -357,7 +360,7 @@ impl Limiter {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "password check refused: the limiter cannot count it");
-                Err(Refusal::Unavailable)
+                Err(Refusal::Unavailable(e))
             }
         }
     }
@@ -755,16 +758,16 @@ end
 return 1
 ";
 
-/// The counters in Redis (`whosthat:lim:*` keys, all expiring by themselves).
+/// The counters in Redis (`whosthat:{lim}:*` keys, all expiring by themselves).
 /// Any error or timeout is [`Unavailable`]: the check is refused (fail closed).
 pub struct RedisLimits {
-    conn: ConnectionManager,
+    conn: RedisConn,
     acquire: Script,
     release: Script,
 }
 
 impl RedisLimits {
-    pub fn new(conn: ConnectionManager) -> RedisLimits {
+    pub fn new(conn: RedisConn) -> RedisLimits {
         RedisLimits {
             conn,
             acquire: Script::new(ACQUIRE),
@@ -1040,7 +1043,9 @@ mod tests {
         let other = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 10));
         assert_eq!(
             l.begin("carol", &from(other)).await.err(),
-            Some(Refusal::Unavailable),
+            Some(Refusal::Unavailable(Unavailable(
+                "too many clients are being counted".into()
+            ))),
             "full: refused, never let through uncounted"
         );
         // Alice's name holds 3 failures, the longest-lived of all.

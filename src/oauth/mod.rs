@@ -19,7 +19,7 @@ use std::net::IpAddr;
 use http::request::Parts;
 
 use crate::config::{Config, GrantType, User};
-use crate::error::{Body, GatewayError, OAuthCode, full};
+use crate::error::{Body, Cause, GatewayError, OAuthCode, full};
 use crate::password::PasswordPool;
 use crate::scope::ScopeSet;
 use crate::store::{
@@ -27,12 +27,14 @@ use crate::store::{
 };
 
 pub mod authorize;
+pub mod bearer;
 pub mod client_auth;
 pub mod endpoints;
 pub mod limiter;
 pub mod oidc;
 pub mod pkce;
 pub mod redirect;
+pub mod signin_state;
 
 use client_auth::AuthenticatedClient;
 use limiter::Limiter;
@@ -399,7 +401,7 @@ pub async fn guarded_verify_from(
                 );
                 GatewayError::TooManyAttempts(secs)
             }
-            limiter::Refusal::Unavailable => GatewayError::StoreUnavailable,
+            limiter::Refusal::Unavailable(e) => GatewayError::StoreUnavailable(Cause::new(e)),
         })?;
     let ok = match ctx.passwords.verify(password, hash).await {
         Ok(ok) => ok,
@@ -497,10 +499,7 @@ pub async fn revoke_family(ctx: &OAuthContext<'_>, family: u64) -> Result<(), Ga
     let until = now_secs()
         .saturating_add(ttl_secs(o.refresh_token_ttl.max(o.access_token_ttl)))
         .saturating_add(1);
-    ctx.store
-        .revoke_family(family, until)
-        .await
-        .map_err(|_| GatewayError::StoreUnavailable)
+    Ok(ctx.store.revoke_family(family, until).await?)
 }
 
 async fn refresh_grant(
@@ -549,7 +548,7 @@ async fn redeemed<T>(
     bad: GatewayError,
     client: &str,
 ) -> Result<T, GatewayError> {
-    match looked_up.map_err(|_| GatewayError::StoreUnavailable)? {
+    match looked_up? {
         Redeem::Fresh(rec) => Ok(rec),
         Redeem::Unknown => Err(bad),
         Redeem::Spent { family } => {
@@ -636,10 +635,7 @@ async fn issue_tokens(
             issued_at: now,
             expires_at: now.saturating_add(ttl_secs(ctx.config.oauth.refresh_token_ttl)),
         };
-        ctx.store
-            .put_refresh(TokenHash::of(refresh), rec)
-            .await
-            .map_err(|_| GatewayError::StoreUnavailable)?;
+        ctx.store.put_refresh(TokenHash::of(refresh), rec).await?;
     }
     let rec = TokenRecord {
         grant: grant.clone(),
@@ -647,10 +643,7 @@ async fn issue_tokens(
         issued_at: now,
         expires_at: now.saturating_add(access_ttl),
     };
-    ctx.store
-        .put_access(TokenHash::of(&access), rec)
-        .await
-        .map_err(|_| GatewayError::StoreUnavailable)?;
+    ctx.store.put_access(TokenHash::of(&access), rec).await?;
     Ok(TokenResponse {
         access_token: access,
         token_type: "Bearer",

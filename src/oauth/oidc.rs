@@ -19,8 +19,7 @@ use crate::jose::{half_hash, sign::compact};
 use crate::scope::ScopeSet;
 use crate::store::{CodeOidc, Grant, now_secs};
 
-pub const JWKS_PATH: &str = "/.well-known/jwks.json";
-pub const OPENID_CONFIGURATION_PATH: &str = "/.well-known/openid-configuration";
+pub use crate::endpoint::{JWKS_PATH, OPENID_CONFIGURATION_PATH};
 
 /// Scopes about the user's own identity. A user need not list them: they are
 /// the user's to give, on the consent page. A client must, to ask for them.

@@ -2,9 +2,13 @@
 //!
 //! - Keys are named by the token's SHA-256 (hex), never the token, and expire
 //!   with the token (`PX`). A value is `{family}|{json}`.
-//! - Single use (refresh tokens, codes) and family revocation are decided by
-//!   Lua scripts on the Redis side, so two instances racing on one refresh token
-//!   cannot both win.
+//! - Single use (refresh tokens, codes) is decided by a Lua script on the
+//!   Redis side, so two instances racing on one refresh token cannot both win.
+//!   The script's two keys share a hash tag, so it runs on a Redis Cluster too.
+//! - Revocations (one access token, or a grant family after a refresh-token
+//!   replay) are acknowledged only once a replica has them (`WAIT`, see
+//!   [`RedisConn::durable`]), or the caller gets 503: a token revoked before a
+//!   failover is not accepted after it.
 //! - Each instance keeps a local cache of access tokens it has seen, so the hot
 //!   path makes no round trip for them; revocations reach every instance's cache
 //!   through the `whosthat:revocations` pub/sub channel.
@@ -22,7 +26,8 @@
 //!   down, the instance cannot know of revocations, so it vouches for no token at
 //!   all (every lookup is an error: 503). When Redis returns, the subscription is
 //!   re-established, the cache dropped (it may have missed revocations), and
-//!   service resumes by itself.
+//!   service resumes by itself. The same happens when Sentinel names a new
+//!   primary: the subscription moves there and the cache is dropped.
 
 use std::hash::BuildHasherDefault;
 use std::sync::Arc;
@@ -31,11 +36,13 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use futures_util::{FutureExt, StreamExt};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubStream};
+use redis::aio::{PubSubSink, PubSubStream};
 use redis::{AsyncCommands, Script};
 use serde::{Deserialize, Serialize};
 
+use super::connection::{DurableError, RedisConn};
 use super::memory::PassThroughHasher;
+use super::topology::RedisTopology;
 use super::{
     CodeRecord, Grants, Redeem, StoreError, StoreFuture, TokenHash, TokenRecord, TokenStore, hex,
     now_secs, unhex,
@@ -46,26 +53,38 @@ const CHANNEL: &str = "whosthat:revocations";
 /// A PING on the subscription unanswered this long: the connection is taken
 /// for dead and made again (a silently dropped TCP connection never errors).
 const PONG_TIMEOUT: Duration = Duration::from_secs(3);
-const FAMILY_PREFIX: &str = "whosthat:fam:";
 
-/// `GET` an access token unless its family is revoked.
-const GET_LIVE: &str = r"
-local v = redis.call('GET', KEYS[1])
-if not v then return false end
-local f = string.match(v, '^(%d+)|')
-if f and redis.call('EXISTS', ARGV[1] .. f) == 1 then return false end
-return v
-";
+/// `whosthat:at:{hash}`: an access token's record (one key, any slot).
+fn access_key(h: &TokenHash) -> String {
+    format!("whosthat:at:{}", hex(h))
+}
 
-/// Peek at (ARGV[2] = '0') or use (ARGV[2] = '1') a single-use credential.
+/// A single-use credential's record and its used marker. The braces make the
+/// token's hash the Cluster hash tag: the two keys the redeem script touches
+/// share a slot.
+fn single_use_keys(kind: &str, h: &TokenHash) -> (String, String) {
+    let h = hex(h);
+    (
+        format!("whosthat:{kind}:{{{h}}}"),
+        format!("whosthat:{kind}u:{{{h}}}"),
+    )
+}
+
+/// A revoked grant family, until its last token would have expired.
+fn family_key(family: u64) -> String {
+    format!("whosthat:fam:{family}")
+}
+
+/// Peek at (ARGV[1] = '0') or use (ARGV[1] = '1') a single-use credential.
 /// Answers '0' (unknown), '1' .. value (fresh), '2' .. value (used before).
+/// Its two keys share a hash tag (the token's hash), hence a Cluster slot. The
+/// family's revocation is checked after, by the caller: family keys live in
+/// slots of their own, and a script may only touch keys it is given.
 const REDEEM: &str = r"
 local v = redis.call('GET', KEYS[1])
 if not v then return '0' end
-local f = string.match(v, '^(%d+)|')
-if f and redis.call('EXISTS', ARGV[1] .. f) == 1 then return '0' end
 if redis.call('EXISTS', KEYS[2]) == 1 then return '2' .. v end
-if ARGV[2] == '1' then
+if ARGV[1] == '1' then
   local ttl = redis.call('PTTL', KEYS[1])
   if ttl < 1 then ttl = 1000 end
   redis.call('SET', KEYS[2], '1', 'PX', ttl)
@@ -99,7 +118,7 @@ struct StoredCode {
 }
 
 fn down(e: redis::RedisError) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+    StoreError::Redis(e)
 }
 
 /// Milliseconds from now to `until` (unix seconds), at least 1.
@@ -108,15 +127,13 @@ fn px_until(until: u64) -> u64 {
 }
 
 struct Inner {
-    client: redis::Client,
-    conn: ConnectionManager,
+    conn: RedisConn,
     grants: Arc<Grants>,
     cache: DashMap<TokenHash, TokenRecord, BuildHasherDefault<PassThroughHasher>>,
     /// Families revoked, until when: heard on the channel or done here.
     revoked: DashMap<u64, u64>,
     subscribed: AtomicBool,
     reachable: AtomicBool,
-    get_live: Script,
     redeem: Script,
     /// The cache is trusted only while `heard` is younger than this.
     max_staleness: Duration,
@@ -140,27 +157,19 @@ impl RedisStore {
     /// A cached token is trusted only while the instance has heard from its
     /// subscription within `max_staleness` (`store.max_staleness`).
     pub fn new(
-        url: &str,
+        topology: &RedisTopology,
         grants: Arc<Grants>,
         max_staleness: Duration,
     ) -> Result<RedisStore, StoreError> {
-        let client = redis::Client::open(url).map_err(down)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_millis(500)))
-            .set_response_timeout(Some(Duration::from_secs(1)))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(down)?;
+        let conn = RedisConn::new(topology).map_err(down)?;
         Ok(RedisStore {
             inner: Arc::new(Inner {
-                client,
                 conn,
                 grants,
                 cache: DashMap::with_hasher_and_shard_amount(Default::default(), 64),
                 revoked: DashMap::new(),
                 subscribed: AtomicBool::new(false),
                 reachable: AtomicBool::new(false),
-                get_live: Script::new(GET_LIVE),
                 redeem: Script::new(REDEEM),
                 max_staleness,
                 clock: Instant::now(),
@@ -172,9 +181,9 @@ impl RedisStore {
 }
 
 impl RedisStore {
-    /// The command connection (multiplexed; cheap to clone), for the
-    /// brute-force limiter's counters, which live in the same Redis.
-    pub fn connection(&self) -> ConnectionManager {
+    /// The handle on Redis (cheap to clone), for what else lives there: the
+    /// brute-force limiter's counters and the sign-in state.
+    pub fn connection(&self) -> RedisConn {
         self.inner.conn.clone()
     }
 }
@@ -185,10 +194,15 @@ impl Inner {
     }
 
     fn check(&self) -> Result<(), StoreError> {
-        if self.healthy() {
-            Ok(())
+        // Which half is down, for the log line of the refused request.
+        if !self.subscribed.load(Ordering::Acquire) {
+            Err(StoreError::Unavailable(
+                "not subscribed to the redis revocation channel".into(),
+            ))
+        } else if !self.reachable.load(Ordering::Acquire) {
+            Err(StoreError::Unavailable("redis does not answer PING".into()))
         } else {
-            Err(StoreError::Unavailable("redis is unreachable".into()))
+            Ok(())
         }
     }
 
@@ -200,13 +214,7 @@ impl Inner {
 
     /// One PING on the command connection, within a second.
     async fn ping_once(&self) -> bool {
-        let mut conn = self.conn.clone();
-        let pong = tokio::time::timeout(
-            Duration::from_secs(1),
-            redis::cmd("PING").query_async::<String>(&mut conn),
-        )
-        .await;
-        matches!(pong, Ok(Ok(_)))
+        self.conn.ping().await
     }
 
     fn family_revoked(&self, family: u64) -> bool {
@@ -315,6 +323,12 @@ impl Inner {
     }
 
     /// Runs the redeem script; `value` decodes what it returns.
+    ///
+    /// The family is checked before the credential is used, as one script
+    /// checking both would (a Cluster keeps the family key in another slot):
+    /// a peek, the family, then the use. Of two instances racing on one
+    /// refresh token, the one that uses it first wins even though the other,
+    /// seeing a replay, revokes the family right after.
     async fn redeem<T>(
         &self,
         kind: &str,
@@ -323,25 +337,61 @@ impl Inner {
         decode: impl Fn(&str) -> Option<T>,
     ) -> Result<Redeem<T>, StoreError> {
         self.check()?;
-        let h = hex(key);
-        let answer: String = self
-            .redeem
-            .key(format!("whosthat:{kind}:{h}"))
-            .key(format!("whosthat:{kind}u:{h}"))
-            .arg(FAMILY_PREFIX)
-            .arg(if take { "1" } else { "0" })
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(|e| self.failed(e))?;
+        let (k, used) = single_use_keys(kind, key);
+        let run = |take: bool| {
+            let mut inv = self.redeem.key(&k);
+            inv.key(&used).arg(if take { "1" } else { "0" });
+            let mut conn = self.conn.clone();
+            async move {
+                inv.invoke_async::<String>(&mut conn)
+                    .await
+                    .map_err(|e| self.failed(e))
+            }
+        };
+        let mut answer = run(false).await?;
+        let peeked = answer.split_at(1.min(answer.len()));
+        let Some((family, _)) = Self::split(peeked.1) else {
+            return Ok(Redeem::Unknown);
+        };
+        // A revoked family's credentials are unknown, used or not.
+        if self.family_revoked_in_redis(family).await? {
+            return Ok(Redeem::Unknown);
+        }
+        if take && peeked.0 == "1" {
+            answer = run(true).await?;
+        }
         let (tag, value) = answer.split_at(1.min(answer.len()));
-        Ok(match tag {
-            "1" => decode(value).map_or(Redeem::Unknown, Redeem::Fresh),
-            "2" => match Self::split(value) {
-                Some((family, _)) => Redeem::Spent { family },
-                None => Redeem::Unknown,
-            },
+        Ok(match (tag, Self::split(value)) {
+            ("1", Some(_)) => decode(value).map_or(Redeem::Unknown, Redeem::Fresh),
+            ("2", Some((family, _))) => Redeem::Spent { family },
             _ => Redeem::Unknown,
         })
+    }
+
+    /// Whether `family` is revoked: known here, or by its key in Redis.
+    async fn family_revoked_in_redis(&self, family: u64) -> Result<bool, StoreError> {
+        if self.family_revoked(family) {
+            return Ok(true);
+        }
+        let n: i64 = redis::cmd("EXISTS")
+            .arg(family_key(family))
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| self.failed(e))?;
+        Ok(n == 1)
+    }
+
+    /// Runs `pipe` (writes to `key`'s slot and their PUBLISH) so that it is
+    /// acknowledged only once a replica has it (see [`RedisConn::durable`]).
+    async fn durable(&self, key: &str, pipe: redis::Pipeline) -> Result<(), StoreError> {
+        match self.conn.durable(key, pipe).await {
+            Ok(()) => Ok(()),
+            Err(DurableError::Redis(e)) => Err(self.failed(e)),
+            Err(e) => {
+                tracing::warn!(error = %e, "a revocation was not confirmed by a replica; the caller is told to retry");
+                Err(StoreError::Unavailable(e.to_string()))
+            }
+        }
     }
 
     async fn set(&self, key: String, value: String, px: u64) -> Result<(), StoreError> {
@@ -349,15 +399,6 @@ impl Inner {
         let mut conn = self.conn.clone();
         let _: () = conn
             .pset_ex(key, value, px)
-            .await
-            .map_err(|e| self.failed(e))?;
-        Ok(())
-    }
-
-    async fn publish(&self, message: String) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
-        let _: i64 = conn
-            .publish(CHANNEL, message)
             .await
             .map_err(|e| self.failed(e))?;
         Ok(())
@@ -380,7 +421,10 @@ impl Inner {
 
     /// Keeps a subscription to the revocation channel, forever.
     async fn listen(self: Arc<Self>) {
+        let mut primary = self.conn.primary_changes();
         loop {
+            // Seen before subscribing: a change from here on ends the subscription.
+            primary.borrow_and_update();
             if let Some((sink, stream, sent)) = self.subscribe().await {
                 // Whatever was revoked while we were not listening is unknown:
                 // forget every cached token before vouching again.
@@ -395,7 +439,7 @@ impl Inner {
                 self.reachable.store(true, Ordering::Release);
                 self.subscribed.store(true, Ordering::Release);
                 tracing::info!("subscribed to redis revocations");
-                self.follow(sink, stream).await;
+                self.follow(sink, stream, &mut primary).await;
                 self.heard.store(0, Ordering::Release);
                 self.subscribed.store(false, Ordering::Release);
                 self.reachable.store(false, Ordering::Release);
@@ -409,8 +453,9 @@ impl Inner {
 
     /// A new subscription to the channel, and when its SUBSCRIBE was sent.
     async fn subscribe(&self) -> Option<(PubSubSink, PubSubStream, u64)> {
+        let client = self.conn.pubsub_client()?;
         let connected =
-            tokio::time::timeout(Duration::from_secs(1), self.client.get_async_pubsub()).await;
+            tokio::time::timeout(Duration::from_secs(1), client.get_async_pubsub()).await;
         let (mut sink, stream) = connected.ok()?.ok()?.split();
         let sent = self.now_us();
         // Within a deadline: a frozen server accepts the connection and then
@@ -424,8 +469,15 @@ impl Inner {
 
     /// Applies revocations as they arrive and PINGs the subscription every
     /// [`ping_every`](Self::ping_every); each answered PING moves `heard` to
-    /// when it was sent. Returns when the subscription is lost or stuck.
-    async fn follow(&self, sink: PubSubSink, mut stream: PubSubStream) {
+    /// when it was sent. Returns when the subscription is lost or stuck, or
+    /// when another primary took over (Sentinel): what was published on the
+    /// new one meanwhile never reached this subscription.
+    async fn follow(
+        &self,
+        sink: PubSubSink,
+        mut stream: PubSubStream,
+        primary: &mut tokio::sync::watch::Receiver<u64>,
+    ) {
         type Pong =
             std::pin::Pin<Box<dyn Future<Output = redis::RedisResult<redis::Value>> + Send>>;
         let mut tick = tokio::time::interval(self.ping_every());
@@ -437,6 +489,10 @@ impl Inner {
                 msg = stream.next() => match msg {
                     Some(msg) => self.apply_msg(&msg),
                     None => return,
+                },
+                Ok(()) = primary.changed() => {
+                    tracing::warn!("another redis primary took over; resubscribing there");
+                    return;
                 },
                 answer = async { pong.as_mut().expect("guarded").1.as_mut().await }, if pong.is_some() => {
                     let (sent, _) = pong.take().expect("guarded");
@@ -497,9 +553,7 @@ impl TokenStore for RedisStore {
         Box::pin(async move {
             let value = Inner::encode_token(&rec);
             let px = px_until(rec.expires_at);
-            self.inner
-                .set(format!("whosthat:at:{}", hex(&key)), value, px)
-                .await?;
+            self.inner.set(access_key(&key), value, px).await?;
             self.inner.cache.insert(key, rec);
             Ok(())
         })
@@ -518,20 +572,19 @@ impl TokenStore for RedisStore {
             }
             let epoch = inner.epoch.load(Ordering::SeqCst);
             let value: Option<String> = inner
-                .get_live
-                .key(format!("whosthat:at:{}", hex(&key)))
-                .arg(FAMILY_PREFIX)
-                .invoke_async(&mut inner.conn.clone())
+                .conn
+                .clone()
+                .get(access_key(&key))
                 .await
                 .map_err(|e| inner.failed(e))?;
-            let rec = value.as_deref().and_then(|v| inner.decode_token(v));
-            Ok(match rec {
-                Some(rec) if rec.is_live(now) && !inner.family_revoked(rec.family) => {
-                    inner.fill(key, rec.clone(), epoch);
-                    Some(rec)
-                }
-                _ => None,
-            })
+            let Some(rec) = value.as_deref().and_then(|v| inner.decode_token(v)) else {
+                return Ok(None);
+            };
+            if !rec.is_live(now) || inner.family_revoked_in_redis(rec.family).await? {
+                return Ok(None);
+            }
+            inner.fill(key, rec.clone(), epoch);
+            Ok(Some(rec))
         })
     }
 
@@ -539,15 +592,17 @@ impl TokenStore for RedisStore {
         Box::pin(async move {
             let inner = &self.inner;
             inner.check()?;
-            let h = hex(&key);
-            let mut conn = inner.conn.clone();
-            let _: i64 = conn
-                .del(format!("whosthat:at:{h}"))
-                .await
-                .map_err(|e| inner.failed(e))?;
-            // Also bumps the epoch: a lookup of ours in flight does not cache it.
+            let k = access_key(&key);
+            let mut pipe = redis::pipe();
+            pipe.cmd("DEL").arg(&k);
+            pipe.cmd("PUBLISH")
+                .arg(CHANNEL)
+                .arg(format!("t:{}", hex(&key)));
+            let done = inner.durable(&k, pipe).await;
+            // After the DEL (whether or not a replica confirmed it); also bumps
+            // the epoch, so a lookup of ours in flight does not cache it.
             inner.invalidate(&key);
-            inner.publish(format!("t:{h}")).await
+            done
         })
     }
 
@@ -556,7 +611,7 @@ impl TokenStore for RedisStore {
             let value = Inner::encode_token(&rec);
             let px = px_until(rec.expires_at);
             self.inner
-                .set(format!("whosthat:rt:{}", hex(&key)), value, px)
+                .set(single_use_keys("rt", &key).0, value, px)
                 .await
         })
     }
@@ -600,7 +655,7 @@ impl TokenStore for RedisStore {
             );
             self.inner
                 .set(
-                    format!("whosthat:code:{}", hex(&key)),
+                    single_use_keys("code", &key).0,
                     value,
                     px_until(rec.expires_at),
                 )
@@ -620,15 +675,20 @@ impl TokenStore for RedisStore {
     fn revoke_family(&self, family: u64, until: u64) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             let inner = &self.inner;
-            inner
-                .set(
-                    format!("{FAMILY_PREFIX}{family}"),
-                    "1".into(),
-                    px_until(until),
-                )
-                .await?;
+            inner.check()?;
+            // Refused here from now on, whatever Redis answers.
             inner.revoked.insert(family, until);
-            inner.publish(format!("f:{family}:{until}")).await
+            let k = family_key(family);
+            let mut pipe = redis::pipe();
+            pipe.cmd("SET")
+                .arg(&k)
+                .arg("1")
+                .arg("PX")
+                .arg(px_until(until));
+            pipe.cmd("PUBLISH")
+                .arg(CHANNEL)
+                .arg(format!("f:{family}:{until}"));
+            inner.durable(&k, pipe).await
         })
     }
 
@@ -652,10 +712,10 @@ impl TokenStore for RedisStore {
     }
 
     fn spawn_background(&self) -> Vec<tokio::task::JoinHandle<()>> {
-        vec![
-            tokio::spawn(self.inner.clone().listen()),
-            tokio::spawn(self.inner.clone().ping()),
-        ]
+        let mut tasks = self.inner.conn.spawn_background();
+        tasks.push(tokio::spawn(self.inner.clone().listen()));
+        tasks.push(tokio::spawn(self.inner.clone().ping()));
+        tasks
     }
 }
 
@@ -675,7 +735,7 @@ mod tests {
     async fn records_round_trip() {
         let grants = Arc::new(Grants::default());
         let store = RedisStore::new(
-            "redis://127.0.0.1:1/0",
+            &RedisTopology::Single("redis://127.0.0.1:1/0".into()),
             grants.clone(),
             Duration::from_millis(250),
         )
@@ -699,7 +759,7 @@ mod tests {
 
     fn store(max_staleness: Duration) -> RedisStore {
         RedisStore::new(
-            "redis://127.0.0.1:1/0",
+            &RedisTopology::Single("redis://127.0.0.1:1/0".into()),
             Arc::new(Grants::default()),
             max_staleness,
         )
@@ -769,7 +829,7 @@ mod tests {
     #[tokio::test]
     async fn channel_messages() {
         let store = RedisStore::new(
-            "redis://127.0.0.1:1/0",
+            &RedisTopology::Single("redis://127.0.0.1:1/0".into()),
             Arc::new(Grants::default()),
             Duration::from_millis(250),
         )

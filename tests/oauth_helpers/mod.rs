@@ -306,6 +306,18 @@ pub async fn spa_code(gw: &Gateway, challenge: &str, scope: &str) -> String {
     loc.get("code").unwrap().to_string()
 }
 
+/// Exchanges a code of spa (redirect URI `SPA_CB`) with its PKCE verifier.
+pub async fn spa_exchange(gw: &Gateway, code: &str, verifier: &str) -> Reply {
+    let pairs = [
+        ("grant_type", "authorization_code"),
+        ("code", code),
+        ("redirect_uri", SPA_CB),
+        ("client_id", "spa"),
+        ("code_verifier", verifier),
+    ];
+    token(gw, &pairs, &[]).await
+}
+
 /// POSTs `pairs` to the token endpoint with extra headers.
 pub async fn token(gw: &Gateway, pairs: &[(&str, &str)], headers: &[(&str, &str)]) -> Reply {
     token_request(gw, &form(pairs), headers).await

@@ -11,6 +11,7 @@ pub mod cors;
 pub mod error;
 pub mod fsutil;
 pub mod gateway;
+pub mod jose;
 pub mod metrics;
 pub mod oauth;
 pub mod password;

@@ -721,6 +721,8 @@ fn endpoint_label(path: &str, config: &Config) -> &'static str {
     }
     match path {
         AUTHORIZE_PATH => "authorization endpoint",
+        crate::oauth::device::DEVICE_AUTHORIZATION_PATH => "device authorization endpoint",
+        crate::oauth::device::DEVICE_PATH => "device verification page",
         REVOKE_PATH => "token revocation endpoint",
         INTROSPECT_PATH => "token introspection endpoint",
         USERINFO_PATH => "userinfo endpoint",

@@ -102,6 +102,8 @@ struct RawOAuth {
     default_client: Option<Spanned<String>>,
     password_workers: Option<Spanned<i64>>,
     password_queue: Option<Spanned<i64>>,
+    device_code_ttl: Option<Spanned<String>>,
+    device_poll_interval: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -131,6 +133,8 @@ struct RawClient {
     scopes: Option<Spanned<Vec<String>>>,
     redirect_uris: Option<Spanned<Vec<String>>>,
     introspect: Option<Spanned<bool>>,
+    jwks: Option<Spanned<String>>,
+    require_dpop: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -234,6 +238,10 @@ pub struct OAuthConfig {
     pub password_workers: usize,
     /// Password checks that may wait for a worker before logins get 503.
     pub password_queue: usize,
+    /// How long a device code and its user code live (RFC 8628 `expires_in`).
+    pub device_code_ttl: Duration,
+    /// The polling interval a device authorization starts with (`interval`).
+    pub device_poll_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -284,7 +292,12 @@ pub enum GrantType {
     ClientCredentials,
     RefreshToken,
     AuthorizationCode,
+    /// RFC 8628; `device_code` in the config.
+    DeviceCode,
 }
+
+/// The `grant_type` of a device access token request (RFC 8628 section 3.4).
+pub const DEVICE_CODE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
 
 impl GrantType {
     pub fn parse(s: &str) -> Option<GrantType> {
@@ -293,7 +306,18 @@ impl GrantType {
             "client_credentials" => Some(GrantType::ClientCredentials),
             "refresh_token" => Some(GrantType::RefreshToken),
             "authorization_code" => Some(GrantType::AuthorizationCode),
+            "device_code" => Some(GrantType::DeviceCode),
             _ => None,
+        }
+    }
+
+    /// A token request's `grant_type`: the config's names, except that the
+    /// device grant goes by its URN there.
+    pub fn from_request(s: &str) -> Option<GrantType> {
+        match s {
+            DEVICE_CODE_GRANT => Some(GrantType::DeviceCode),
+            "device_code" => None,
+            other => GrantType::parse(other),
         }
     }
 
@@ -303,6 +327,7 @@ impl GrantType {
             GrantType::ClientCredentials => "client_credentials",
             GrantType::RefreshToken => "refresh_token",
             GrantType::AuthorizationCode => "authorization_code",
+            GrantType::DeviceCode => "device_code",
         }
     }
 }
@@ -317,11 +342,17 @@ pub struct Client {
     pub redirect_uris: Vec<String>,
     /// May call `/auth/introspect` (RFC 7662 section 4); confidential clients only.
     pub introspect: bool,
+    /// Public keys for `private_key_jwt` (RFC 7523 section 2.2), read from the
+    /// file `jwks` names when the config is (re)loaded.
+    pub jwks: Option<Arc<crate::oauth::client_jwt::ClientKeys>>,
+    /// Every token of this client must be DPoP-bound (RFC 9449).
+    pub require_dpop: bool,
 }
 
 impl Client {
+    /// A client with neither a secret nor registered keys.
     pub fn is_public(&self) -> bool {
-        self.secret_hash.is_none()
+        self.secret_hash.is_none() && self.jwks.is_none()
     }
 
     pub fn allows(&self, grant: GrantType) -> bool {
@@ -334,8 +365,10 @@ impl Client {
 const DEFAULT_TOKEN_PATH: &str = "/auth/access_token";
 const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 86400);
 /// The gateway's endpoints at fixed paths; no route or token path may take them.
-const FIXED_ENDPOINTS: [&str; 5] = [
+const FIXED_ENDPOINTS: [&str; 7] = [
     "/auth/authorize",
+    "/auth/device_authorization",
+    "/auth/device",
     "/auth/revoke",
     "/auth/introspect",
     "/auth/userinfo",
@@ -957,6 +990,19 @@ impl Validator<'_> {
         Ok(out)
     }
 
+    /// A client's JWKS file (relative to the config file), read and checked now:
+    /// a reload re-reads it. Problems in it are named with the key.
+    fn client_keys(
+        &self,
+        v: &Spanned<String>,
+        key: &str,
+    ) -> Result<Arc<crate::oauth::client_jwt::ClientKeys>, ConfigError> {
+        let base = self.file.parent().unwrap_or(Path::new("."));
+        crate::oauth::client_jwt::ClientKeys::load(&base.join(v.get_ref()))
+            .map(Arc::new)
+            .map_err(|why| self.err(v.span(), key, why))
+    }
+
     fn phc(&self, v: &Spanned<String>, key: &str) -> Result<String, ConfigError> {
         crate::password::check_phc(v.get_ref()).map_err(|why| {
             self.err(
@@ -1126,6 +1172,16 @@ impl Validator<'_> {
                 100_000,
                 256,
             )?,
+            device_code_ttl: self.opt_duration(
+                &oauth_raw.device_code_ttl,
+                "oauth.device_code_ttl",
+                Duration::from_secs(600),
+            )?,
+            device_poll_interval: self.opt_duration(
+                &oauth_raw.device_poll_interval,
+                "oauth.device_poll_interval",
+                Duration::from_secs(5),
+            )?,
         };
 
         // [store]
@@ -1268,7 +1324,7 @@ impl Validator<'_> {
                     self.err(
                         c.grants.span(),
                         key("grants"),
-                        format!("`{g}` is not a grant: use password, client_credentials, refresh_token or authorization_code"),
+                        format!("`{g}` is not a grant: use password, client_credentials, refresh_token, authorization_code or device_code"),
                     )
                 })?;
                 if !grants.contains(&grant) {
@@ -1279,11 +1335,16 @@ impl Validator<'_> {
                 Some(h) => Some(self.phc(h, &key("secret_hash"))?),
                 None => None,
             };
-            if secret_hash.is_none() && grants.contains(&GrantType::ClientCredentials) {
+            let jwks = match &c.jwks {
+                Some(p) => Some(self.client_keys(p, &key("jwks"))?),
+                None => None,
+            };
+            let confidential = secret_hash.is_some() || jwks.is_some();
+            if !confidential && grants.contains(&GrantType::ClientCredentials) {
                 return Err(self.err(
                     c.grants.span(),
                     key("grants"),
-                    "client_credentials needs a confidential client (set secret_hash)",
+                    "client_credentials needs a confidential client (set secret_hash or jwks)",
                 ));
             }
             let mut redirect_uris = Vec::new();
@@ -1312,11 +1373,11 @@ impl Validator<'_> {
                 ));
             }
             let introspect = match &c.introspect {
-                Some(flag) if *flag.get_ref() && secret_hash.is_none() => {
+                Some(flag) if *flag.get_ref() && !confidential => {
                     return Err(self.err(
                         flag.span(),
                         key("introspect"),
-                        "only a confidential client (with secret_hash) may introspect",
+                        "only a confidential client (with secret_hash or jwks) may introspect",
                     ));
                 }
                 Some(flag) => *flag.get_ref(),
@@ -1325,6 +1386,8 @@ impl Validator<'_> {
             let client = Client {
                 id: Arc::from(id.as_str()),
                 introspect,
+                jwks,
+                require_dpop: c.require_dpop.as_ref().is_some_and(|f| *f.get_ref()),
                 secret_hash,
                 grants,
                 scopes: self.scopes(&c.scopes, &key("scopes"))?,

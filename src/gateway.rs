@@ -6,7 +6,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderValue, Request, Response};
 use hyper::body::Incoming;
 
@@ -20,14 +19,15 @@ use crate::error::{Body, GatewayError};
 use crate::error::{RATELIMIT, RATELIMIT_POLICY};
 use crate::metrics::Metrics;
 use crate::oauth::authorize::{AUTHORIZE_PATH, Authorizer};
+use crate::oauth::device::{DEVICE_AUTHORIZATION_PATH, DEVICE_PATH};
 use crate::oauth::endpoints::{self, INTROSPECT_PATH, METADATA_PATH, REVOKE_PATH, USERINFO_PATH};
 use crate::oauth::limiter::Limiter;
-use crate::oauth::{BodyReadTimeout, OAuthContext, grant_still_allowed, token_endpoint};
+use crate::oauth::{BodyReadTimeout, OAuthContext, token_endpoint};
 use crate::password::PasswordPool;
 use crate::proxy::{ForwardInfo, client_address, forward};
 use crate::ratelimit::{RateKey, RateKeyKind, SharedBuckets};
 use crate::routes::normalize_path;
-use crate::store::{Grants, MemoryStore, RedisStore, StoreError, TokenHash, TokenStore};
+use crate::store::{Grants, MemoryStore, RedisStore, StoreError, TokenStore};
 
 /// Everything a request needs, shared by all connections.
 pub struct AppState {
@@ -167,7 +167,9 @@ pub async fn handle(
         request_id: request_id.to_str().unwrap_or("-"),
         ..LogContext::default()
     };
-    let mut resp = match handle_inner(&state, &config, req, &conn, client, &mut log).await {
+    let scheme = crate::oauth::dpop::client_scheme(req.headers(), from_proxy, conn.tls);
+    let mut resp = match handle_inner(&state, &config, req, &conn, (client, scheme), &mut log).await
+    {
         Ok(r) => r,
         Err(e) => {
             state.metrics.rejected(&e);
@@ -213,7 +215,7 @@ async fn handle_inner<'s>(
     config: &'s Config,
     mut req: Request<Incoming>,
     conn: &ConnInfo,
-    client: IpAddr,
+    (client, scheme): (IpAddr, &'static str),
     log: &mut LogContext<'s>,
 ) -> Result<Response<Body>, GatewayError> {
     // The head before anything else (RFC 9112): CONNECT, framing, Host.
@@ -247,10 +249,15 @@ async fn handle_inner<'s>(
             metrics: &state.metrics,
             peer: client,
             request_id: log.request_id,
+            scheme,
         };
         return match endpoint {
             Endpoint::Token => token_endpoint(&ctx, req).await,
             Endpoint::Authorize => state.authorizer.handle(&ctx, req).await,
+            Endpoint::DeviceAuthorization => crate::oauth::device::authorization(&ctx, req).await,
+            Endpoint::Device => {
+                crate::oauth::device_page::handle(&state.authorizer, &ctx, req).await
+            }
             Endpoint::Revoke => endpoints::revoke(&ctx, req).await,
             Endpoint::Introspect => endpoints::introspect(&ctx, req).await,
             Endpoint::Userinfo => endpoints::userinfo(&ctx, req).await,
@@ -287,20 +294,21 @@ async fn handle_inner<'s>(
     }
 
     let record = if route.auth {
-        let token = bearer_token(req.headers())?.ok_or(GatewayError::NoToken)?;
-        let record = state
-            .store
-            .get_access(TokenHash::of(token))
-            .await
-            .map_err(|_| GatewayError::StoreUnavailable)?
-            .filter(|r| grant_still_allowed(config, &r.grant))
-            .ok_or(GatewayError::InvalidToken(
-                "the access token is unknown, expired or revoked",
-            ))?;
+        let head = crate::oauth::dpop::RequestHead {
+            method: req.method(),
+            uri: req.uri(),
+            headers: req.headers(),
+            scheme,
+        };
+        let record = crate::oauth::dpop::access(state.store.as_ref(), config, &head).await?;
         log.user = record.grant.user.clone();
         log.client_id = Some(record.grant.client.clone());
         if !route.scopes.is_subset_of(&record.grant.scope) {
-            return Err(GatewayError::InsufficientScope(route.scopes.to_string()));
+            let scopes = route.scopes.to_string();
+            return Err(match record.cnf {
+                None => GatewayError::InsufficientScope(scopes),
+                Some(_) => GatewayError::Dpop(crate::error::DpopRefusal::InsufficientScope(scopes)),
+            });
         }
         Some(record)
     } else {
@@ -355,6 +363,8 @@ async fn handle_inner<'s>(
 pub enum Endpoint {
     Token,
     Authorize,
+    DeviceAuthorization,
+    Device,
     Revoke,
     Introspect,
     Userinfo,
@@ -367,6 +377,8 @@ impl Endpoint {
         match self {
             Endpoint::Token => &config.oauth.token_path,
             Endpoint::Authorize => AUTHORIZE_PATH,
+            Endpoint::DeviceAuthorization => DEVICE_AUTHORIZATION_PATH,
+            Endpoint::Device => DEVICE_PATH,
             Endpoint::Revoke => REVOKE_PATH,
             Endpoint::Introspect => INTROSPECT_PATH,
             Endpoint::Userinfo => USERINFO_PATH,
@@ -383,6 +395,8 @@ pub fn own_endpoint(config: &Config, path: &str) -> Option<Endpoint> {
     }
     match path {
         AUTHORIZE_PATH => Some(Endpoint::Authorize),
+        DEVICE_AUTHORIZATION_PATH => Some(Endpoint::DeviceAuthorization),
+        DEVICE_PATH => Some(Endpoint::Device),
         REVOKE_PATH => Some(Endpoint::Revoke),
         INTROSPECT_PATH => Some(Endpoint::Introspect),
         USERINFO_PATH => Some(Endpoint::Userinfo),
@@ -406,45 +420,20 @@ pub fn query_has_access_token(query: Option<&str>) -> bool {
 
 /// The bearer token of `Authorization: Bearer <token>` (RFC 6750 section 2.1).
 /// `Ok(None)`: no bearer credentials at all (no header, or another scheme).
+/// (A DPoP credential is not a bearer one; see [`crate::oauth::dpop::credential`].)
 pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, GatewayError> {
-    let mut all = headers.get_all(AUTHORIZATION).iter();
-    let value = match (all.next(), all.next()) {
-        (None, _) => return Ok(None),
-        (Some(_), Some(_)) => {
-            return Err(GatewayError::MalformedBearer(
-                "more than one Authorization header",
-            ));
-        }
-        (Some(v), None) => v,
-    };
-    let value = value
-        .to_str()
-        .map_err(|_| GatewayError::MalformedBearer("the Authorization header is not ASCII"))?;
-    let (scheme, token) = match value.split_once(' ') {
-        Some((s, t)) => (s, t.trim_start_matches(' ')),
-        None => (value, ""),
-    };
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Ok(None);
-    }
-    // b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
-    let body = token.trim_end_matches('=');
-    let well_formed = !body.is_empty()
-        && body.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
-        });
-    if !well_formed {
-        return Err(GatewayError::MalformedBearer(
-            "the bearer token is malformed",
-        ));
-    }
-    Ok(Some(token))
+    use crate::oauth::dpop::{Credential, credential};
+    Ok(match credential(headers)? {
+        Some(Credential::Bearer(t)) => Some(t),
+        _ => None,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use http::HeaderValue;
+    use http::header::AUTHORIZATION;
 
     fn auth(v: &'static str) -> HeaderMap {
         let mut h = HeaderMap::new();

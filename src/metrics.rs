@@ -160,7 +160,8 @@ impl Metrics {
                 OAuthCode::InvalidClient
                 | OAuthCode::InvalidGrant
                 | OAuthCode::UnauthorizedClient
-                | OAuthCode::InvalidScope,
+                | OAuthCode::InvalidScope
+                | OAuthCode::InvalidDpopProof,
                 _,
             )
             | GatewayError::TooManyAttempts(_)
@@ -168,6 +169,7 @@ impl Metrics {
             | GatewayError::InvalidToken(_)
             | GatewayError::MalformedBearer(_)
             | GatewayError::InsufficientScope(_)
+            | GatewayError::Dpop(_)
             | GatewayError::ClientForbidden(_) => self.auth_failure(e.reason()),
             GatewayError::OAuth(..)
             | GatewayError::PostOnly

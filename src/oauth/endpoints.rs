@@ -7,12 +7,13 @@ use hyper::body::Incoming;
 use serde_json::{Value, json};
 
 use super::client_auth::{self, AuthenticatedClient};
+use super::device::DEVICE_AUTHORIZATION_PATH;
 use super::{
     OAuthContext, Params, authorize::AUTHORIZE_PATH, grant_still_allowed, read_form, revoke_family,
 };
-use crate::config::Config;
+use crate::config::{Config, DEVICE_CODE_GRANT};
 use crate::error::{Body, GatewayError, OAuthCode, full};
-use crate::gateway::bearer_token;
+use crate::jose::verify::ALG_NAMES;
 use crate::store::{Redeem, TokenHash, TokenRecord};
 
 pub const REVOKE_PATH: &str = "/auth/revoke";
@@ -20,7 +21,7 @@ pub const INTROSPECT_PATH: &str = "/auth/introspect";
 pub const USERINFO_PATH: &str = "/auth/userinfo";
 pub const METADATA_PATH: &str = "/.well-known/oauth-authorization-server";
 
-fn json_response(v: &Value) -> Response<Body> {
+pub(crate) fn json_response(v: &Value) -> Response<Body> {
     let mut resp = Response::new(full(v.to_string()));
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -129,7 +130,10 @@ pub async fn introspect(
         ));
     }
     let (rec, token_type) = match find(ctx, &params).await? {
-        Some(Found::Access(rec)) if grant_still_allowed(ctx.config, &rec.grant) => (rec, "Bearer"),
+        Some(Found::Access(rec)) if grant_still_allowed(ctx.config, &rec.grant) => {
+            let kind = if rec.cnf.is_some() { "DPoP" } else { "Bearer" };
+            (rec, kind)
+        }
         Some(Found::Refresh(rec)) if grant_still_allowed(ctx.config, &rec.grant) => {
             (rec, "refresh_token")
         }
@@ -149,6 +153,10 @@ pub async fn introspect(
     if let Some(user) = &g.user {
         v["username"] = json!(user.as_ref());
     }
+    // RFC 9449 section 6.2: the key the token is bound to.
+    if let Some(jkt) = &rec.cnf {
+        v["cnf"] = json!({ "jkt": jkt.as_ref() });
+    }
     Ok(json_response(&v))
 }
 
@@ -160,16 +168,13 @@ pub async fn userinfo(
     if req.method() != Method::GET && req.method() != Method::POST {
         return Err(GatewayError::MethodNotAllowed("GET, POST".into()));
     }
-    let token = bearer_token(req.headers())?.ok_or(GatewayError::NoToken)?;
-    let rec = ctx
-        .store
-        .get_access(TokenHash::of(token))
-        .await
-        .map_err(|_| GatewayError::StoreUnavailable)?
-        .filter(|r| grant_still_allowed(ctx.config, &r.grant))
-        .ok_or(GatewayError::InvalidToken(
-            "the access token is unknown, expired or revoked",
-        ))?;
+    let head = super::dpop::RequestHead {
+        method: req.method(),
+        uri: req.uri(),
+        headers: req.headers(),
+        scheme: ctx.scheme,
+    };
+    let rec = super::dpop::access(ctx.store, ctx.config, &head).await?;
     let g = &rec.grant;
     Ok(json_response(&json!({
         "sub": g.subject(),
@@ -199,11 +204,17 @@ pub fn metadata(config: &Config) -> Response<Body> {
         "userinfo_endpoint": format!("{issuer}{USERINFO_PATH}"),
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
-        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials", "password"],
+        "device_authorization_endpoint": format!("{issuer}{DEVICE_AUTHORIZATION_PATH}"),
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials", "password", DEVICE_CODE_GRANT],
         "code_challenge_methods_supported": ["S256"],
-        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
-        "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
-        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"],
+        "token_endpoint_auth_signing_alg_values_supported": ALG_NAMES,
+        "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"],
+        "revocation_endpoint_auth_signing_alg_values_supported": ALG_NAMES,
+        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt"],
+        "introspection_endpoint_auth_signing_alg_values_supported": ALG_NAMES,
+        // RFC 9449 section 5.1.
+        "dpop_signing_alg_values_supported": ALG_NAMES,
         "scopes_supported": scopes,
         "authorization_response_iss_parameter_supported": true,
     });

@@ -146,7 +146,7 @@ impl PublicJwk {
     pub fn from_json(v: &Value) -> Result<PublicJwk, Refused> {
         let m: &Map<String, Value> = v.as_object().ok_or(Refused("the JWK is not an object"))?;
         if PRIVATE_MEMBERS.iter().any(|k| m.contains_key(*k)) {
-            return Err(Refused("the JWK holds private key material"));
+            return Err(Refused("the JWK holds private or symmetric key material"));
         }
         let s = |k: &str| m.get(k).and_then(Value::as_str);
         let (alg, algorithm, key) = match s("kty") {
@@ -877,7 +877,7 @@ mod tests {
         };
         assert_eq!(
             with("d", json!("AAAA")),
-            Err(Refused("the JWK holds private key material"))
+            Err(Refused("the JWK holds private or symmetric key material"))
         );
         assert_eq!(
             with("crv", json!("P-384")),

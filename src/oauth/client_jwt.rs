@@ -175,7 +175,7 @@ mod tests {
         let private = good.replacen("\"kty\"", "\"d\": \"AAAA\", \"kty\"", 1);
         let e = err("d.json", &private);
         assert!(
-            e.contains("keys[0]: the JWK holds private key material"),
+            e.contains("keys[0]: the JWK holds private or symmetric key material"),
             "{e}"
         );
         assert!(e.contains("d.json"), "{e}");

@@ -193,17 +193,13 @@ impl Devices {
 }
 
 /// The rules of one poll (RFC 8628 section 3.5), mirrored by the Redis store's
-/// script: expiry first, then replay, then the interval (a poll that comes too
-/// fast is counted, moves the interval up 5 s and is answered `slow_down`,
-/// whatever the state), then the state.
+/// script: expiry first, then the interval (a poll that comes too fast is
+/// counted, moves the interval up 5 s and is answered `slow_down`, whatever
+/// the state), then the state. A used code polled again after the interval
+/// is a replay; polls racing the one that got the tokens are only too fast.
 fn poll_step(d: &mut DeviceEntry, now_ms: u64) -> DevicePoll {
     if now_ms / 1000 >= d.rec.expires_at {
         return DevicePoll::Expired;
-    }
-    if matches!(d.status, Status::Spent) {
-        return DevicePoll::Spent {
-            family: d.rec.family,
-        };
     }
     let too_soon = d.last_poll_ms != 0
         && now_ms

@@ -35,15 +35,14 @@ return 1
 ";
 
 /// One poll at ARGV[1] (unix ms) by client ARGV[2], by the rules of the memory store's
-/// `poll_step`: expiry, replay, the interval (counted, +5 s, `slow_down`),
-/// then the state; an approved authorization is used up by the poll that
+/// `poll_step`: expiry, the interval (counted, +5 s, `slow_down`), then the
+/// state (a used code is a replay); an approved authorization is used up by the poll that
 /// finds it.
 pub(super) const POLL: &str = r"
 local h = redis.call('HMGET', KEYS[1], 'exp', 'status', 'last', 'interval', 'family', 'user', 'scope', 'client')
 if not h[1] or h[8] ~= ARGV[2] then return {'unknown'} end
 local now = tonumber(ARGV[1])
 if math.floor(now / 1000) >= tonumber(h[1]) then return {'expired'} end
-if h[2] == 's' then return {'spent', h[5]} end
 local last = tonumber(h[3]) or 0
 local interval = tonumber(h[4])
 redis.call('HSET', KEYS[1], 'last', ARGV[1])
@@ -53,6 +52,7 @@ if last ~= 0 and now < last + interval * 1000 then
   local fast = redis.call('HINCRBY', KEYS[1], 'fast', 1)
   return {'slow', tostring(interval), tostring(fast)}
 end
+if h[2] == 's' then return {'spent', h[5]} end
 if h[2] == 'a' then
   redis.call('HSET', KEYS[1], 'status', 's')
   return {'approved', h[5], h[6], h[7], h[8]}

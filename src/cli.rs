@@ -62,7 +62,7 @@ pub enum ClientCommand {
         /// The client id.
         id: String,
         /// Grants, comma-separated, of: password, client_credentials,
-        /// refresh_token, authorization_code.
+        /// refresh_token, authorization_code, device_code.
         #[arg(long, value_delimiter = ',', required = true)]
         grants: Vec<String>,
         /// The most this client may ask for, comma-separated: `read,write`.

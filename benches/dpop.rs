@@ -4,7 +4,7 @@
 //!   check `htm`, `htu`, `iat`, `ath`, verify the signature with the proof's
 //!   own JWK, and compute the key's thumbprint (one signature verification);
 //! - `dpop/guard/{bearer,dpop_es256,dpop_rs256}`: the whole token check of a
-//!   proxied request (`whosthat::oauth::dpop::access`) against a `MemoryStore`
+//!   proxied request (the bearer guard, `whosthat::oauth::bearer::require_token`) against a `MemoryStore`
 //!   holding 10,000 live tokens: for a bearer token (the path every bearer
 //!   request takes, to compare with `token/lookup_hit` of `hot_paths`), and for
 //!   a DPoP-bound token with a fresh proof (lookup + proof check + the `jti`
@@ -34,7 +34,7 @@ use sha2::{Digest, Sha256};
 
 use whosthat::Config;
 use whosthat::jose::verify::{DpopRequest, PublicJwk, check_dpop_proof, normalize_url};
-use whosthat::oauth::dpop::{RequestHead, access};
+use whosthat::oauth::bearer::{RequestHead, require_token};
 use whosthat::scope::ScopeSet;
 use whosthat::store::{
     Grant, MemoryStore, TokenHash, TokenRecord, TokenStore, new_token, now_secs,
@@ -186,7 +186,7 @@ fn guard(c: &mut Criterion) {
             headers,
             scheme: "https",
         };
-        ready(access(&store, &config, &head)).expect("accepted")
+        ready(require_token(&store, &config, &head)).expect("accepted")
     };
     let mut g = c.benchmark_group("dpop/guard");
     let bearer_headers = head_with(format!("Bearer {bearer}"), None);

@@ -2,6 +2,9 @@
 //! has the same shape (RFC 6749 section 5.2 at the token endpoint, RFC 6750
 //! section 3 on proxied requests) and none leaks internals.
 
+use std::fmt;
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http::header::{
     CACHE_CONTROL, CONNECTION, CONTENT_TYPE, HeaderValue, PRAGMA, RETRY_AFTER, WWW_AUTHENTICATE,
@@ -81,8 +84,101 @@ pub enum DpopRefusal {
     InsufficientScope(String),
 }
 
-/// Everything the gateway may refuse, by where it comes from.
-/// Descriptions are fixed strings: they never carry request data.
+/// Which side of the gateway an error comes from (pingora's `ErrorSource`):
+/// whose fault the request's log line says it is, and what the metrics count
+/// it as. Decided in one place, [`GatewayError::side`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The downstream client sent something malformed, unroutable or over a
+    /// limit (4xx); counted in `whosthat_requests_total` only.
+    Client,
+    /// The caller's authentication or authorization: bad or missing client
+    /// credentials, grants, bearer tokens or scopes, and brute-force lockouts
+    /// (`whosthat_auth_failures_total`, by reason).
+    Auth,
+    /// The upstream could not be reached or did not answer in time: 502 / 504
+    /// (`whosthat_upstream_errors_total`, by kind).
+    Upstream(UpstreamFault),
+    /// The gateway cannot answer now (the token store, the password workers): 503.
+    Internal,
+}
+
+impl Side {
+    /// As written in the access log's `side` field.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Client => "client",
+            Side::Auth => "auth",
+            Side::Upstream(_) => "upstream",
+            Side::Internal => "internal",
+        }
+    }
+}
+
+/// How an upstream failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamFault {
+    /// Refused, reset, or an answer that could not be used: 502.
+    Unreachable,
+    /// No answer within the route's `timeout`: 504.
+    Timeout,
+}
+
+impl UpstreamFault {
+    pub const ALL: [UpstreamFault; 2] = [UpstreamFault::Unreachable, UpstreamFault::Timeout];
+
+    /// The `kind` label of `whosthat_upstream_errors_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamFault::Unreachable => "unreachable",
+            UpstreamFault::Timeout => "timeout",
+        }
+    }
+}
+
+/// The fault under an error (a Redis error, say): it goes to the request's
+/// log line, never to the response body. Shared, so errors stay cheap to clone.
+#[derive(Clone)]
+pub struct Cause(Arc<dyn std::error::Error + Send + Sync>);
+
+impl Cause {
+    pub fn new(e: impl std::error::Error + Send + Sync + 'static) -> Cause {
+        Cause(Arc::new(e))
+    }
+}
+
+impl fmt::Display for Cause {
+    /// The fault's own text (whosthat's errors include their source's text in
+    /// it), then that of any source it names.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Cause({self})")
+    }
+}
+
+/// Causes compare by their text: two errors are the same if they say the same.
+impl PartialEq for Cause {
+    fn eq(&self, other: &Cause) -> bool {
+        self.to_string() == other.to_string()
+    }
+}
+
+impl Eq for Cause {}
+
+/// Everything the gateway may refuse, by where it comes from ([`Side`]).
+/// Descriptions are fixed strings: they never carry request data. A fault's
+/// cause is kept ([`GatewayError::cause`]) for the log, never for the body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GatewayError {
     // -- token endpoint (downstream, RFC 6749)
@@ -130,10 +226,86 @@ pub enum GatewayError {
     UpstreamTimeout,
     // -- internal, transient
     PasswordBusy,
-    StoreUnavailable,
+    /// The token store (or the brute-force limiter's) could not answer: why.
+    StoreUnavailable(Cause),
+}
+
+impl From<crate::store::StoreError> for GatewayError {
+    fn from(e: crate::store::StoreError) -> GatewayError {
+        GatewayError::StoreUnavailable(Cause::new(e))
+    }
+}
+
+impl fmt::Display for GatewayError {
+    /// What the client is told (`error: error_description`); the cause is
+    /// [`source`](std::error::Error::source).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (code, description) = self.code_and_description();
+        write!(f, "{code}: {description}")
+    }
+}
+
+impl std::error::Error for GatewayError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.cause()
+            .map(|c| &*c.0 as &(dyn std::error::Error + 'static))
+    }
 }
 
 impl GatewayError {
+    /// Whose fault this is; the metrics count errors by it.
+    pub fn side(&self) -> Side {
+        match self {
+            GatewayError::UpstreamUnreachable => Side::Upstream(UpstreamFault::Unreachable),
+            GatewayError::UpstreamTimeout => Side::Upstream(UpstreamFault::Timeout),
+            GatewayError::OAuth(
+                OAuthCode::InvalidClient
+                | OAuthCode::InvalidGrant
+                | OAuthCode::UnauthorizedClient
+                | OAuthCode::InvalidScope
+                | OAuthCode::InvalidDpopProof,
+                _,
+            )
+            | GatewayError::TooManyAttempts(_)
+            | GatewayError::NoToken
+            | GatewayError::InvalidToken(_)
+            | GatewayError::MalformedBearer(_)
+            | GatewayError::InsufficientScope(_)
+            | GatewayError::Dpop(_)
+            | GatewayError::ClientForbidden(_) => Side::Auth,
+            // The device flow's polling answers say where the flow stands.
+            GatewayError::OAuth(
+                OAuthCode::InvalidRequest
+                | OAuthCode::UnsupportedGrantType
+                | OAuthCode::AuthorizationPending
+                | OAuthCode::SlowDown
+                | OAuthCode::AccessDenied
+                | OAuthCode::ExpiredToken,
+                _,
+            )
+            | GatewayError::PostOnly
+            | GatewayError::BadPath(_)
+            | GatewayError::NoRoute
+            | GatewayError::MethodNotAllowed(_)
+            | GatewayError::PayloadTooLarge
+            | GatewayError::BadBody
+            | GatewayError::RateLimited { .. }
+            | GatewayError::BadHead(_)
+            | GatewayError::UnknownTransferCoding
+            | GatewayError::Connect
+            | GatewayError::BodyTimeout => Side::Client,
+            GatewayError::PasswordBusy | GatewayError::StoreUnavailable(_) => Side::Internal,
+        }
+    }
+
+    /// The fault under this error, for the log line only.
+    pub fn cause(&self) -> Option<&Cause> {
+        match self {
+            GatewayError::StoreUnavailable(c) => Some(c),
+            _ => None,
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             GatewayError::OAuth(OAuthCode::InvalidClient, _) => StatusCode::UNAUTHORIZED,
@@ -160,7 +332,7 @@ impl GatewayError {
             GatewayError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            GatewayError::PasswordBusy | GatewayError::StoreUnavailable => {
+            GatewayError::PasswordBusy | GatewayError::StoreUnavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
         }
@@ -222,7 +394,7 @@ impl GatewayError {
                 "temporarily_unavailable",
                 "too many logins at once; retry shortly",
             ),
-            GatewayError::StoreUnavailable => {
+            GatewayError::StoreUnavailable(_) => {
                 ("temporarily_unavailable", "the token store is unavailable")
             }
         }
@@ -330,7 +502,7 @@ impl GatewayError {
             GatewayError::MethodNotAllowed(allow) => {
                 h.insert(http::header::ALLOW, header_value(allow.clone()));
             }
-            GatewayError::PasswordBusy | GatewayError::StoreUnavailable => {
+            GatewayError::PasswordBusy | GatewayError::StoreUnavailable(_) => {
                 h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}
@@ -361,7 +533,7 @@ mod tests {
             GatewayError::UpstreamUnreachable,
             GatewayError::UpstreamTimeout,
             GatewayError::PasswordBusy,
-            GatewayError::StoreUnavailable,
+            crate::store::StoreError::Unavailable("down".into()).into(),
             GatewayError::InsufficientScope("a".into()),
             GatewayError::Dpop(DpopRefusal::InsufficientScope("a".into())),
             GatewayError::MethodNotAllowed("GET".into()),
@@ -379,6 +551,36 @@ mod tests {
                 "{d}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_cause_reaches_the_source_never_the_body() {
+        use http_body_util::BodyExt;
+        let e: GatewayError =
+            crate::store::StoreError::Unavailable("redis at 10.0.0.7 said NOAUTH".into()).into();
+        assert_eq!(e.side(), Side::Internal);
+        let cause = e.cause().expect("a cause").to_string();
+        assert!(cause.contains("NOAUTH"), "{cause}");
+        let source = std::error::Error::source(&e).expect("a source").to_string();
+        assert_eq!(source, cause);
+        assert!(!e.to_string().contains("NOAUTH"), "{e}");
+        let resp = e.into_response();
+        assert_eq!(resp.status(), 503);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let body = String::from_utf8_lossy(&body);
+        assert!(
+            !body.contains("NOAUTH") && !body.contains("10.0.0.7"),
+            "{body}"
+        );
+        assert!(body.contains("the token store is unavailable"), "{body}");
+        // Only faults have causes.
+        assert!(GatewayError::NoRoute.cause().is_none());
+        assert_eq!(
+            GatewayError::UpstreamTimeout.side(),
+            Side::Upstream(UpstreamFault::Timeout)
+        );
+        assert_eq!(GatewayError::NoToken.side(), Side::Auth);
+        assert_eq!(GatewayError::BadBody.side(), Side::Client);
     }
 
     #[test]

@@ -8,6 +8,8 @@ pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod cors;
+pub mod dispatch;
+pub mod endpoint;
 pub mod error;
 pub mod fsutil;
 pub mod gateway;
@@ -22,6 +24,7 @@ pub mod scope;
 pub mod server;
 pub mod shadowing;
 pub mod store;
+pub mod upstream_tls;
 
 pub use config::{Config, ConfigError};
 pub use server::{Reload, reload, serve, serve_with, shutdown_signal, sighup_reloads};

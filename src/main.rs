@@ -171,8 +171,7 @@ fn serve(path: &std::path::Path, format: LogFormat) -> ExitCode {
                 )
             })?;
         // Installed before anything is served: a signal that comes early is handled.
-        let stop = whosthat::shutdown_signal()
-            .map_err(|e| format!("cannot install the SIGTERM/SIGINT handlers: {e}"))?;
+        let stop = whosthat::shutdown_signal().map_err(|e| e.to_string())?;
         // SIGHUP re-reads the config file.
         let reload = whosthat::Reload {
             path: path.to_path_buf(),

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use foldhash::fast::FixedState;
 
-use crate::error::{GatewayError, OAuthCode};
+use crate::error::{GatewayError, Side};
 
 /// The `Content-Type` of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -147,44 +147,16 @@ impl Metrics {
         self.upstream_errors.get(kind).fetch_add(1, Relaxed);
     }
 
-    /// Counts a refusal where it belongs: upstream errors by kind, and
-    /// authentication and authorization failures by reason (bad or missing
-    /// client credentials, grants, bearer tokens or scopes, and brute-force
-    /// lockouts). Malformed requests, routing misses and internal errors are
-    /// in `whosthat_requests_total` only.
+    /// Counts a refusal where its [`GatewayError::side`] says it belongs:
+    /// upstream errors by kind, and authentication and authorization failures
+    /// by reason (bad or missing client credentials, grants, bearer tokens or
+    /// scopes, and brute-force lockouts). Malformed requests, routing misses and
+    /// internal errors are in `whosthat_requests_total` only.
     pub fn rejected(&self, e: &GatewayError) {
-        match e {
-            GatewayError::UpstreamUnreachable => self.upstream_error("unreachable"),
-            GatewayError::UpstreamTimeout => self.upstream_error("timeout"),
-            GatewayError::OAuth(
-                OAuthCode::InvalidClient
-                | OAuthCode::InvalidGrant
-                | OAuthCode::UnauthorizedClient
-                | OAuthCode::InvalidScope
-                | OAuthCode::InvalidDpopProof,
-                _,
-            )
-            | GatewayError::TooManyAttempts(_)
-            | GatewayError::NoToken
-            | GatewayError::InvalidToken(_)
-            | GatewayError::MalformedBearer(_)
-            | GatewayError::InsufficientScope(_)
-            | GatewayError::Dpop(_)
-            | GatewayError::ClientForbidden(_) => self.auth_failure(e.reason()),
-            GatewayError::OAuth(..)
-            | GatewayError::PostOnly
-            | GatewayError::BadPath(_)
-            | GatewayError::NoRoute
-            | GatewayError::MethodNotAllowed(_)
-            | GatewayError::PayloadTooLarge
-            | GatewayError::BadBody
-            | GatewayError::RateLimited { .. }
-            | GatewayError::BadHead(_)
-            | GatewayError::UnknownTransferCoding
-            | GatewayError::Connect
-            | GatewayError::BodyTimeout
-            | GatewayError::PasswordBusy
-            | GatewayError::StoreUnavailable => {}
+        match e.side() {
+            Side::Upstream(fault) => self.upstream_error(fault.as_str()),
+            Side::Auth => self.auth_failure(e.reason()),
+            Side::Client | Side::Internal => {}
         }
     }
 
@@ -522,6 +494,7 @@ impl Histogram {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::OAuthCode;
     use std::cell::Cell;
     use std::collections::{HashMap, HashSet};
     use std::sync::Arc;
@@ -923,7 +896,7 @@ mod tests {
             GatewayError::InvalidToken("x"),
             GatewayError::InsufficientScope("read".into()),
             GatewayError::NoRoute,
-            GatewayError::StoreUnavailable,
+            crate::store::StoreError::Unavailable("down".into()).into(),
         ] {
             m.rejected(&e);
         }

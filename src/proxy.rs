@@ -4,7 +4,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -24,6 +24,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use crate::error::{Body, BoxError, GatewayError};
 use crate::routes::{Route, Upstream};
 use crate::store::Grant;
+use crate::upstream_tls::{UpstreamTls, upstream_tls};
 
 /// A pooled upstream client: plain HTTP, or HTTPS through rustls.
 #[derive(Clone)]
@@ -58,35 +59,6 @@ thread_local! {
     /// Keep-alive pools per worker thread, shared by every route with the same
     /// settings: a pooled connection is always driven by the thread that uses it.
     static CLIENTS: RefCell<Clients> = RefCell::new(HashMap::new());
-}
-
-/// TLS to a route's upstreams, with an id of its own that is never reused:
-/// what upstream pools are keyed by.
-#[derive(Debug, Clone)]
-pub struct UpstreamTls {
-    pub id: u64,
-    pub config: Arc<rustls::ClientConfig>,
-}
-
-/// TLS to upstreams: TLS 1.2 and 1.3, trusting the webpki roots and `roots`
-/// (a route's `ca_file`). The one place upstream TLS is set up.
-pub fn upstream_tls(roots: rustls::RootCertStore) -> UpstreamTls {
-    // 0 stands for plain HTTP in pool keys; ids start at 1.
-    static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-    let mut all = rustls::RootCertStore::empty();
-    all.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    all.roots.extend(roots.roots);
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-    .expect("ring supports TLS 1.2 and 1.3")
-    .with_root_certificates(all)
-    .with_no_client_auth();
-    UpstreamTls {
-        id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-        config: Arc::new(config),
-    }
 }
 
 /// TLS to public upstreams: the webpki roots alone, built once.

@@ -115,6 +115,30 @@ pub fn normalize_path(raw: &str) -> Result<String, PathRejection> {
     Ok(out)
 }
 
+/// A request path as [`normalize_path`] made it: the only kind of path routes
+/// are matched against, endpoints recognised by, and that goes upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NormalizedPath(String);
+
+impl NormalizedPath {
+    /// Normalises `raw` (see [`normalize_path`]); `Err`: why it is refused.
+    pub fn new(raw: &str) -> Result<NormalizedPath, PathRejection> {
+        normalize_path(raw).map(NormalizedPath)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for NormalizedPath {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
 /// Whether a normalised path has `%25` followed by two hex digits: an upstream
 /// that decodes twice reads `%252e` as `.` and `%2561` as `a`, a second reading
 /// of the path the gateway never matched.
@@ -252,7 +276,7 @@ pub struct Route {
     pub max_body_bytes: Option<u64>,
     /// TLS to https upstreams with a private CA (with the id upstream pools are
     /// keyed by); `None`: the webpki roots.
-    pub tls: Option<crate::proxy::UpstreamTls>,
+    pub tls: Option<crate::upstream_tls::UpstreamTls>,
     /// `Upgrade` protocols tunnelled (lower case); default `["websocket"]`.
     pub upgrades: Vec<String>,
     /// `rate_limit`: the limit and this instance's buckets (reset on reload).

@@ -2,7 +2,11 @@
 //! size limits, connection limits (in all and per client address), graceful
 //! shutdown.
 
+mod admin;
+mod drain;
 pub mod framing;
+
+pub use admin::ADMIN_MAX_CONNECTIONS;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -17,8 +21,7 @@ use dashmap::DashMap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
-use tokio::task::JoinSet;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
 use crate::config::{Config, ServerConfig};
 use crate::gateway::{AppState, ConnInfo, handle};
@@ -49,10 +52,10 @@ pub struct Reload {
     pub requests: mpsc::UnboundedReceiver<()>,
 }
 
-/// A reload request for every SIGHUP.
+/// A reload request for every SIGHUP; call it within a tokio runtime with IO
+/// enabled (an error otherwise).
 pub fn sighup_reloads() -> io::Result<mpsc::UnboundedReceiver<()>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hup = signal(SignalKind::hangup())?;
+    let mut hup = install(tokio::signal::unix::SignalKind::hangup(), "SIGHUP")?;
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
@@ -124,48 +127,63 @@ pub async fn serve_with(
     if let crate::config::StoreBackend::Redis(url) = &config.store.backend {
         check_redis(url, &config.store.backend).await;
     }
-    if let (Some(memory), Some(file)) = (&state.memory, &config.store.state_file) {
-        match memory.load(file, &state.grants, &config) {
-            // No file (a first start, or after a crash): nothing to say.
-            Ok(0) => {}
-            Ok(n) => {
-                tracing::info!(tokens = n, file = %file.display(), "tokens saved at the last shutdown loaded")
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, file = %file.display(), "saved tokens could not be loaded")
-            }
+    restore_tokens(&state, &config);
+    let housekeeping = spawn_housekeeping(&state, reload_from);
+    // Every listener serves until this turns true, then drains.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let admin = match admin {
+        Some(admin) => {
+            tracing::info!(listen = %admin.local_addr()?, "admin endpoints (/healthz, /readyz, /metrics)");
+            Some(tokio::spawn(admin::serve_admin(
+                admin,
+                state.clone(),
+                stop_rx.clone(),
+            )))
         }
-    }
-    let mut housekeeping = state.store.spawn_background();
-    housekeeping.push(tokio::spawn(sweep_loop(
-        state.clone(),
-        config.store.sweep_interval,
-    )));
-    if let Some(Reload { path, mut requests }) = reload_from {
-        let state = state.clone();
-        housekeeping.push(tokio::spawn(async move {
-            while requests.recv().await.is_some() {
-                if let Err(e) = reload(&state, &path) {
-                    tracing::error!(error = %e, "reload refused; the config in force stays");
-                }
-            }
-        }));
-    }
-    if let Some(admin) = admin {
-        tracing::info!(listen = %admin.local_addr()?, "admin endpoints (/healthz, /readyz, /metrics)");
-        housekeeping.push(tokio::spawn(admin_loop(admin, state.clone())));
-    }
+        None => None,
+    };
     let workers = config.server.workers;
     tracing::info!(listen = %listener.local_addr()?, workers, "whosthat is serving");
+    let finished = start_workers(listener, &state, &stop_rx)?;
+    shutdown.await;
+    tracing::info!("shutting down: no new connections, finishing requests in flight");
+    let _ = stop_tx.send(true);
+    let mut result = Ok(());
+    for done in finished {
+        match done.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => result = Err(e),
+            Err(_) => result = Err(io::Error::other("a worker thread died")),
+        }
+    }
+    if let Some(admin) = admin
+        && admin.await.is_err()
+    {
+        tracing::error!("the admin listener's task failed");
+    }
+    for task in housekeeping {
+        task.abort();
+    }
+    save_tokens(&state);
+    result
+}
+
+/// Starts `server.workers` threads serving `listener` until `stop`; each
+/// reports its end on the receiver returned for it.
+fn start_workers(
+    listener: TcpListener,
+    state: &Arc<AppState>,
+    stop: &watch::Receiver<bool>,
+) -> io::Result<Vec<oneshot::Receiver<io::Result<()>>>> {
+    let config = state.config();
     let listener = listener.into_std()?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut finished = Vec::with_capacity(workers);
+    let mut finished = Vec::with_capacity(config.server.workers);
     // One budget of connections for every worker, in all and per address.
     let slots = Arc::new(Semaphore::new(config.server.max_connections));
     let per_ip = Arc::new(PerIp::default());
-    for n in 0..workers {
+    for n in 0..config.server.workers {
         let listener = listener.try_clone()?;
-        let (state, stop, slots) = (state.clone(), stop_rx.clone(), slots.clone());
+        let (state, stop, slots) = (state.clone(), stop.clone(), slots.clone());
         let per_ip = per_ip.clone();
         let (done_tx, done_rx) = oneshot::channel();
         std::thread::Builder::new()
@@ -179,22 +197,53 @@ pub async fn serve_with(
             })?;
         finished.push(done_rx);
     }
-    drop(listener);
-    shutdown.await;
-    tracing::info!("shutting down: no new connections, finishing requests in flight");
-    let _ = stop_tx.send(true);
-    let mut result = Ok(());
-    for done in finished {
-        match done.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => result = Err(e),
-            Err(_) => result = Err(io::Error::other("a worker thread died")),
+    Ok(finished)
+}
+
+/// The store's background work, the expiry sweeps and the reload loop, on the
+/// caller's runtime; aborted once every listener has drained.
+fn spawn_housekeeping(
+    state: &Arc<AppState>,
+    reload_from: Option<Reload>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut housekeeping = state.store.spawn_background();
+    housekeeping.push(tokio::spawn(sweep_loop(
+        state.clone(),
+        state.config().store.sweep_interval,
+    )));
+    if let Some(Reload { path, mut requests }) = reload_from {
+        let state = state.clone();
+        housekeeping.push(tokio::spawn(async move {
+            while requests.recv().await.is_some() {
+                if let Err(e) = reload(&state, &path) {
+                    tracing::error!(error = %e, "reload refused; the config in force stays");
+                }
+            }
+        }));
+    }
+    housekeeping
+}
+
+/// Takes in the tokens saved at the last graceful stop (memory store with a
+/// `store.state_file`).
+fn restore_tokens(state: &AppState, config: &Config) {
+    let (Some(memory), Some(file)) = (&state.memory, &config.store.state_file) else {
+        return;
+    };
+    match memory.load(file, &state.grants, config) {
+        // No file (a first start, or after a crash): nothing to say.
+        Ok(0) => {}
+        Ok(n) => {
+            tracing::info!(tokens = n, file = %file.display(), "tokens saved at the last shutdown loaded")
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, file = %file.display(), "saved tokens could not be loaded")
         }
     }
-    for task in housekeeping {
-        task.abort();
-    }
-    // Drained: save the live tokens so that a planned restart logs no one out.
+}
+
+/// Drained: saves the live tokens so that a planned restart logs no one out.
+fn save_tokens(state: &AppState) {
     if let (Some(memory), Some(file)) = (&state.memory, &state.config().store.state_file) {
         match memory.save(file) {
             Ok(n) => tracing::info!(tokens = n, file = %file.display(), "live tokens saved"),
@@ -203,7 +252,6 @@ pub async fn serve_with(
             }
         }
     }
-    result
 }
 
 /// Says at start, not at the first shutdown, that the state file cannot be
@@ -243,50 +291,6 @@ async fn check_redis(url: &str, shown: &crate::config::StoreBackend) {
         Err(_) => {
             tracing::warn!(store = %shown, "Redis did not answer within 2 s at start: requests that need the token store get 503 until it answers")
         }
-    }
-}
-
-/// The admin listener: `/healthz` (the process runs) and `/readyz` (the token
-/// store answers). Never served on the public listener.
-async fn admin_loop(listener: TcpListener, state: Arc<AppState>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let state = state.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let ready = state.store.is_ready();
-                let metrics = (req.uri().path() == "/metrics").then(|| {
-                    let (access, refresh) = state.store.token_counts();
-                    state.metrics.render(access, refresh)
-                });
-                async move {
-                    if let Some(text) = metrics {
-                        let mut resp = hyper::Response::new(crate::error::full(text));
-                        resp.headers_mut().insert(
-                            http::header::CONTENT_TYPE,
-                            http::HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
-                        );
-                        return Ok::<_, Infallible>(resp);
-                    }
-                    let (status, body) = match req.uri().path() {
-                        "/healthz" => (200, "ok\n"),
-                        "/readyz" if ready => (200, "ready\n"),
-                        "/readyz" => (503, "token store unavailable\n"),
-                        _ => (404, "not found\n"),
-                    };
-                    let mut resp = hyper::Response::new(crate::error::full(body));
-                    *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or_default();
-                    Ok::<_, Infallible>(resp)
-                }
-            });
-            let mut b = hyper::server::conn::http1::Builder::new();
-            b.timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10));
-            let _ = b.serve_connection(TokioIo::new(stream), service).await;
-        });
     }
 }
 
@@ -364,86 +368,98 @@ fn per_ip_slot(
         .ok_or(AtCap)
 }
 
-/// One worker: accepts and serves connections until told to stop, then drains.
+/// One worker: accepts and serves public connections (plain or TLS) until
+/// told to stop, then drains them (see [`drain::serve_listener`]).
 async fn worker(
     listener: std::net::TcpListener,
     state: Arc<AppState>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     slots: Arc<Semaphore>,
     per_ip: Arc<PerIp>,
 ) -> io::Result<()> {
     let listener = TcpListener::from_std(listener)?;
-    // Each connection gets its own receiver, to finish gracefully on shutdown.
-    let for_connections = stop.clone();
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                // Over a limit: closed at once, before any byte is read.
-                let Ok(ip_slot) = per_ip_slot(&state, &per_ip, peer.ip()) else {
-                    tracing::warn!(
-                        peer = %peer.ip(),
-                        "server.max_connections_per_ip reached; closing a new connection"
-                    );
-                    drop(stream);
-                    continue;
-                };
-                let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    tracing::warn!("server.max_connections reached; closing a new connection");
-                    drop(stream);
-                    continue;
-                };
-                let _ = stream.set_nodelay(true);
-                let conn = serve_connection(stream, peer, state.clone(), for_connections.clone());
-                connections.spawn(async move {
-                    conn.await;
-                    drop((slot, ip_slot));
-                });
-            }
-            // Reap finished connections as we go.
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            _ = stop.wait_for(|stop| *stop) => break,
-        }
-    }
-    drop(listener);
-    tracing::debug!(
-        connections = connections.len(),
-        "worker draining its connections"
-    );
-    let grace = state.config().server.shutdown_timeout;
-    let drained = tokio::time::timeout(grace, async {
-        while connections.join_next().await.is_some() {}
-    });
-    if drained.await.is_err() {
-        tracing::warn!(after = ?grace, "shutdown grace period over; dropping remaining connections");
-        connections.abort_all();
-    }
+    let grace_state = state.clone();
+    drain::serve_listener(
+        listener,
+        "public",
+        stop,
+        move || grace_state.config().server.shutdown_timeout,
+        |peer| admit(&state, &slots, &per_ip, peer),
+        |stream, peer, stop| {
+            let _ = stream.set_nodelay(true);
+            serve_connection(stream, peer, state.clone(), stop)
+        },
+    )
+    .await;
     Ok(())
 }
 
+/// The slots a new public connection from `peer` takes (in all, and of its
+/// address), or `None` when a limit is reached (logged).
+fn admit(
+    state: &AppState,
+    slots: &Arc<Semaphore>,
+    per_ip: &Arc<PerIp>,
+    peer: SocketAddr,
+) -> Option<(OwnedSemaphorePermit, Option<PerIpSlot>)> {
+    let Ok(ip_slot) = per_ip_slot(state, per_ip, peer.ip()) else {
+        tracing::warn!(
+            peer = %peer.ip(),
+            "server.max_connections_per_ip reached; closing a new connection"
+        );
+        return None;
+    };
+    let Ok(slot) = slots.clone().try_acquire_owned() else {
+        tracing::warn!("server.max_connections reached; closing a new connection");
+        return None;
+    };
+    Some((slot, ip_slot))
+}
+
 /// A future that completes on SIGTERM or SIGINT; the handlers are installed
-/// by this call.
+/// by this call, which must run within a tokio runtime with IO enabled.
 pub fn shutdown_signal() -> io::Result<impl Future<Output = ()> + Send> {
-    use tokio::signal::unix::{SignalKind, signal};
+    use tokio::signal::unix::SignalKind;
     // Installed now, not when first polled: a SIGTERM that comes right after
     // start must stop the gateway gracefully, not kill it.
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = install(SignalKind::terminate(), "SIGTERM")?;
+    let mut int = install(SignalKind::interrupt(), "SIGINT")?;
     Ok(async move {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM received"),
             _ = int.recv() => tracing::info!("SIGINT received"),
         }
     })
+}
+
+/// `tokio::signal::unix::signal`, its panics turned into errors: it panics
+/// outside a runtime, in one without IO, and when no descriptor is left for
+/// its self-pipe (EMFILE), where a caller wants an error it can report.
+fn install(
+    kind: tokio::signal::unix::SignalKind,
+    name: &str,
+) -> io::Result<tokio::signal::unix::Signal> {
+    let failed = |why: &dyn std::fmt::Display| {
+        io::Error::other(format!("cannot install the {name} handler: {why}"))
+    };
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Err(failed(&"not within a tokio runtime"));
+    }
+    match std::panic::catch_unwind(|| tokio::signal::unix::signal(kind)) {
+        Ok(Ok(signal)) => Ok(signal),
+        Ok(Err(e)) => Err(io::Error::new(
+            e.kind(),
+            format!("cannot install the {name} handler: {e}"),
+        )),
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "the runtime cannot deliver signals".into());
+            Err(failed(&why))
+        }
+    }
 }
 
 async fn sweep_loop(state: Arc<AppState>, every: Duration) {
@@ -503,11 +519,8 @@ async fn serve_connection(
     let limit = server.header_read_timeout;
     match server.tls.clone() {
         None => {
-            let h2 = tokio::select! {
-                h2 = is_http2(&stream, limit) => h2,
-                _ = stop.wait_for(|stop| *stop) => None,
-            };
-            if let Some(h2) = h2 {
+            let h2 = drain::unless_stopped!(is_http2(&stream, limit), stop);
+            if let Some(Some(h2)) = h2 {
                 // Boxed, here and below: a connection's task then holds only the
                 // protocol and transport it uses, not room for every variant.
                 Box::pin(serve_http(
@@ -527,11 +540,8 @@ async fn serve_connection(
                 limit,
                 tokio_rustls::TlsAcceptor::from(tls).accept(stream),
             ));
-            let accepted = tokio::select! {
-                r = handshake => r.ok().and_then(Result::ok),
-                _ = stop.wait_for(|stop| *stop) => None,
-            };
-            let Some(tls_stream) = accepted else {
+            let accepted = drain::unless_stopped!(handshake, stop);
+            let Some(Ok(Ok(tls_stream))) = accepted else {
                 return;
             };
             let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
@@ -577,7 +587,7 @@ async fn serve_http<I>(
         let fut = Box::pin(handle(state, req, conn));
         async move { Ok::<_, Infallible>(fut.await) }
     });
-    // On shutdown: finish the request in flight, then close (graceful_shutdown).
+    // On stop: finish the request in flight, then close (graceful_shutdown).
     let result = if h2 {
         let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         b.timer(TokioTimer::new())
@@ -585,18 +595,8 @@ async fn serve_http<I>(
             .max_concurrent_streams(256)
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(20));
-        let mut conn = Box::pin(b.serve_connection(TokioIo::new(io), service));
-        let finished = tokio::select! {
-            r = conn.as_mut() => Some(r),
-            _ = stop.wait_for(|stop| *stop) => None,
-        };
-        match finished {
-            Some(r) => r,
-            None => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
-        }
+        let conn = b.serve_connection(TokioIo::new(io), service);
+        drain::until_stopped!(conn, stop)
     } else {
         let mut b = hyper::server::conn::http1::Builder::new();
         b.timer(TokioTimer::new())
@@ -606,18 +606,8 @@ async fn serve_http<I>(
         // with_upgrades: WebSocket and other upgraded connections are tunnelled.
         let notes = scan_notes.unwrap_or_default();
         let io = TokioIo::new(HeadScan::new(io, server.max_header_bytes.max(8192), notes));
-        let mut conn = Box::pin(b.serve_connection(io, service).with_upgrades());
-        let finished = tokio::select! {
-            r = conn.as_mut() => Some(r),
-            _ = stop.wait_for(|stop| *stop) => None,
-        };
-        match finished {
-            Some(r) => r,
-            None => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
-        }
+        let conn = b.serve_connection(io, service).with_upgrades();
+        drain::until_stopped!(conn, stop)
     };
     if let Err(e) = result {
         tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
@@ -627,6 +617,43 @@ async fn serve_http<I>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn signal_set_up_fails_with_an_error_not_a_panic() {
+        // No runtime at all.
+        let e = shutdown_signal().err().expect("an error");
+        assert!(e.to_string().contains("SIGTERM"), "{e}");
+        assert!(e.to_string().contains("runtime"), "{e}");
+        assert!(sighup_reloads().is_err());
+        // A runtime without IO, where tokio's own call panics.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let e = shutdown_signal().err().expect("an error");
+            assert!(
+                e.to_string()
+                    .starts_with("cannot install the SIGTERM handler: "),
+                "{e}"
+            );
+            let e = sighup_reloads().expect_err("an error");
+            assert!(
+                e.to_string()
+                    .starts_with("cannot install the SIGHUP handler: "),
+                "{e}"
+            );
+        });
+        // And where it can work, it does.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            assert!(shutdown_signal().is_ok());
+            assert!(sighup_reloads().is_ok());
+        });
+    }
 
     #[test]
     fn per_ip_slots_are_counted_and_given_back() {

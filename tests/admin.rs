@@ -98,3 +98,173 @@ async fn health_readiness_and_metrics() {
         assert_eq!(get(&gw.url(p), &[]).await.status, 404, "{p}");
     }
 }
+
+/// Admin connections open at once (`whosthat::server::ADMIN_MAX_CONNECTIONS`).
+const ADMIN_CAP: usize = 16;
+
+/// An admin connection whose `GET /metrics` is in flight: the head of the
+/// answer has arrived, the rest is left unread, so the gateway is still
+/// writing it (the client's receive buffer is the smallest there is, and the
+/// body is several MiB).
+struct InFlight {
+    stream: tokio::net::TcpStream,
+    /// The bytes read so far (the head, and maybe some of the body).
+    read: Vec<u8>,
+}
+
+async fn metrics_in_flight(addr: std::net::SocketAddr) -> InFlight {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\n\r\n")
+        .await
+        .unwrap();
+    let mut read = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !read.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(HANG_GUARD, stream.read(&mut buf))
+            .await
+            .expect("the head of /metrics within the hang guard")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed before the head: {:?}",
+            String::from_utf8_lossy(&read)
+        );
+        read.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        read.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&read)
+    );
+    InFlight { stream, read }
+}
+
+impl InFlight {
+    /// Reads the answer to its end; returns its body.
+    async fn finish(mut self) -> String {
+        use tokio::io::AsyncReadExt;
+        let head_end = self.read.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let head = String::from_utf8_lossy(&self.read[..head_end]).to_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .expect("a content-length")
+            .trim()
+            .parse()
+            .unwrap();
+        let mut body = self.read.split_off(head_end);
+        let mut buf = vec![0u8; 64 * 1024];
+        while body.len() < length {
+            let n = tokio::time::timeout(HANG_GUARD, self.stream.read(&mut buf))
+                .await
+                .expect("the rest of /metrics within the hang guard")
+                .expect("the answer is not cut off");
+            assert!(n > 0, "cut off after {} of {length} bytes", body.len());
+            body.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(body.len(), length);
+        String::from_utf8(body).unwrap()
+    }
+}
+
+/// The admin listener takes at most ADMIN_CAP connections at once (one more is
+/// closed unanswered, and served once a slot is free), and on shutdown it is
+/// drained like the public one: it stops accepting, and `/metrics` answers in
+/// flight are written to their end before the gateway stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_connections_are_capped_and_drained_on_shutdown() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = spawn_upstream().await;
+    let admin_port = closed_port();
+    let admin_addr = std::net::SocketAddr::from(([127, 0, 0, 1], admin_port));
+    // 200 routes with 1000-character prefixes: /metrics is about 4 MB, more than
+    // the kernel buffers, so an unread answer stays in flight.
+    let mut text = config_text(up.addr)
+        .replace(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:0\"\nadmin_listen = \"{admin_addr}\""),
+        )
+        .replace("shutdown_timeout = \"5s\"", "shutdown_timeout = \"10m\"");
+    let long = "x".repeat(1000);
+    for i in 0..200 {
+        text.push_str(&format!(
+            "\n[[routes]]\nprefix = \"/r{i}-{long}/\"\nupstream = \"http://{}\"\n",
+            up.addr
+        ));
+    }
+    let mut gw = spawn_gateway_with(&text).await;
+    let deadline = std::time::Instant::now() + HANG_GUARD;
+    while tokio::net::TcpStream::connect(admin_addr).await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "no admin listener");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    for i in 0..200 {
+        assert_eq!(
+            get(&gw.url(&format!("/r{i}-{long}/x")), &[]).await.status,
+            401
+        );
+    }
+
+    let mut held = Vec::new();
+    for _ in 0..ADMIN_CAP {
+        held.push(metrics_in_flight(admin_addr).await);
+    }
+    // One more: accepted by the kernel, closed by the gateway without an answer
+    // (writing may fail already: the gateway may have closed it).
+    let mut over = tokio::net::TcpStream::connect(admin_addr).await.unwrap();
+    let _ = over
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: admin\r\n\r\n")
+        .await;
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(HANG_GUARD, over.read(&mut buf))
+        .await
+        .expect("closed within the hang guard")
+        .unwrap_or(0);
+    assert_eq!(
+        n,
+        0,
+        "answered over the cap: {}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    // A slot given back is taken again.
+    let body = held.pop().unwrap().finish().await;
+    assert!(
+        body.contains("whosthat_live_tokens{kind=\"refresh\"}"),
+        "{}",
+        &body[body.len() - 300..]
+    );
+    held.push(metrics_in_flight(admin_addr).await);
+
+    let task = gw.stop();
+    // Shutdown under way: the admin listener stops accepting ...
+    let deadline = std::time::Instant::now() + HANG_GUARD;
+    while tokio::net::TcpStream::connect(admin_addr).await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the admin listener still accepts"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // ... and waits for the answers in flight, which are written to the end.
+    assert!(
+        !task.is_finished(),
+        "stopped with /metrics answers in flight"
+    );
+    for conn in held {
+        let body = conn.finish().await;
+        assert!(
+            body.ends_with("whosthat_live_tokens{kind=\"refresh\"} 0\n"),
+            "{}",
+            &body[body.len() - 300..]
+        );
+    }
+    tokio::time::timeout(HANG_GUARD, task)
+        .await
+        .expect("stopped once drained")
+        .unwrap()
+        .unwrap();
+}

@@ -714,6 +714,78 @@ scopes = ["orders"]
     assert!(stdout.contains("scopes [orders]"), "{stdout}");
 }
 
+/// One decision, two callers: each (method, path) goes through the binary's
+/// `route test` and, as a real request with a token holding every scope,
+/// through a gateway serving the same config. A match is forwarded; an
+/// endpoint is answered without the upstream; 400, 404 and 405 are the
+/// gateway's status too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_test_and_the_gateway_decide_alike() {
+    let up = spawn_upstream().await;
+    let toml = config_text(up.addr);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(&config, &toml).unwrap();
+    let gw = spawn_gateway_with(&toml).await;
+    let bearer = format!("Bearer {}", access_token(&gw, "alice", ALICE_PW).await);
+    let cases = [
+        ("GET", "/api/orders/7?full=1"),
+        ("GET", "/API/orders"),
+        ("GET", "/%61pi/x"),
+        ("DELETE", "/admin/x"),
+        ("POST", "/public/a/b"),
+        ("GET", "/based/x"),
+        ("GET", "/get-only/x"),
+        ("POST", "/get-only/x"),
+        ("GET", "/nowhere"),
+        ("GET", "/Auth/Revoke"),
+        ("GET", "/api/../x"),
+        ("GET", "/api/a%2fb"),
+        ("POST", "/auth/access_token"),
+        ("POST", "/auth/revoke"),
+        ("GET", "/auth/userinfo"),
+        ("GET", "/auth/authorize"),
+        ("GET", "/.well-known/oauth-authorization-server"),
+    ];
+    for (method, path) in cases {
+        let out =
+            tokio::task::block_in_place(|| run(&config, &["route", "test", method, path], None));
+        let report = text(&out.stdout);
+        let before = up.hits.load(std::sync::atomic::Ordering::SeqCst);
+        let r = request(
+            http::Method::from_bytes(method.as_bytes()).unwrap(),
+            &gw.url(path),
+            &[("authorization", &bearer)],
+            "",
+        )
+        .await;
+        let proxied = up.hits.load(std::sync::atomic::Ordering::SeqCst) > before;
+        let at = format!(
+            "{method} {path}: gateway {} {}; {report}",
+            r.status,
+            r.text()
+        );
+        match out.status.code() {
+            Some(0) => assert!(proxied && r.status == 200, "{at}"),
+            Some(1) => {
+                assert!(!proxied, "{at}");
+                let code = [400, 404, 405]
+                    .into_iter()
+                    .find(|c| report.contains(&format!("({c} ")));
+                match code {
+                    Some(c) => assert_eq!(r.status, c, "{at}"),
+                    // Answered by the endpoint itself, whatever it says.
+                    None => {
+                        assert!(report.contains("the gateway's own"), "{at}");
+                        assert_ne!(r.status, 404, "{at}");
+                    }
+                }
+            }
+            _ => panic!("{}", show(&out)),
+        }
+    }
+}
+
 #[test]
 fn route_test_refuses_a_bad_config() {
     let dir = tempfile::tempdir().unwrap();

@@ -571,6 +571,42 @@ async fn userinfo_without_or_with_a_bad_token_is_401() {
     assert_invalid_token(&get_with_token(&gw.url(USERINFO), &at).await);
 }
 
+/// Userinfo and a protected route share one bearer guard: each refusal is the
+/// same answer at both (a token in the query included, RFC 9700 section 4.3.2).
+#[tokio::test]
+async fn userinfo_and_a_protected_route_refuse_alike() {
+    let (gw, up) = setup().await;
+    let at = access_token(&gw, "alice", ALICE_PW).await;
+    let bearer = format!("Bearer {at}");
+    let cases: [(String, Vec<(&str, &str)>); 5] = [
+        (format!("?access_token={at}"), vec![]),
+        (
+            format!("?access_token={at}"),
+            vec![("authorization", &bearer)],
+        ),
+        (String::new(), vec![]),
+        (String::new(), vec![("authorization", "Bearer not/a token")]),
+        (
+            String::new(),
+            vec![("authorization", "Bearer no-such-token")],
+        ),
+    ];
+    for (query, headers) in cases {
+        let info = get(&gw.url(&format!("{USERINFO}{query}")), &headers).await;
+        let route = get(&gw.url(&format!("/api/x{query}")), &headers).await;
+        let at = format!("{query} {headers:?}: {} / {}", info.text(), route.text());
+        assert!(info.status.is_client_error(), "{at}");
+        assert_eq!(info.status, route.status, "{at}");
+        assert_eq!(
+            info.header("www-authenticate"),
+            route.header("www-authenticate"),
+            "{at}"
+        );
+        assert_eq!(info.body, route.body, "{at}");
+    }
+    assert_eq!(up.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
 // --------------------------------------------------------------------- metadata
 
 #[tokio::test]

@@ -1336,3 +1336,106 @@ async fn dpop_bindings_and_replays_span_instances() {
     .await;
     assert_eq!(on_b.status, 401, "{}", on_b.text());
 }
+
+/// A Redis fault's cause reaches the request's access-log line (the real binary,
+/// JSON logs) and never the response body: Redis out of memory (`maxmemory 1`,
+/// `noeviction`) refuses the writes a refresh needs with an `OOM` error while it
+/// goes on answering PING, so the gateway stays subscribed and the command's
+/// own error is what fails the request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_fault_is_logged_with_its_cause_and_never_answered_with_it() {
+    let redis = Redis::start().await;
+    let up = spawn_upstream().await;
+    let (text, admin) = redis_config_at(up.addr, &redis.url());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, &text).unwrap();
+    let gw = common::binary::Running::start(&path);
+    let serving = gw.wait_for_line("whosthat is serving").await;
+    let addr = serving["listen"].as_str().unwrap().to_string();
+    wait_status(admin, "/readyz", 200, HANG_GUARD).await;
+    let token_url = format!("http://{addr}/auth/access_token");
+    let login = request(
+        Method::POST,
+        &token_url,
+        &[FORM],
+        &format!("grant_type=password&username=alice&password={ALICE_PW}"),
+    )
+    .await;
+    assert_eq!(login.status, 200, "{}", login.text());
+    let rt = str_of(&login.json(), "refresh_token").to_string();
+
+    let mut c = RespConn::connect(redis.port);
+    assert!(matches!(
+        c.cmd(&[b"CONFIG", b"SET", b"maxmemory-policy", b"noeviction"]),
+        Resp::Simple(_)
+    ));
+    assert!(matches!(
+        c.cmd(&[b"CONFIG", b"SET", b"maxmemory", b"1"]),
+        Resp::Simple(_)
+    ));
+    let r = request(
+        Method::POST,
+        &token_url,
+        &[FORM],
+        &form(&[("grant_type", "refresh_token"), ("refresh_token", &rt)]),
+    )
+    .await;
+    assert_unavailable_with_retry_after(&r, "refresh while Redis is out of memory");
+    let body = r.text();
+    assert_eq!(
+        r.json(),
+        serde_json::json!({
+            "error": "temporarily_unavailable",
+            "error_description": "the token store is unavailable"
+        }),
+        "{body}"
+    );
+    for internal in ["OOM", "maxmemory", "redis", "127.0.0.1"] {
+        assert!(
+            !body.contains(internal),
+            "the body tells {internal:?}: {body}"
+        );
+    }
+
+    let line = gw.wait_for_line("\"status\":503").await;
+    assert_eq!(line["message"], "request", "{line}");
+    assert_eq!(line["path"], "/auth/access_token", "{line}");
+    assert_eq!(line["reason"], "temporarily_unavailable", "{line}");
+    assert_eq!(line["side"], "internal", "{line}");
+    let cause = line["cause"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no cause: {line}"));
+    assert!(cause.starts_with("redis "), "{cause}");
+    assert!(cause.contains("OOM"), "{cause}");
+    assert!(!cause.contains(&rt), "{cause}");
+
+    // Memory back: the same refresh token is still good (the refused attempt spent nothing).
+    assert!(matches!(
+        c.cmd(&[b"CONFIG", b"SET", b"maxmemory", b"0"]),
+        Resp::Simple(_)
+    ));
+    let deadline = Instant::now() + HANG_GUARD;
+    loop {
+        let r = request(
+            Method::POST,
+            &token_url,
+            &[FORM],
+            &form(&[("grant_type", "refresh_token"), ("refresh_token", &rt)]),
+        )
+        .await;
+        if r.status == 200 {
+            break;
+        }
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert!(Instant::now() < deadline, "no recovery: {}", r.text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Successful requests carry no side or cause.
+    let ok = gw.wait_for_line("\"status\":200").await;
+    assert!(
+        ok.get("cause").is_none() && ok.get("side").is_none(),
+        "{ok}"
+    );
+    gw.stop().await;
+}

@@ -30,11 +30,11 @@ use subtle::ConstantTimeEq;
 
 use super::{OAuthContext, pkce, read_form};
 use crate::config::{Client, GrantType, User};
+use crate::endpoint::AUTHORIZE_PATH;
 use crate::error::{Body, GatewayError, full};
 use crate::scope::ScopeSet;
 use crate::store::{CodeRecord, TokenHash, new_token, now_secs, random_u64};
 
-pub const AUTHORIZE_PATH: &str = "/auth/authorize";
 pub const COOKIE_NAME: &str = "whosthat_authz";
 /// How long a sign-in may take, from the first page to the consent (seconds).
 pub const TXN_TTL_SECS: u64 = 10 * 60;
@@ -655,10 +655,10 @@ impl Authorizer {
             code_challenge: areq.code_challenge.clone(),
             expires_at: now_secs() + CODE_TTL_SECS,
         };
-        if ctx.store.put_code(TokenHash::of(&code), rec).await.is_err() {
+        if let Err(e) = ctx.store.put_code(TokenHash::of(&code), rec).await {
             // No code exists: the user may try the approval again.
             self.used.remove(&step.txn.id);
-            return Err(GatewayError::StoreUnavailable);
+            return Err(e.into());
         }
         let mut params = vec![("code", code.as_str())];
         if let Some(s) = &areq.state {

@@ -129,7 +129,7 @@ pub async fn authenticate(
         .store
         .first_use(key, until)
         .await
-        .map_err(|_| GatewayError::StoreUnavailable)?;
+        .map_err(GatewayError::from)?;
     if !first {
         ctx.audit(
             "client_auth_failed",

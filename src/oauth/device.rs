@@ -24,9 +24,7 @@ use crate::store::{
     DevicePoll, DeviceRecord, TokenHash, new_token, now_millis, now_secs, random_u64,
 };
 
-pub const DEVICE_AUTHORIZATION_PATH: &str = "/auth/device_authorization";
-/// The verification page (`verification_uri`).
-pub const DEVICE_PATH: &str = "/auth/device";
+pub use crate::endpoint::{DEVICE_AUTHORIZATION_PATH, DEVICE_PATH};
 /// RFC 8628 section 6.1: consonants only (no words), none that look alike
 /// (no vowels, so no 0/O or 1/I confusion).
 pub const USER_CODE_ALPHABET: &[u8; 20] = b"BCDFGHJKLMNPQRSTVWXZ";
@@ -128,13 +126,18 @@ pub async fn authorization(
                 rec.clone(),
             )
             .await
-            .map_err(|_| GatewayError::StoreUnavailable)?;
+            .map_err(GatewayError::from)?;
         if stored {
             user_code = Some(code);
             break;
         }
     }
-    let user_code = display_user_code(&user_code.ok_or(GatewayError::StoreUnavailable)?);
+    let user_code = user_code.ok_or_else(|| {
+        GatewayError::from(crate::store::StoreError::Unavailable(
+            "no free user code in 8 draws".into(),
+        ))
+    })?;
+    let user_code = display_user_code(&user_code);
     ctx.audit(
         "device_code_issued",
         None,
@@ -172,7 +175,7 @@ pub(super) async fn device_grant(
         .store
         .poll_device(TokenHash::of(code), &client.client.id, now_millis())
         .await
-        .map_err(|_| GatewayError::StoreUnavailable)?;
+        .map_err(GatewayError::from)?;
     let (grant, family) = match poll {
         DevicePoll::Approved { grant, family } => (grant, family),
         DevicePoll::Unknown => return Err(BAD),

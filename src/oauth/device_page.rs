@@ -140,7 +140,7 @@ impl Page<'_, '_> {
             .store
             .device_by_user_code(user_code_key(code))
             .await
-            .map_err(|_| GatewayError::StoreUnavailable)?;
+            .map_err(GatewayError::from)?;
         Ok(rec.and_then(|rec| {
             let client = self.ctx.config.clients.get(rec.client.as_ref())?;
             client.allows(GrantType::DeviceCode).then(|| Pending {
@@ -290,7 +290,9 @@ impl Page<'_, '_> {
                 ));
                 return Ok(self.back(&txn));
             }
-            Err(Refusal::Unavailable) => return Err(GatewayError::StoreUnavailable),
+            Err(Refusal::Unavailable(e)) => {
+                return Err(GatewayError::StoreUnavailable(crate::error::Cause::new(e)));
+            }
         };
         match self.pending(&code).await {
             Ok(Some(p)) => {
@@ -422,7 +424,7 @@ impl Page<'_, '_> {
             .store
             .decide_device(user_code_key(&code), decision)
             .await
-            .map_err(|_| GatewayError::StoreUnavailable)?;
+            .map_err(GatewayError::from)?;
         if !decided {
             return Ok(self.done(false, "That code has expired or was already used."));
         }

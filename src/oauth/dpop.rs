@@ -3,18 +3,15 @@
 //! At the token endpoint a request with a valid `DPoP` proof gets tokens bound
 //! to the proof key's thumbprint (`token_type: "DPoP"`, section 5); refresh
 //! tokens of public clients are bound too. On a request that presents a token
-//! ([`access`]), a bound token is accepted only as `Authorization: DPoP` with a
+//! (the bearer guard, [`super::bearer::require_token`]), a bound token is accepted only as `Authorization: DPoP` with a
 //! fresh proof for this very request, signed by the bound key and naming the
 //! token (`ath`), its `jti` never seen before (section 7.1, 11.1). A bearer
 //! request never runs any of this beyond one branch on the record.
 
-use http::header::AUTHORIZATION;
-use http::{HeaderMap, HeaderName, Method, Uri};
-
-use std::sync::Arc;
+use http::{HeaderMap, HeaderName};
 
 use super::OAuthContext;
-use crate::config::{Client, Config};
+use super::bearer::RequestHead;
 use crate::error::{DpopRefusal, GatewayError, OAuthCode};
 use crate::jose::verify::{DpopProof, DpopRequest, check_dpop_proof, normalize_url};
 use crate::store::{TokenHash, TokenRecord, TokenStore, now_secs};
@@ -22,74 +19,15 @@ use crate::store::{TokenHash, TokenRecord, TokenStore, now_secs};
 /// The `DPoP` request header carrying the proof (section 4.1).
 pub static DPOP: HeaderName = HeaderName::from_static("dpop");
 
-/// The credential a request presents (RFC 6750 section 2.1, RFC 9449 section 7.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Credential<'a> {
-    Bearer(&'a str),
-    Dpop(&'a str),
-}
-
-/// The token of `Authorization: Bearer <token>` or `Authorization: DPoP <token>`.
-/// `Ok(None)`: no such credentials (no header, or another scheme).
-pub fn credential(headers: &HeaderMap) -> Result<Option<Credential<'_>>, GatewayError> {
-    let mut all = headers.get_all(AUTHORIZATION).iter();
-    let value = match (all.next(), all.next()) {
-        (None, _) => return Ok(None),
-        (Some(_), Some(_)) => {
-            return Err(GatewayError::MalformedBearer(
-                "more than one Authorization header",
-            ));
-        }
-        (Some(v), None) => v,
+/// The URL as the client sent it, normalised, without the query: the
+/// authority of an absolute-form target or HTTP/2's `:authority`, else
+/// `Host`; the path as sent (before any normalisation or prefix strip).
+fn request_url(head: &RequestHead<'_>) -> Option<String> {
+    let authority = match head.uri.authority() {
+        Some(a) => a.as_str(),
+        None => head.headers.get(http::header::HOST)?.to_str().ok()?,
     };
-    let value = value
-        .to_str()
-        .map_err(|_| GatewayError::MalformedBearer("the Authorization header is not ASCII"))?;
-    let (scheme, token) = match value.split_once(' ') {
-        Some((s, t)) => (s, t.trim_start_matches(' ')),
-        None => (value, ""),
-    };
-    let wrap = if scheme.eq_ignore_ascii_case("bearer") {
-        Credential::Bearer
-    } else if scheme.eq_ignore_ascii_case("dpop") {
-        Credential::Dpop
-    } else {
-        return Ok(None);
-    };
-    // token68 = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
-    let body = token.trim_end_matches('=');
-    let well_formed = !body.is_empty()
-        && body.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
-        });
-    if !well_formed {
-        return Err(GatewayError::MalformedBearer(
-            "the access token is malformed",
-        ));
-    }
-    Ok(Some(wrap(token)))
-}
-
-/// What of a request a proof is checked against.
-pub struct RequestHead<'a> {
-    pub method: &'a Method,
-    pub uri: &'a Uri,
-    pub headers: &'a HeaderMap,
-    /// `https` or `http`, as the client used it (see [`client_scheme`]).
-    pub scheme: &'a str,
-}
-
-impl RequestHead<'_> {
-    /// The URL as the client sent it, normalised, without the query: the
-    /// authority of an absolute-form target or HTTP/2's `:authority`, else
-    /// `Host`; the path as sent (before any normalisation or prefix strip).
-    fn url(&self) -> Option<String> {
-        let authority = match self.uri.authority() {
-            Some(a) => a.as_str(),
-            None => self.headers.get(http::header::HOST)?.to_str().ok()?,
-        };
-        Some(normalize_url(self.scheme, authority, self.uri.path()))
-    }
+    Some(normalize_url(head.scheme, authority, head.uri.path()))
 }
 
 /// The scheme the client used: `X-Forwarded-Proto` when a trusted proxy (a
@@ -130,9 +68,7 @@ async fn checked_proof(
     proof: &str,
     access_token: Option<&str>,
 ) -> Result<DpopProof, Result<&'static str, GatewayError>> {
-    let url = head
-        .url()
-        .ok_or(Ok("the request has no host to check htu against"))?;
+    let url = request_url(head).ok_or(Ok("the request has no host to check htu against"))?;
     let req = DpopRequest {
         method: head.method.as_str(),
         url: &url,
@@ -144,7 +80,7 @@ async fn checked_proof(
     match store.first_use(key, proof.replay_window_end()).await {
         Ok(true) => Ok(proof),
         Ok(false) => Err(Ok("the proof was used before (jti)")),
-        Err(_) => Err(Err(GatewayError::StoreUnavailable)),
+        Err(e) => Err(Err(GatewayError::from(e))),
     }
 }
 
@@ -165,107 +101,45 @@ pub async fn token_request_proof(
     }
 }
 
-const UNKNOWN: &str = "the access token is unknown, expired or revoked";
-
-/// The client of a token whose user and client are still configured (one
-/// removed and reloaded loses its live tokens at once): one map lookup, as
-/// [`super::grant_still_allowed`], that also yields the client's settings.
-fn live_client<'c>(config: &'c Config, rec: &TokenRecord) -> Option<&'c Arc<Client>> {
-    let client = config.clients.get(rec.grant.client.as_ref())?;
-    let user_known = rec
-        .grant
-        .user
-        .as_deref()
-        .is_none_or(|u| config.users.contains_key(u));
-    user_known.then_some(client)
-}
-
-/// The live access token `head` presents, checked (RFC 6750 section 2.1,
-/// RFC 9449 section 7): a bearer token that is not DPoP-bound (and whose
-/// client does not require DPoP), or a bound one with a valid proof.
-pub async fn access(
+/// `Authorization: DPoP <token>` (section 7.1): `record` is the token's live
+/// record, if any. It must be DPoP-bound, and the request must carry one proof
+/// for this request, naming the token, signed by the bound key, never used
+/// before.
+pub async fn check_request(
     store: &dyn TokenStore,
-    config: &Config,
     head: &RequestHead<'_>,
+    token: &str,
+    record: Option<TokenRecord>,
 ) -> Result<TokenRecord, GatewayError> {
-    let cred = credential(head.headers)?.ok_or(GatewayError::NoToken)?;
-    let token = match cred {
-        Credential::Bearer(t) | Credential::Dpop(t) => t,
+    let refuse = |d| GatewayError::Dpop(DpopRefusal::InvalidProof(d));
+    let proof = proof_header(head.headers)
+        .map_err(refuse)?
+        .ok_or(refuse("a DPoP proof is required"))?;
+    let record = record.ok_or(GatewayError::Dpop(DpopRefusal::InvalidToken(
+        "the access token is unknown, expired or revoked",
+    )))?;
+    let Some(jkt) = record.cnf.as_deref() else {
+        return Err(GatewayError::Dpop(DpopRefusal::InvalidToken(
+            "this token is not DPoP-bound: send it as Authorization: Bearer",
+        )));
     };
-    let found = store
-        .get_access(TokenHash::of(token))
-        .await
-        .map_err(|_| GatewayError::StoreUnavailable)?
-        .and_then(|r| live_client(config, &r).map(|c| (r, c.require_dpop)));
-    match cred {
-        Credential::Bearer(_) => {
-            let (record, require_dpop) = found.ok_or(GatewayError::InvalidToken(UNKNOWN))?;
-            if record.cnf.is_some() {
-                // Section 7.2: a bound token is no bearer token.
-                return Err(GatewayError::Dpop(DpopRefusal::InvalidToken(
-                    "this token is DPoP-bound: send it as Authorization: DPoP with a DPoP proof",
-                )));
-            }
-            if require_dpop {
-                return Err(GatewayError::Dpop(DpopRefusal::InvalidToken(
-                    "this client's tokens must be DPoP-bound",
-                )));
-            }
-            Ok(record)
-        }
-        Credential::Dpop(token) => {
-            let refuse = |d| GatewayError::Dpop(DpopRefusal::InvalidProof(d));
-            let proof = proof_header(head.headers)
-                .map_err(refuse)?
-                .ok_or(refuse("a DPoP proof is required"))?;
-            let (record, _) =
-                found.ok_or(GatewayError::Dpop(DpopRefusal::InvalidToken(UNKNOWN)))?;
-            let Some(jkt) = record.cnf.as_deref() else {
-                return Err(GatewayError::Dpop(DpopRefusal::InvalidToken(
-                    "this token is not DPoP-bound: send it as Authorization: Bearer",
-                )));
-            };
-            let proof = match checked_proof(store, head, proof, Some(token)).await {
-                Ok(p) => p,
-                Err(Ok(d)) => return Err(refuse(d)),
-                Err(Err(e)) => return Err(e),
-            };
-            if proof.jkt != jkt {
-                return Err(refuse(
-                    "the proof is not signed by the key the token is bound to",
-                ));
-            }
-            Ok(record)
-        }
+    let proof = match checked_proof(store, head, proof, Some(token)).await {
+        Ok(p) => p,
+        Err(Ok(d)) => return Err(refuse(d)),
+        Err(Err(e)) => return Err(e),
+    };
+    if proof.jkt != jkt {
+        return Err(refuse(
+            "the proof is not signed by the key the token is bound to",
+        ));
     }
+    Ok(record)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
-
-    fn auth(v: &'static str) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        h.insert(AUTHORIZATION, HeaderValue::from_static(v));
-        h
-    }
-
-    #[test]
-    fn credentials() {
-        assert_eq!(credential(&HeaderMap::new()).unwrap(), None);
-        assert_eq!(
-            credential(&auth("Bearer abc")).unwrap(),
-            Some(Credential::Bearer("abc"))
-        );
-        assert_eq!(
-            credential(&auth("dpop abc")).unwrap(),
-            Some(Credential::Dpop("abc"))
-        );
-        assert_eq!(credential(&auth("Basic abc")).unwrap(), None);
-        assert!(credential(&auth("DPoP a b")).is_err());
-        assert!(credential(&auth("DPoP")).is_err());
-    }
+    use http::{HeaderValue, Method, Uri};
 
     #[test]
     fn the_url_as_the_client_sent_it() {
@@ -281,14 +155,14 @@ mod tests {
             headers: &headers,
             scheme: "https",
         };
-        assert_eq!(head.url().unwrap(), "https://gw.example/api/a%2Fb");
+        assert_eq!(request_url(&head).unwrap(), "https://gw.example/api/a%2Fb");
         let abs: Uri = "http://h:8080/p".parse().unwrap();
         let head = RequestHead {
             uri: &abs,
             scheme: "http",
             ..head
         };
-        assert_eq!(head.url().unwrap(), "http://h:8080/p");
+        assert_eq!(request_url(&head).unwrap(), "http://h:8080/p");
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
         assert_eq!(client_scheme(&h, true, false), "https");

@@ -6,20 +6,15 @@ use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 
+use super::bearer::require_token;
 use super::client_auth::{self, AuthenticatedClient};
 use super::device::DEVICE_AUTHORIZATION_PATH;
-use super::{
-    OAuthContext, Params, authorize::AUTHORIZE_PATH, grant_still_allowed, read_form, revoke_family,
-};
+use super::{OAuthContext, Params, grant_still_allowed, read_form, revoke_family};
 use crate::config::{Config, DEVICE_CODE_GRANT};
+use crate::endpoint::{AUTHORIZE_PATH, INTROSPECT_PATH, REVOKE_PATH, USERINFO_PATH};
 use crate::error::{Body, GatewayError, OAuthCode, full};
 use crate::jose::verify::ALG_NAMES;
 use crate::store::{Redeem, TokenHash, TokenRecord};
-
-pub const REVOKE_PATH: &str = "/auth/revoke";
-pub const INTROSPECT_PATH: &str = "/auth/introspect";
-pub const USERINFO_PATH: &str = "/auth/userinfo";
-pub const METADATA_PATH: &str = "/.well-known/oauth-authorization-server";
 
 pub(crate) fn json_response(v: &Value) -> Response<Body> {
     let mut resp = Response::new(full(v.to_string()));
@@ -54,14 +49,13 @@ enum Found {
 /// `token_type_hint` only changes the order; RFC 7009 section 2.1).
 async fn find(ctx: &OAuthContext<'_>, params: &Params) -> Result<Option<Found>, GatewayError> {
     let key = TokenHash::of(params.get("token").unwrap_or(""));
-    let down = |_| GatewayError::StoreUnavailable;
     let refresh_first = params.get("token_type_hint") == Some("refresh_token");
     for as_refresh in [refresh_first, !refresh_first] {
         if as_refresh {
-            if let Redeem::Fresh(rec) = ctx.store.get_refresh(key).await.map_err(down)? {
+            if let Redeem::Fresh(rec) = ctx.store.get_refresh(key).await? {
                 return Ok(Some(Found::Refresh(rec)));
             }
-        } else if let Some(rec) = ctx.store.get_access(key).await.map_err(down)? {
+        } else if let Some(rec) = ctx.store.get_access(key).await? {
             return Ok(Some(Found::Access(rec)));
         }
     }
@@ -79,10 +73,7 @@ pub async fn revoke(
     let key = TokenHash::of(params.get("token").unwrap_or(""));
     let revoked = match find(ctx, &params).await? {
         Some(Found::Access(rec)) if rec.grant.client == client.client.id => {
-            ctx.store
-                .remove_access(key)
-                .await
-                .map_err(|_| GatewayError::StoreUnavailable)?;
+            ctx.store.remove_access(key).await?;
             Some((rec.grant, "access_token"))
         }
         Some(Found::Refresh(rec)) if rec.grant.client == client.client.id => {
@@ -168,13 +159,8 @@ pub async fn userinfo(
     if req.method() != Method::GET && req.method() != Method::POST {
         return Err(GatewayError::MethodNotAllowed("GET, POST".into()));
     }
-    let head = super::dpop::RequestHead {
-        method: req.method(),
-        uri: req.uri(),
-        headers: req.headers(),
-        scheme: ctx.scheme,
-    };
-    let rec = super::dpop::access(ctx.store, ctx.config, &head).await?;
+    let head = super::bearer::RequestHead::of(&req, ctx.scheme);
+    let rec = require_token(ctx.store, ctx.config, &head).await?;
     let g = &rec.grant;
     Ok(json_response(&json!({
         "sub": g.subject(),

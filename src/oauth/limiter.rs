@@ -303,8 +303,8 @@ pub fn device_set_cookie(device: &str, secure: bool) -> Option<http::HeaderValue
 pub enum Refusal {
     /// A limit has no room: 429, `Retry-After` this many whole seconds.
     TooMany(u64),
-    /// The limiter's store cannot answer: 503.
-    Unavailable,
+    /// The limiter's store cannot answer (why): 503.
+    Unavailable(Unavailable),
 }
 
 /// The brute-force limiter, over a [`LimitStore`].
@@ -357,7 +357,7 @@ impl Limiter {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "password check refused: the limiter cannot count it");
-                Err(Refusal::Unavailable)
+                Err(Refusal::Unavailable(e))
             }
         }
     }
@@ -1040,7 +1040,9 @@ mod tests {
         let other = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 10));
         assert_eq!(
             l.begin("carol", &from(other)).await.err(),
-            Some(Refusal::Unavailable),
+            Some(Refusal::Unavailable(Unavailable(
+                "too many clients are being counted".into()
+            ))),
             "full: refused, never let through uncounted"
         );
         // Alice's name holds 3 failures, the longest-lived of all.

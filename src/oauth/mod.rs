@@ -19,7 +19,7 @@ use std::net::IpAddr;
 use http::request::Parts;
 
 use crate::config::{Config, GrantType, User};
-use crate::error::{Body, GatewayError, OAuthCode, full};
+use crate::error::{Body, Cause, GatewayError, OAuthCode, full};
 use crate::password::PasswordPool;
 use crate::scope::ScopeSet;
 use crate::store::{
@@ -27,6 +27,7 @@ use crate::store::{
 };
 
 pub mod authorize;
+pub mod bearer;
 pub mod client_auth;
 pub mod client_jwt;
 pub mod device;
@@ -250,7 +251,7 @@ pub async fn token_endpoint(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, GatewayError> {
     let (parts, params) = read_form(req, false).await?;
-    let head = dpop::RequestHead {
+    let head = bearer::RequestHead {
         method: &parts.method,
         uri: &parts.uri,
         headers: &parts.headers,
@@ -438,7 +439,7 @@ pub async fn guarded_verify_from(
                 );
                 GatewayError::TooManyAttempts(secs)
             }
-            limiter::Refusal::Unavailable => GatewayError::StoreUnavailable,
+            limiter::Refusal::Unavailable(e) => GatewayError::StoreUnavailable(Cause::new(e)),
         })?;
     let ok = match ctx.passwords.verify(password, hash).await {
         Ok(ok) => ok,
@@ -535,10 +536,7 @@ pub async fn revoke_family(ctx: &OAuthContext<'_>, family: u64) -> Result<(), Ga
     let until = now_secs()
         .saturating_add(ttl_secs(o.refresh_token_ttl.max(o.access_token_ttl)))
         .saturating_add(1);
-    ctx.store
-        .revoke_family(family, until)
-        .await
-        .map_err(|_| GatewayError::StoreUnavailable)
+    Ok(ctx.store.revoke_family(family, until).await?)
 }
 
 async fn refresh_grant(
@@ -603,7 +601,7 @@ async fn redeemed<T>(
     bad: GatewayError,
     client: &str,
 ) -> Result<T, GatewayError> {
-    match looked_up.map_err(|_| GatewayError::StoreUnavailable)? {
+    match looked_up? {
         Redeem::Fresh(rec) => Ok(rec),
         Redeem::Unknown => Err(bad),
         Redeem::Spent { family } => {
@@ -691,10 +689,7 @@ pub(crate) async fn issue_tokens(
             expires_at: now.saturating_add(ttl_secs(ctx.config.oauth.refresh_token_ttl)),
             cnf: binding.refresh.clone(),
         };
-        ctx.store
-            .put_refresh(TokenHash::of(refresh), rec)
-            .await
-            .map_err(|_| GatewayError::StoreUnavailable)?;
+        ctx.store.put_refresh(TokenHash::of(refresh), rec).await?;
     }
     let rec = TokenRecord {
         grant: grant.clone(),
@@ -703,10 +698,7 @@ pub(crate) async fn issue_tokens(
         expires_at: now.saturating_add(access_ttl),
         cnf: binding.access.clone(),
     };
-    ctx.store
-        .put_access(TokenHash::of(&access), rec)
-        .await
-        .map_err(|_| GatewayError::StoreUnavailable)?;
+    ctx.store.put_access(TokenHash::of(&access), rec).await?;
     Ok(TokenResponse {
         access_token: access,
         token_type: if binding.access.is_some() {

@@ -301,10 +301,53 @@ pub enum DevicePoll {
 /// poll is told `expired_token` rather than `invalid_grant`.
 pub const DEVICE_GRACE_SECS: u64 = 600;
 
-#[derive(Debug, thiserror::Error)]
+/// Why the store could not answer. Its text goes to the request's log line
+/// (never to a response body) and names the fault, not a credential.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
+    /// The store refuses to vouch for tokens now (fail closed), or could not
+    /// be set up.
     #[error("token store unavailable: {0}")]
     Unavailable(String),
+    /// A Redis command or connection failed: its kind and text, with any
+    /// password a URL in it carries masked.
+    #[error("redis {}: {}", .0.category(), without_password(&.0.to_string()))]
+    Redis(::redis::RedisError),
+}
+
+impl From<::redis::RedisError> for StoreError {
+    fn from(e: ::redis::RedisError) -> StoreError {
+        StoreError::Redis(e)
+    }
+}
+
+/// `text` with the user information of any URL in it (`redis://user:pw@host`)
+/// masked as `***`: Redis errors are not known to quote the URL, but a log line
+/// must never carry its password even if one does.
+pub fn without_password(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains("://") {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        // The authority ends at the first '/', whitespace or quote; a '@' in it
+        // ends the user information.
+        let end = tail
+            .find(|c: char| c == '/' || c.is_whitespace() || c == '"' || c == '\'')
+            .unwrap_or(tail.len());
+        rest = match tail[..end].rfind('@') {
+            Some(at) => {
+                out.push_str("***");
+                &tail[at..]
+            }
+            None => tail,
+        };
+    }
+    out.push_str(rest);
+    out.into()
 }
 
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
@@ -380,6 +423,27 @@ pub trait TokenStore: Send + Sync + 'static {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn store_errors_never_show_a_url_password() {
+        assert_eq!(
+            without_password("cannot reach redis://:s3cret@10.0.0.1:6379/0 now"),
+            "cannot reach redis://***@10.0.0.1:6379/0 now"
+        );
+        assert_eq!(
+            without_password("rediss://user:pw@h and redis://h2:1"),
+            "rediss://***@h and redis://h2:1"
+        );
+        assert_eq!(without_password("plain text"), "plain text");
+        let e = StoreError::Redis(::redis::RedisError::from((
+            ::redis::ErrorKind::InvalidClientConfig,
+            "bad",
+            "redis://u:hunter2@example".to_string(),
+        )));
+        let text = e.to_string();
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.starts_with("redis invalid client config: "), "{text}");
+    }
 
     #[test]
     fn grants_are_shared_while_held() {

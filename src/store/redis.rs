@@ -99,7 +99,7 @@ struct StoredCode {
 }
 
 fn down(e: redis::RedisError) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+    StoreError::Redis(e)
 }
 
 /// Milliseconds from now to `until` (unix seconds), at least 1.
@@ -190,10 +190,15 @@ impl Inner {
     }
 
     fn check(&self) -> Result<(), StoreError> {
-        if self.healthy() {
-            Ok(())
+        // Which half is down, for the log line of the refused request.
+        if !self.subscribed.load(Ordering::Acquire) {
+            Err(StoreError::Unavailable(
+                "not subscribed to the redis revocation channel".into(),
+            ))
+        } else if !self.reachable.load(Ordering::Acquire) {
+            Err(StoreError::Unavailable("redis does not answer PING".into()))
         } else {
-            Err(StoreError::Unavailable("redis is unreachable".into()))
+            Ok(())
         }
     }
 

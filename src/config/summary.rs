@@ -1,0 +1,132 @@
+//! The summary `whosthat check-config` prints: listeners, endpoints, store,
+//! routes, users and clients, never a secret.
+
+use std::fmt::Write;
+
+use super::Config;
+
+impl Config {
+    /// A short human summary, printed by `whosthat check-config`.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "config {} is valid", self.file.display());
+        let _ = writeln!(s, "listeners:");
+        let scheme = if self.server.tls.is_some() {
+            "https"
+        } else {
+            "http "
+        };
+        let _ = writeln!(s, "  {scheme} {}", self.server.listen);
+        if let Some(a) = self.server.admin_listen {
+            let _ = writeln!(s, "  admin {a} (/healthz, /readyz, /metrics)");
+        }
+        let _ = writeln!(
+            s,
+            "token endpoint: {} (issuer {})",
+            self.oauth.token_path, self.oauth.issuer
+        );
+        let _ = writeln!(s, "store: {}", self.store.backend);
+        let _ = writeln!(s, "routes ({}):", self.routes.routes().len());
+        for r in self.routes.routes() {
+            route_lines(&mut s, r);
+        }
+        let mut users: Vec<_> = self.users.values().collect();
+        users.sort_by(|a, b| a.name.cmp(&b.name));
+        let _ = writeln!(s, "users ({}):", users.len());
+        for u in users {
+            let _ = writeln!(s, "  {:<20} scopes [{}]", u.name, u.scopes);
+        }
+        let mut clients: Vec<_> = self.clients.values().collect();
+        clients.sort_by(|a, b| a.id.cmp(&b.id));
+        let _ = writeln!(s, "clients ({}):", clients.len());
+        for c in clients {
+            let grants: Vec<&str> = c.grants.iter().map(|g| g.as_str()).collect();
+            let _ = writeln!(
+                s,
+                "  {:<20} {:<12} grants [{}] scopes [{}]",
+                c.id,
+                if c.is_public() {
+                    "public"
+                } else {
+                    "confidential"
+                },
+                grants.join(","),
+                c.scopes
+            );
+        }
+        s
+    }
+}
+
+/// A route's line, with its rate limit and CORS lines if any.
+fn route_lines(s: &mut String, r: &crate::routes::Route) {
+    let ups: Vec<String> = r.upstreams.iter().map(|u| u.to_string()).collect();
+    let auth = if r.auth {
+        if r.scopes.is_empty() {
+            "token".to_string()
+        } else {
+            format!("token with scopes [{}]", r.scopes)
+        }
+    } else {
+        "public".to_string()
+    };
+    let methods = if r.methods.is_empty() {
+        "*".to_string()
+    } else {
+        r.methods
+            .iter()
+            .map(|m| m.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let _ = writeln!(
+        s,
+        "  {:<20} {:<8} {} -> {}{}",
+        r.prefix,
+        methods,
+        auth,
+        ups.join(", "),
+        if r.strip_prefix {
+            " (prefix stripped)"
+        } else {
+            ""
+        }
+    );
+    if let Some(l) = &r.rate_limit {
+        let spec = &l.spec;
+        let _ = writeln!(
+            s,
+            "  {:<29} rate limit {} per {} by {}, {} at once",
+            "",
+            spec.requests,
+            humantime::format_duration(spec.per),
+            spec.key.as_str(),
+            spec.burst
+        );
+    }
+    if let Some(c) = &r.cors {
+        let origins = if c.any {
+            "*".to_string()
+        } else {
+            c.origins.join(", ")
+        };
+        let _ = writeln!(s, "  {:<29} cors for {origins}", "");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::testing::{base, parse};
+
+    #[test]
+    fn the_summary_never_shows_a_redis_password() {
+        let text = base()
+            + "\n[store]\nbackend = \"redis\"\nredis_url = \"redis://:hunter2@10.0.0.5:6379/0\"\n";
+        let summary = parse(&text).unwrap().summary();
+        assert!(
+            summary.contains("redis redis://***@10.0.0.5:6379/0"),
+            "{summary}"
+        );
+        assert!(!summary.contains("hunter2"));
+    }
+}

@@ -1,0 +1,123 @@
+//! The gateway's own endpoints: each one's path and name, defined here once.
+//! The pipeline, the config's checks (no route may take an endpoint's path),
+//! the server metadata and `route test` all read this table.
+
+/// `oauth.token_path` when the config names none.
+pub const DEFAULT_TOKEN_PATH: &str = "/auth/access_token";
+/// The authorization endpoint (RFC 6749 section 3.1).
+pub const AUTHORIZE_PATH: &str = "/auth/authorize";
+/// Token revocation (RFC 7009).
+pub const REVOKE_PATH: &str = "/auth/revoke";
+/// Token introspection (RFC 7662).
+pub const INTROSPECT_PATH: &str = "/auth/introspect";
+/// Who a bearer token belongs to.
+pub const USERINFO_PATH: &str = "/auth/userinfo";
+/// The device authorization endpoint (RFC 8628 section 3.1).
+pub const DEVICE_AUTHORIZATION_PATH: &str = "/auth/device_authorization";
+/// The device flow's verification page (RFC 8628 section 3.3).
+pub const DEVICE_PATH: &str = "/auth/device";
+/// Authorization server metadata (RFC 8414 section 3).
+pub const METADATA_PATH: &str = "/.well-known/oauth-authorization-server";
+
+/// One of the gateway's own endpoints: answered by the gateway, never proxied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Token,
+    Authorize,
+    DeviceAuthorization,
+    Device,
+    Revoke,
+    Introspect,
+    Userinfo,
+    Metadata,
+}
+
+impl Endpoint {
+    /// The endpoints at a fixed path: every one but the token endpoint, whose
+    /// path is `oauth.token_path`.
+    pub const FIXED: [Endpoint; 7] = [
+        Endpoint::Authorize,
+        Endpoint::DeviceAuthorization,
+        Endpoint::Device,
+        Endpoint::Revoke,
+        Endpoint::Introspect,
+        Endpoint::Userinfo,
+        Endpoint::Metadata,
+    ];
+
+    /// The path of an endpoint at a fixed path; `None` for the token endpoint.
+    pub const fn fixed_path(self) -> Option<&'static str> {
+        match self {
+            Endpoint::Token => None,
+            Endpoint::Authorize => Some(AUTHORIZE_PATH),
+            Endpoint::DeviceAuthorization => Some(DEVICE_AUTHORIZATION_PATH),
+            Endpoint::Device => Some(DEVICE_PATH),
+            Endpoint::Revoke => Some(REVOKE_PATH),
+            Endpoint::Introspect => Some(INTROSPECT_PATH),
+            Endpoint::Userinfo => Some(USERINFO_PATH),
+            Endpoint::Metadata => Some(METADATA_PATH),
+        }
+    }
+
+    /// The endpoint's path (`token_path`: the config's `oauth.token_path`);
+    /// also the access log's route for it.
+    pub fn path(self, token_path: &str) -> &str {
+        self.fixed_path().unwrap_or(token_path)
+    }
+
+    /// What a person calls it.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Endpoint::Token => "token endpoint",
+            Endpoint::Authorize => "authorization endpoint",
+            Endpoint::DeviceAuthorization => "device authorization endpoint",
+            Endpoint::Device => "device verification page",
+            Endpoint::Revoke => "token revocation endpoint",
+            Endpoint::Introspect => "token introspection endpoint",
+            Endpoint::Userinfo => "userinfo endpoint",
+            Endpoint::Metadata => "server metadata endpoint",
+        }
+    }
+
+    /// Browser apps call these across origins (the code flow with PKCE), so
+    /// they answer CORS for the clients' redirect URI origins.
+    pub const fn cross_origin(self) -> bool {
+        matches!(
+            self,
+            Endpoint::Token | Endpoint::Revoke | Endpoint::Metadata
+        )
+    }
+
+    /// Which endpoint `path` (normalised) is, compared exactly; `token_path`
+    /// is the config's `oauth.token_path`.
+    pub fn at(path: &str, token_path: &str) -> Option<Endpoint> {
+        if path == token_path {
+            return Some(Endpoint::Token);
+        }
+        Endpoint::FIXED
+            .into_iter()
+            .find(|e| e.fixed_path() == Some(path))
+    }
+
+    /// The fixed paths, for the config's checks.
+    pub fn fixed_paths() -> impl Iterator<Item = &'static str> {
+        Endpoint::FIXED.into_iter().filter_map(Endpoint::fixed_path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_endpoint_is_found_at_its_path() {
+        let token = "/oauth/token";
+        for e in Endpoint::FIXED.into_iter().chain([Endpoint::Token]) {
+            assert_eq!(Endpoint::at(e.path(token), token), Some(e), "{e:?}");
+        }
+        assert_eq!(Endpoint::at(DEFAULT_TOKEN_PATH, token), None);
+        // Exact: another case is not the endpoint (the config keeps routes off it).
+        assert_eq!(Endpoint::at("/Auth/Revoke", token), None);
+        assert_eq!(Endpoint::fixed_paths().count(), 7);
+    }
+}

@@ -79,6 +79,7 @@ fn token_lookup(c: &mut Criterion) {
             family: i as u64,
             issued_at: now,
             expires_at: now + 3600,
+            cnf: None,
         };
         ready(store.put_access(TokenHash::of(t), rec)).expect("memory store put");
     }

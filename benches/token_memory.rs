@@ -159,6 +159,7 @@ fn run_scenario(name: &str) {
                 family,
                 issued_at: now,
                 expires_at: now + 14 * 86400,
+                cnf: None,
             };
             ready(store.put_refresh(fresh_key(), rec)).expect("memory store put");
         }
@@ -167,6 +168,7 @@ fn run_scenario(name: &str) {
             family,
             issued_at: now,
             expires_at,
+            cnf: None,
         };
         ready(store.put_access(fresh_key(), rec)).expect("memory store put");
     }

@@ -7,7 +7,9 @@
 //! upstream's `X-Request-Id`). Never a password, secret or token.
 //!
 //! Events: `token_issued`, `token_refreshed`, `token_refused`, `token_revoked`,
-//! `signin_succeeded`, `signin_failed`, `lockout`.
+//! `signin_succeeded`, `signin_failed`, `lockout`, `client_auth_failed`
+//! (private_key_jwt), `device_code_issued`, `device_code_entered`,
+//! `device_code_refused`, `device_approved`, `device_denied` (RFC 8628).
 
 use std::cell::Cell;
 use std::net::IpAddr;

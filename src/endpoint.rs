@@ -12,6 +12,10 @@ pub const REVOKE_PATH: &str = "/auth/revoke";
 pub const INTROSPECT_PATH: &str = "/auth/introspect";
 /// Who a bearer token belongs to.
 pub const USERINFO_PATH: &str = "/auth/userinfo";
+/// The device authorization endpoint (RFC 8628 section 3.1).
+pub const DEVICE_AUTHORIZATION_PATH: &str = "/auth/device_authorization";
+/// The device flow's verification page (RFC 8628 section 3.3).
+pub const DEVICE_PATH: &str = "/auth/device";
 /// Authorization server metadata (RFC 8414 section 3).
 pub const METADATA_PATH: &str = "/.well-known/oauth-authorization-server";
 /// The signing keys' public JWKs (RFC 7517 section 5); with signing keys only.
@@ -24,6 +28,8 @@ pub const OPENID_CONFIGURATION_PATH: &str = "/.well-known/openid-configuration";
 pub enum Endpoint {
     Token,
     Authorize,
+    DeviceAuthorization,
+    Device,
     Revoke,
     Introspect,
     Userinfo,
@@ -37,8 +43,10 @@ pub enum Endpoint {
 impl Endpoint {
     /// The endpoints at a fixed path: every one but the token endpoint, whose
     /// path is `oauth.token_path`.
-    pub const FIXED: [Endpoint; 5] = [
+    pub const FIXED: [Endpoint; 7] = [
         Endpoint::Authorize,
+        Endpoint::DeviceAuthorization,
+        Endpoint::Device,
         Endpoint::Revoke,
         Endpoint::Introspect,
         Endpoint::Userinfo,
@@ -54,6 +62,8 @@ impl Endpoint {
         match self {
             Endpoint::Token => None,
             Endpoint::Authorize => Some(AUTHORIZE_PATH),
+            Endpoint::DeviceAuthorization => Some(DEVICE_AUTHORIZATION_PATH),
+            Endpoint::Device => Some(DEVICE_PATH),
             Endpoint::Revoke => Some(REVOKE_PATH),
             Endpoint::Introspect => Some(INTROSPECT_PATH),
             Endpoint::Userinfo => Some(USERINFO_PATH),
@@ -74,6 +84,8 @@ impl Endpoint {
         match self {
             Endpoint::Token => "token endpoint",
             Endpoint::Authorize => "authorization endpoint",
+            Endpoint::DeviceAuthorization => "device authorization endpoint",
+            Endpoint::Device => "device verification page",
             Endpoint::Revoke => "token revocation endpoint",
             Endpoint::Introspect => "token introspection endpoint",
             Endpoint::Userinfo => "userinfo endpoint",
@@ -134,7 +146,7 @@ mod tests {
         assert_eq!(Endpoint::at(DEFAULT_TOKEN_PATH, token), None);
         // Exact: another case is not the endpoint (the config keeps routes off it).
         assert_eq!(Endpoint::at("/Auth/Revoke", token), None);
-        assert_eq!(Endpoint::fixed_paths().count(), 5);
+        assert_eq!(Endpoint::fixed_paths().count(), 7);
         for e in Endpoint::IDENTITY {
             assert_eq!(
                 Endpoint::at(e.path(token), token),

@@ -44,6 +44,13 @@ pub enum OAuthCode {
     UnauthorizedClient,
     UnsupportedGrantType,
     InvalidScope,
+    /// RFC 9449 section 5: the DPoP proof of a token request is missing or bad.
+    InvalidDpopProof,
+    /// RFC 8628 section 3.5: the device flow's polling answers.
+    AuthorizationPending,
+    SlowDown,
+    AccessDenied,
+    ExpiredToken,
 }
 
 impl OAuthCode {
@@ -55,8 +62,26 @@ impl OAuthCode {
             OAuthCode::UnauthorizedClient => "unauthorized_client",
             OAuthCode::UnsupportedGrantType => "unsupported_grant_type",
             OAuthCode::InvalidScope => "invalid_scope",
+            OAuthCode::InvalidDpopProof => "invalid_dpop_proof",
+            OAuthCode::AuthorizationPending => "authorization_pending",
+            OAuthCode::SlowDown => "slow_down",
+            OAuthCode::AccessDenied => "access_denied",
+            OAuthCode::ExpiredToken => "expired_token",
         }
     }
+}
+
+/// A request with a DPoP-bound token refused (RFC 9449 section 7.1): answered
+/// with a `DPoP` challenge naming the accepted algorithms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DpopRefusal {
+    /// The token is unknown, expired, revoked, bound but sent as Bearer, or
+    /// unbound but sent as DPoP: 401 `invalid_token`.
+    InvalidToken(&'static str),
+    /// The proof is missing or fails a check: 401 `invalid_dpop_proof`.
+    InvalidProof(&'static str),
+    /// Carries the scopes the route requires: 403 `insufficient_scope`.
+    InsufficientScope(String),
 }
 
 /// Which side of the gateway an error comes from (pingora's `ErrorSource`):
@@ -175,6 +200,8 @@ pub enum GatewayError {
     /// Carries the scopes the route requires.
     InsufficientScope(String),
     MalformedBearer(&'static str),
+    /// DPoP (RFC 9449) on a request that presents a token.
+    Dpop(DpopRefusal),
     /// An authenticated client asked for something it is not allowed (403):
     /// introspection without `introspect = true` (RFC 7662 section 4).
     ClientForbidden(&'static str),
@@ -235,7 +262,8 @@ impl GatewayError {
                 OAuthCode::InvalidClient
                 | OAuthCode::InvalidGrant
                 | OAuthCode::UnauthorizedClient
-                | OAuthCode::InvalidScope,
+                | OAuthCode::InvalidScope
+                | OAuthCode::InvalidDpopProof,
                 _,
             )
             | GatewayError::TooManyAttempts(_)
@@ -243,8 +271,18 @@ impl GatewayError {
             | GatewayError::InvalidToken(_)
             | GatewayError::MalformedBearer(_)
             | GatewayError::InsufficientScope(_)
+            | GatewayError::Dpop(_)
             | GatewayError::ClientForbidden(_) => Side::Auth,
-            GatewayError::OAuth(OAuthCode::InvalidRequest | OAuthCode::UnsupportedGrantType, _)
+            // The device flow's polling answers say where the flow stands.
+            GatewayError::OAuth(
+                OAuthCode::InvalidRequest
+                | OAuthCode::UnsupportedGrantType
+                | OAuthCode::AuthorizationPending
+                | OAuthCode::SlowDown
+                | OAuthCode::AccessDenied
+                | OAuthCode::ExpiredToken,
+                _,
+            )
             | GatewayError::PostOnly
             | GatewayError::BadPath(_)
             | GatewayError::NoRoute
@@ -285,6 +323,8 @@ impl GatewayError {
                 StatusCode::TOO_MANY_REQUESTS
             }
             GatewayError::NoToken | GatewayError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
+            GatewayError::Dpop(DpopRefusal::InsufficientScope(_)) => StatusCode::FORBIDDEN,
+            GatewayError::Dpop(_) => StatusCode::UNAUTHORIZED,
             GatewayError::InsufficientScope(_) | GatewayError::ClientForbidden(_) => {
                 StatusCode::FORBIDDEN
             }
@@ -317,6 +357,12 @@ impl GatewayError {
                 "the token lacks a scope this route requires",
             ),
             GatewayError::MalformedBearer(d) => ("invalid_request", d),
+            GatewayError::Dpop(DpopRefusal::InvalidToken(d)) => ("invalid_token", d),
+            GatewayError::Dpop(DpopRefusal::InvalidProof(d)) => ("invalid_dpop_proof", d),
+            GatewayError::Dpop(DpopRefusal::InsufficientScope(_)) => (
+                "insufficient_scope",
+                "the token lacks a scope this route requires",
+            ),
             GatewayError::ClientForbidden(d) => ("unauthorized_client", d),
             GatewayError::BadPath(d) => ("invalid_request", d),
             GatewayError::NoRoute => ("not_found", "no route matches this path"),
@@ -436,6 +482,18 @@ impl GatewayError {
                 );
                 h.insert(WWW_AUTHENTICATE, header_value(v));
             }
+            GatewayError::Dpop(refusal) => {
+                let algs = crate::jose::verify::ALGS;
+                let v = match refusal {
+                    DpopRefusal::InsufficientScope(scope) => format!(
+                        "DPoP realm=\"{REALM}\", algs=\"{algs}\", error=\"{code}\", scope=\"{scope}\""
+                    ),
+                    _ => format!(
+                        "DPoP realm=\"{REALM}\", algs=\"{algs}\", error=\"{code}\", error_description=\"{description}\""
+                    ),
+                };
+                h.insert(WWW_AUTHENTICATE, header_value(v));
+            }
             GatewayError::Connect => {
                 // The target of a CONNECT (host:port) is a tunnel, a resource
                 // the gateway has none of: it allows no method (RFC 9110 section 10.2.1).
@@ -477,6 +535,7 @@ mod tests {
             GatewayError::PasswordBusy,
             crate::store::StoreError::Unavailable("down".into()).into(),
             GatewayError::InsufficientScope("a".into()),
+            GatewayError::Dpop(DpopRefusal::InsufficientScope("a".into())),
             GatewayError::MethodNotAllowed("GET".into()),
             GatewayError::UnknownTransferCoding,
             GatewayError::Connect,
@@ -551,6 +610,34 @@ mod tests {
                 .headers()
                 .get(CONNECTION)
                 .is_none()
+        );
+    }
+
+    #[test]
+    fn dpop_refusals_carry_a_dpop_challenge() {
+        let r = GatewayError::Dpop(DpopRefusal::InvalidProof(
+            "htu does not match the request URL",
+        ))
+        .into_response();
+        assert_eq!(r.status(), 401);
+        assert_eq!(
+            r.headers()[WWW_AUTHENTICATE],
+            "DPoP realm=\"whosthat\", algs=\"ES256 RS256\", error=\"invalid_dpop_proof\", error_description=\"htu does not match the request URL\""
+        );
+        let r = GatewayError::Dpop(DpopRefusal::InvalidToken("x")).into_response();
+        assert!(
+            r.headers()[WWW_AUTHENTICATE]
+                .to_str()
+                .unwrap()
+                .contains("error=\"invalid_token\"")
+        );
+        let r = GatewayError::Dpop(DpopRefusal::InsufficientScope("admin".into())).into_response();
+        assert_eq!(r.status(), 403);
+        assert!(
+            r.headers()[WWW_AUTHENTICATE]
+                .to_str()
+                .unwrap()
+                .starts_with("DPoP ")
         );
     }
 

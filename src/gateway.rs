@@ -17,11 +17,11 @@ use crate::config::StoreBackend;
 use crate::cors::CorsPolicy;
 use crate::dispatch::{Decision, Needs, RouteMatch, classify};
 use crate::endpoint::Endpoint;
-use crate::error::{Body, Cause, GatewayError, Side};
+use crate::error::{Body, Cause, DpopRefusal, GatewayError, Side};
 use crate::error::{RATELIMIT, RATELIMIT_POLICY};
 use crate::metrics::Metrics;
 use crate::oauth::authorize::Authorizer;
-use crate::oauth::bearer::require_token;
+use crate::oauth::bearer::{RequestHead, require_token};
 use crate::oauth::endpoints;
 use crate::oauth::limiter::Limiter;
 use crate::oauth::oidc;
@@ -185,7 +185,10 @@ pub async fn handle(
         request_id: request_id.to_str().unwrap_or("-"),
         ..LogContext::default()
     };
-    let mut resp = match handle_inner(&state, &config, req, &conn, client, &mut log).await {
+    // DPoP's `htu` is the URL as the client used it (see `client_scheme`).
+    let scheme = crate::oauth::dpop::client_scheme(req.headers(), from_proxy, conn.tls);
+    let caller = (client, scheme);
+    let mut resp = match handle_inner(&state, &config, req, &conn, caller, &mut log).await {
         Ok(r) => r,
         Err(e) => {
             state.metrics.rejected(&e);
@@ -235,7 +238,7 @@ async fn handle_inner<'s>(
     config: &'s Config,
     req: Request<Incoming>,
     conn: &ConnInfo,
-    client: IpAddr,
+    (client, scheme): (IpAddr, &'static str),
     log: &mut LogContext<'s>,
 ) -> Result<Response<Body>, GatewayError> {
     // The head before anything else (RFC 9112): CONNECT, framing, Host.
@@ -243,7 +246,7 @@ async fn handle_inner<'s>(
     let path = NormalizedPath::new(req.uri().path()).map_err(GatewayError::BadPath)?;
     match classify(config, req.method(), &path) {
         Decision::Endpoint(endpoint) => {
-            answer_endpoint(state, config, endpoint, req, client, log).await
+            answer_endpoint(state, config, endpoint, req, (client, scheme), log).await
         }
         Decision::NoRoute => Err(GatewayError::NoRoute),
         Decision::Route(matched) => {
@@ -251,6 +254,7 @@ async fn handle_inner<'s>(
                 path: &path,
                 host,
                 client,
+                scheme,
             };
             proxy_route(state, config, matched, req, conn, target, log).await
         }
@@ -263,7 +267,7 @@ async fn answer_endpoint<'s>(
     config: &'s Config,
     endpoint: Endpoint,
     mut req: Request<Incoming>,
-    client: IpAddr,
+    (client, scheme): (IpAddr, &'static str),
     log: &mut LogContext<'s>,
 ) -> Result<Response<Body>, GatewayError> {
     log.route = Some(endpoint.path(&config.oauth.token_path));
@@ -288,10 +292,13 @@ async fn answer_endpoint<'s>(
         metrics: &state.metrics,
         peer: client,
         request_id: log.request_id,
+        scheme,
     };
     match endpoint {
         Endpoint::Token => token_endpoint(&ctx, req).await,
         Endpoint::Authorize => state.authorizer.handle(&ctx, req).await,
+        Endpoint::DeviceAuthorization => crate::oauth::device::authorization(&ctx, req).await,
+        Endpoint::Device => crate::oauth::device_page::handle(&state.authorizer, &ctx, req).await,
         Endpoint::Revoke => endpoints::revoke(&ctx, req).await,
         Endpoint::Introspect => endpoints::introspect(&ctx, req).await,
         Endpoint::Userinfo => endpoints::userinfo(&ctx, req).await,
@@ -307,6 +314,8 @@ struct Target<'r> {
     host: Option<HeaderValue>,
     /// The client's address (through `server.trusted_proxies`).
     client: IpAddr,
+    /// `https` or `http`, as the client used it.
+    scheme: &'static str,
 }
 
 /// A request for a route: CORS preflight, method, token and scopes, rate
@@ -335,17 +344,17 @@ async fn proxy_route<'s>(
     let record = match matched.needs {
         Needs::Nothing => None,
         Needs::Token { scopes } => {
-            let record = require_token(
-                state.store.as_ref(),
-                config,
-                req.headers(),
-                req.uri().query(),
-            )
-            .await?;
+            let head = RequestHead::of(&req, target.scheme);
+            let record = require_token(state.store.as_ref(), config, &head).await?;
             log.user = record.grant.user.clone();
             log.client_id = Some(record.grant.client.clone());
             if !scopes.is_subset_of(&record.grant.scope) {
-                return Err(GatewayError::InsufficientScope(scopes.to_string()));
+                let scopes = scopes.to_string();
+                // A DPoP-bound token is answered with a DPoP challenge (RFC 9449 7.1).
+                return Err(match record.cnf {
+                    None => GatewayError::InsufficientScope(scopes),
+                    Some(_) => GatewayError::Dpop(DpopRefusal::InsufficientScope(scopes)),
+                });
             }
             Some(record)
         }

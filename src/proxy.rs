@@ -134,7 +134,7 @@ static X_AUTH_USER: HeaderName = HeaderName::from_static("x-auth-user");
 static X_AUTH_CLIENT: HeaderName = HeaderName::from_static("x-auth-client");
 static X_AUTH_SCOPE: HeaderName = HeaderName::from_static("x-auth-scope");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Hop-by-hop headers (RFC 9110 section 7.6.1), never forwarded either way.
@@ -266,9 +266,11 @@ fn remove_where(headers: &mut HeaderMap, drop: impl Fn(&HeaderName, &HeaderValue
     }
 }
 
+/// An access token credential: `Bearer` (RFC 6750) or `DPoP` (RFC 9449) scheme.
 fn is_bearer(v: &HeaderValue) -> bool {
     let b = v.as_bytes();
-    b.len() >= 6 && b[..6].eq_ignore_ascii_case(b"bearer")
+    (b.len() >= 6 && b[..6].eq_ignore_ascii_case(b"bearer"))
+        || (b.len() >= 4 && b[..4].eq_ignore_ascii_case(b"dpop"))
 }
 
 /// The client's address for one request. The peer, unless the peer is one of
@@ -423,6 +425,8 @@ pub fn upstream_request_headers(headers: &mut HeaderMap, version: Version, info:
         let dropped = is_hop_by_hop(name)
             || *name == header::HOST
             || (*name == header::AUTHORIZATION && is_bearer(&value))
+            // The DPoP proof is for the gateway alone (RFC 9449 section 7.1).
+            || *name == crate::oauth::dpop::DPOP
             || is_spoofable(name.as_str())
             || is_override(name.as_str())
             || listed.contains(name);

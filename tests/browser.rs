@@ -1,7 +1,9 @@
 //! End to end in a real browser: headless Chromium, driven over WebDriver by
 //! chromedriver, signs alice in on the gateway's login page, approves on the
 //! consent page and lands on the application's callback with a code; the test then
-//! redeems the code (PKCE, S256) and the token opens the guarded API.
+//! redeems the code (PKCE, S256) and the token opens the guarded API. A second
+//! test does the device flow (RFC 8628): the browser opens the verification
+//! link, confirms the code, signs in and approves; the polling device gets tokens.
 //!
 //! Ignored by default; run with `cargo test --test browser -- --ignored`. It needs
 //! Debian's `chromium` and `chromium-driver` (`chromedriver` on the PATH) and fails,
@@ -202,10 +204,19 @@ async fn sign_in_and_consent_in_chromium() {
     let text = config_text(up.addr).replace(REGISTERED_CALLBACK, &callback);
     assert!(text.contains(&callback));
     let gw = spawn_gateway_with(&text).await;
+    in_chromium(move |c| flow(c, gw, up, callback, callback_hits)).await;
+}
 
+/// Runs `f` with a fresh headless Chromium session, within [`FLOW`]; the
+/// session is always closed, and chromedriver's log shown on a failure.
+async fn in_chromium<F, Fut>(f: F)
+where
+    F: FnOnce(Client) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let driver = Driver::start();
     let browser = driver.session().await;
-    let flow = tokio::spawn(flow(browser.clone(), gw, up, callback, callback_hits));
+    let flow = tokio::spawn(f(browser.clone()));
     let outcome = tokio::time::timeout(FLOW, flow).await;
     // Always end the session: chromedriver then stops Chromium.
     let _ = browser.close().await;
@@ -392,4 +403,123 @@ fn save(dir: &Path, name: &str, png: &[u8]) {
     let path = dir.join(name);
     std::fs::write(&path, png).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
     eprintln!("wrote {}", path.display());
+}
+
+#[tokio::test]
+#[ignore = "needs chromium"]
+async fn device_flow_in_chromium() {
+    let up = spawn_upstream().await;
+    let text = config_text(up.addr)
+        + "\n[[clients]]\nid = \"tv\"\ngrants = [\"device_code\"]\nscopes = [\"read\"]\n";
+    let gw = spawn_gateway_with(&text).await;
+    in_chromium(move |c| device_flow(c, gw, up)).await;
+}
+
+async fn device_flow(c: Client, gw: Gateway, _up: Upstream) {
+    let r = request(
+        Method::POST,
+        &gw.url("/auth/device_authorization"),
+        &[("content-type", "application/x-www-form-urlencoded")],
+        "client_id=tv&scope=read",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let start = r.json();
+    let user_code = start["user_code"].as_str().unwrap().to_string();
+    let device_code = start["device_code"].as_str().unwrap().to_string();
+    // The verification link, on the gateway's real address (the config's issuer
+    // names another port).
+    let link = gw.url(&format!("/auth/device?user_code={user_code}"));
+
+    c.set_window_size(1280, 800).await.unwrap();
+    c.goto(&link).await.unwrap();
+    let next = c
+        .wait()
+        .at_most(STEP)
+        .for_element(Locator::Id("continue"))
+        .await
+        .expect("the code page");
+    assert_eq!(c.title().await.unwrap(), "Connect a device · whosthat");
+    let field = c.find(Locator::Id("user_code")).await.unwrap();
+    assert_eq!(
+        field.prop("value").await.unwrap().as_deref(),
+        Some(user_code.as_str())
+    );
+    if let Some(dir) = std::env::var_os("WHOSTHAT_SCREENSHOT_DIR").map(PathBuf::from) {
+        save(&dir, "device.png", &c.screenshot().await.unwrap());
+    }
+    next.click().await.unwrap();
+
+    let login = match c
+        .wait()
+        .at_most(STEP)
+        .for_element(Locator::Id("login"))
+        .await
+    {
+        Ok(e) => e,
+        Err(e) => panic!("no sign-in page ({e}): {}", page_text(&c).await),
+    };
+    c.find(Locator::Id("username"))
+        .await
+        .unwrap()
+        .send_keys("alice")
+        .await
+        .unwrap();
+    c.find(Locator::Id("password"))
+        .await
+        .unwrap()
+        .send_keys(ALICE_PW)
+        .await
+        .unwrap();
+    login.click().await.unwrap();
+
+    let approve = match c
+        .wait()
+        .at_most(STEP)
+        .for_element(Locator::Id("approve"))
+        .await
+    {
+        Ok(e) => e,
+        Err(e) => panic!("no consent page ({e}): {}", page_text(&c).await),
+    };
+    let main = c
+        .find(Locator::Css("main"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(main.contains("tv") && main.contains(&user_code), "{main}");
+    assert!(main.contains("Signed in as alice"), "{main}");
+    approve.click().await.unwrap();
+    let result = match c
+        .wait()
+        .at_most(STEP)
+        .for_element(Locator::Id("result"))
+        .await
+    {
+        Ok(e) => e,
+        Err(e) => panic!("no result page ({e}): {}", page_text(&c).await),
+    };
+    assert!(
+        result
+            .text()
+            .await
+            .unwrap()
+            .contains("Your device is connected")
+    );
+
+    // The device's poll gets the tokens (its first poll: never too soon).
+    let form = serde_urlencoded::to_string([
+        ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
+        ("device_code", device_code.as_str()),
+        ("client_id", "tv"),
+    ])
+    .unwrap();
+    let r = token_request(&gw, &form, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let access = r.json()["access_token"].as_str().unwrap().to_string();
+    let seen = get_with_token(&gw.url("/api/whoami"), &access).await.seen();
+    assert_eq!(seen.header_all("x-auth-user"), ["alice"]);
+    assert_eq!(seen.header_all("x-auth-client"), ["tv"]);
 }

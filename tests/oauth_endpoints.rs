@@ -646,8 +646,17 @@ async fn server_metadata() {
             "authorization_code",
             "client_credentials",
             "password",
-            "refresh_token"
+            "refresh_token",
+            "urn:ietf:params:oauth:grant-type:device_code"
         ]
+    );
+    assert_eq!(
+        v["device_authorization_endpoint"],
+        format!("{ISSUER}/auth/device_authorization")
+    );
+    assert_eq!(
+        v["dpop_signing_alg_values_supported"],
+        json!(["ES256", "RS256"])
     );
     let auth: Vec<&str> = v["token_endpoint_auth_methods_supported"]
         .as_array()
@@ -655,9 +664,18 @@ async fn server_metadata() {
         .iter()
         .map(|g| g.as_str().unwrap())
         .collect();
-    for m in ["client_secret_basic", "client_secret_post", "none"] {
+    for m in [
+        "client_secret_basic",
+        "client_secret_post",
+        "private_key_jwt",
+        "none",
+    ] {
         assert!(auth.contains(&m), "{m} missing: {auth:?}");
     }
+    assert_eq!(
+        v["token_endpoint_auth_signing_alg_values_supported"],
+        json!(["ES256", "RS256"])
+    );
     assert_eq!(v["authorization_response_iss_parameter_supported"], true);
     let scopes: Vec<&str> = v["scopes_supported"]
         .as_array()

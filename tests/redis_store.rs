@@ -7,6 +7,8 @@
 //! `redis-server` must be on PATH: without it these tests fail (they never skip).
 
 mod common;
+mod device_helpers;
+mod jose_helpers;
 mod oauth_helpers;
 use common::redis_server::*;
 use common::*;
@@ -181,8 +183,13 @@ async fn instance(up: &Upstream, redis: &Redis) -> Instance {
 
 /// [`instance`] on Redis at `url`.
 async fn instance_at(up: &Upstream, url: &str) -> Instance {
+    instance_edited(up, url, |text| text).await
+}
+
+/// [`instance_at`] with its config text changed by `edit` first.
+async fn instance_edited(up: &Upstream, url: &str, edit: impl Fn(String) -> String) -> Instance {
     let (text, admin) = redis_config_at(up.addr, url);
-    let gw = spawn_gateway_with(&text).await;
+    let gw = spawn_gateway_with(&edit(text)).await;
     wait_status(admin, "/readyz", 200, HANG_GUARD).await;
     Instance { gw, admin }
 }
@@ -1193,6 +1200,141 @@ async fn revocations_racing_cache_fills_never_leave_the_token_cached() {
         "{raced} of {ROUNDS} rounds had lookups on A answered 200 after B's revocation \
          returned (racing it); the latest such answer {latest:?} after it"
     );
+}
+
+// ------------------------------------------- device flow, DPoP and assertions
+
+/// The standard config on Redis plus `tv` (a public device client), polls
+/// 1 s apart, and `jwt-svc` authenticating with `key` (its JWKS in `dir`).
+fn grants_config(text: String, key: &jose_helpers::Key, dir: &std::path::Path) -> String {
+    let jwks = dir.join("jwt-svc.jwks.json");
+    std::fs::write(&jwks, key.jwks("k")).unwrap();
+    let text = text.replacen("[oauth]\n", "[oauth]\ndevice_poll_interval = \"1s\"\n", 1);
+    format!(
+        "{text}\n[[clients]]\nid = \"tv\"\ngrants = [\"device_code\"]\nscopes = [\"read\"]\n\n\
+         [[clients]]\nid = \"jwt-svc\"\njwks = \"{}\"\ngrants = [\"client_credentials\"]\nscopes = [\"read\"]\n",
+        jwks.display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_device_flow_spans_instances() {
+    let redis = Redis::start().await;
+    let up = spawn_upstream().await;
+    let (key, dir) = (jose_helpers::Key::es256(), tempfile::tempdir().unwrap());
+    let edit = |t| grants_config(t, &key, dir.path());
+    let a = instance_edited(&up, &redis.url(), edit).await;
+    let b = instance_edited(&up, &redis.url(), edit).await;
+    // The device asks A; the user approves on B's page; the device polls A.
+    let j = device_helpers::started(&a.gw, "tv", "read").await;
+    let (device_code, user_code) = (str_of(&j, "device_code"), str_of(&j, "user_code"));
+    let r = device_helpers::poll(&a.gw, "tv", device_code).await;
+    assert_eq!(r.json()["error"], "authorization_pending", "{}", r.text());
+    // A poll on B right after counts against the same interval.
+    let r = device_helpers::poll(&b.gw, "tv", device_code).await;
+    assert_eq!(r.json()["error"], "slow_down", "{}", r.text());
+    device_helpers::approve(&b.gw, user_code, "alice", ALICE_PW).await;
+    // The code was used on B: A's page does not take it again.
+    let page = device_helpers::DeviceBrowser::new()
+        .enter_code(&a.gw, user_code)
+        .await;
+    assert!(page.text().contains("not valid"), "{}", page.text());
+    // slow_down moved the interval to 6 s.
+    tokio::time::sleep(Duration::from_millis(6_300)).await;
+    let r = device_helpers::poll(&a.gw, "tv", device_code).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let at = r.json()["access_token"].as_str().unwrap().to_string();
+    assert_eq!(get_with_token(&b.gw.url("/api/x"), &at).await.status, 200);
+    // Redeemed once: B refuses it (after the interval), and the tokens go.
+    tokio::time::sleep(Duration::from_millis(6_300)).await;
+    let r = device_helpers::poll(&b.gw, "tv", device_code).await;
+    assert_eq!(r.json()["error"], "invalid_grant", "{}", r.text());
+    assert!(
+        poll_until_401(&a.gw.url("/api/x"), &at, Instant::now())
+            .await
+            .is_some()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dpop_bindings_and_replays_span_instances() {
+    let redis = Redis::start().await;
+    let up = spawn_upstream().await;
+    let (key, dir) = (jose_helpers::Key::es256(), tempfile::tempdir().unwrap());
+    let edit = |t| grants_config(t, &key, dir.path());
+    let a = instance_edited(&up, &redis.url(), edit).await;
+    let b = instance_edited(&up, &redis.url(), edit).await;
+    let proof = key.proof("POST", &a.gw.url("/auth/access_token"), None);
+    let r = request(
+        Method::POST,
+        &a.gw.url("/auth/access_token"),
+        &[FORM, ("dpop", &proof)],
+        &format!("grant_type=password&username=alice&password={ALICE_PW}"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let at = r.json()["access_token"].as_str().unwrap().to_string();
+    // The binding lives in Redis: B refuses the token as a bearer token.
+    let r = get_with_token(&b.gw.url("/api/x"), &at).await;
+    assert_eq!(r.status, 401);
+    assert!(r.header("www-authenticate").unwrap().starts_with("DPoP "));
+    // A proof used on B, replayed to A: the same URL as far as the client
+    // is concerned (A is reached with B's Host), and refused as a replay.
+    let url = b.gw.url("/api/x");
+    let p = key.proof("GET", &url, Some(&at));
+    let auth = format!("DPoP {at}");
+    let first = get(&url, &[("authorization", &auth), ("dpop", &p)]).await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    let b_host = b.gw.addr.to_string();
+    let replay = get(
+        &a.gw.url("/api/x"),
+        &[("authorization", &auth), ("dpop", &p), ("host", &b_host)],
+    )
+    .await;
+    assert_eq!(replay.status, 401, "{}", replay.text());
+    assert!(replay.text().contains("used before"), "{}", replay.text());
+    // A fresh proof for that URL is accepted by A: the replay, not the Host, was refused.
+    let fresh = key.proof("GET", &url, Some(&at));
+    let r = get(
+        &a.gw.url("/api/x"),
+        &[
+            ("authorization", &auth),
+            ("dpop", &fresh),
+            ("host", &b_host),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // The proof's jti is remembered in Redis, not just in B's memory.
+    let jti_keys = redis_dump(redis.port)
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(b"whosthat:once:"))
+        .count();
+    assert!(
+        jti_keys >= 2,
+        "token-endpoint and resource proofs: {jti_keys}"
+    );
+    // An assertion used on A is refused on B.
+    let assertion = key.assertion("jwt-svc", "http://127.0.0.1:8080", None);
+    let body = format!(
+        "grant_type=client_credentials&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion={assertion}"
+    );
+    let on_a = request(
+        Method::POST,
+        &a.gw.url("/auth/access_token"),
+        &[FORM],
+        &body,
+    )
+    .await;
+    assert_eq!(on_a.status, 200, "{}", on_a.text());
+    let on_b = request(
+        Method::POST,
+        &b.gw.url("/auth/access_token"),
+        &[FORM],
+        &body,
+    )
+    .await;
+    assert_eq!(on_b.status, 401, "{}", on_b.text());
 }
 
 /// A Redis fault's cause reaches the request's access-log line (the real binary,

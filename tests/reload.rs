@@ -4,6 +4,7 @@
 
 mod common;
 use common::reloading::*;
+mod jose_helpers;
 use common::*;
 
 use std::sync::Arc;
@@ -160,4 +161,70 @@ async fn a_removed_user_or_client_loses_its_tokens_at_once() {
     );
     assert_eq!(get_with_token(&g.url("/api/x"), &svc).await.status, 401);
     assert_eq!(get_with_token(&g.url("/api/x"), &alice).await.status, 200);
+}
+
+/// A client_credentials request for `jwt-svc` with a client assertion by `key`.
+async fn assertion_login(g: &Reloading, key: &jose_helpers::Key) -> u16 {
+    let a = key.assertion("jwt-svc", "http://127.0.0.1:8080", None);
+    let body = format!(
+        "grant_type=client_credentials&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion={a}"
+    );
+    request(
+        http::Method::POST,
+        &g.url("/auth/access_token"),
+        &[("content-type", "application/x-www-form-urlencoded")],
+        &body,
+    )
+    .await
+    .status
+    .as_u16()
+}
+
+#[tokio::test]
+async fn a_reload_rereads_a_clients_jwks_file() {
+    let up = spawn_upstream().await;
+    let (old, new) = (jose_helpers::Key::es256(), jose_helpers::Key::es256());
+    let keys_dir = tempfile::tempdir().unwrap();
+    let jwks = keys_dir.path().join("jwt-svc.jwks.json");
+    write_atomically(&jwks, &old.jwks("k1"));
+    let text = format!(
+        "{}\n[[clients]]\nid = \"jwt-svc\"\njwks = \"{}\"\ngrants = [\"client_credentials\"]\nscopes = [\"read\"]\n",
+        config_text(up.addr),
+        jwks.display()
+    );
+    let g = start(&text).await;
+    assert_eq!(assertion_login(&g, &old).await, 200);
+    assert_eq!(assertion_login(&g, &new).await, 401);
+    // The key is rotated in the file: the config text itself is unchanged.
+    write_atomically(&jwks, &new.jwks("k2"));
+    g.reload_with(&text).await;
+    assert_eq!(assertion_login(&g, &new).await, 200);
+    assert_eq!(assertion_login(&g, &old).await, 401);
+    // A broken file refuses the reload: the keys in force stay.
+    write_atomically(&jwks, "{\"keys\": [{\"kty\": \"oct\", \"k\": \"AAAA\"}]}");
+    g.refused_reload(&text).await;
+    assert_eq!(assertion_login(&g, &new).await, 200);
+}
+
+#[tokio::test]
+async fn require_dpop_set_by_a_reload_refuses_the_clients_bearer_tokens() {
+    let up = spawn_upstream().await;
+    let base = config_text(up.addr);
+    let g = start(&base).await;
+    let alice = login_at(&g, "alice", ALICE_PW).await;
+    assert_eq!(get_with_token(&g.url("/api/x"), &alice).await.status, 200);
+    let strict = base.replacen(
+        "[[clients]]\nid = \"cli\"\n",
+        "[[clients]]\nid = \"cli\"\nrequire_dpop = true\n",
+        1,
+    );
+    assert_ne!(strict, base);
+    g.reload_with(&strict).await;
+    let r = get_with_token(&g.url("/api/x"), &alice).await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    let challenge = r.header("www-authenticate").unwrap();
+    assert!(
+        challenge.starts_with("DPoP ") && challenge.contains("invalid_token"),
+        "{challenge}"
+    );
 }

@@ -17,8 +17,7 @@ use super::{Client, ConfigError, GrantType, Validator, spanned_items};
 use crate::cors::CorsPolicy;
 
 /// Why a grant name is refused, after the name itself.
-const BAD_GRANT: &str =
-    "is not a grant: use password, client_credentials, refresh_token or authorization_code";
+const BAD_GRANT: &str = "is not a grant: use password, client_credentials, refresh_token, authorization_code or device_code";
 
 /// A grant type's name. `Err`: why, to follow the name.
 pub(crate) fn check_grant(g: &str) -> Result<GrantType, &'static str> {
@@ -134,15 +133,20 @@ impl Validator<'_> {
             Some(h) => Some(self.phc(h, &key("secret_hash"))?),
             None => None,
         };
+        let jwks = match &c.jwks {
+            Some(p) => Some(self.client_keys(p, &key("jwks"))?),
+            None => None,
+        };
         let introspect = c.introspect.as_ref().is_some_and(|f| *f.get_ref());
         let redirects = c.redirect_uris.as_ref().map_or(0, |r| r.get_ref().len());
-        let shape = check_client_shape(&grants, secret_hash.is_some(), redirects, introspect);
+        let confidential = secret_hash.is_some() || jwks.is_some();
+        let shape = check_client_shape(&grants, confidential, redirects, introspect);
         if let Err(conflict) = shape {
             return Err(match conflict {
                 ClientConflict::CredentialsWithoutSecret => self.err(
                     c.grants.span(),
                     key("grants"),
-                    "client_credentials needs a confidential client (set secret_hash)",
+                    "client_credentials needs a confidential client (set secret_hash or jwks)",
                 ),
                 ClientConflict::CodeWithoutRedirect => self.err(
                     c.grants.span(),
@@ -152,7 +156,7 @@ impl Validator<'_> {
                 ClientConflict::IntrospectWithoutSecret => self.err(
                     c.introspect.as_ref().map_or(c.id.span(), |f| f.span()),
                     key("introspect"),
-                    "only a confidential client (with secret_hash) may introspect",
+                    "only a confidential client (with secret_hash or jwks) may introspect",
                 ),
             });
         }
@@ -160,11 +164,26 @@ impl Validator<'_> {
         Ok(Client {
             id: Arc::from(id.as_str()),
             introspect,
+            jwks,
+            require_dpop: c.require_dpop.as_ref().is_some_and(|f| *f.get_ref()),
             secret_hash,
             grants,
             scopes: self.scopes(&c.scopes, &key("scopes"))?,
             redirect_uris,
         })
+    }
+
+    /// A client's JWKS file (relative to the config file), read and checked
+    /// now: a reload re-reads it. Problems in it are named with the key.
+    fn client_keys(
+        &self,
+        v: &Spanned<String>,
+        key: &str,
+    ) -> Result<Arc<crate::oauth::client_jwt::ClientKeys>, ConfigError> {
+        let base = self.file.parent().unwrap_or(std::path::Path::new("."));
+        crate::oauth::client_jwt::ClientKeys::load(&base.join(v.get_ref()))
+            .map(Arc::new)
+            .map_err(|why| self.err(v.span(), key, why))
     }
 
     /// `grants`, each once, in order.

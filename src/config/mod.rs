@@ -135,6 +135,10 @@ pub struct OAuthConfig {
     /// `signing_keys`: the first signs, all are published at
     /// `/.well-known/jwks.json`. `None`: assertions and OpenID Connect are off.
     pub signing: Option<Arc<crate::jose::KeySet>>,
+    /// How long a device code and its user code live (RFC 8628 `expires_in`).
+    pub device_code_ttl: Duration,
+    /// The polling interval a device authorization starts with (`interval`).
+    pub device_poll_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -181,7 +185,12 @@ pub enum GrantType {
     ClientCredentials,
     RefreshToken,
     AuthorizationCode,
+    /// RFC 8628; `device_code` in the config.
+    DeviceCode,
 }
+
+/// The `grant_type` of a device access token request (RFC 8628 section 3.4).
+pub const DEVICE_CODE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
 
 impl GrantType {
     pub fn parse(s: &str) -> Option<GrantType> {
@@ -190,7 +199,18 @@ impl GrantType {
             "client_credentials" => Some(GrantType::ClientCredentials),
             "refresh_token" => Some(GrantType::RefreshToken),
             "authorization_code" => Some(GrantType::AuthorizationCode),
+            "device_code" => Some(GrantType::DeviceCode),
             _ => None,
+        }
+    }
+
+    /// A token request's `grant_type`: the config's names, except that the
+    /// device grant goes by its URN there.
+    pub fn from_request(s: &str) -> Option<GrantType> {
+        match s {
+            DEVICE_CODE_GRANT => Some(GrantType::DeviceCode),
+            "device_code" => None,
+            other => GrantType::parse(other),
         }
     }
 
@@ -200,6 +220,7 @@ impl GrantType {
             GrantType::ClientCredentials => "client_credentials",
             GrantType::RefreshToken => "refresh_token",
             GrantType::AuthorizationCode => "authorization_code",
+            GrantType::DeviceCode => "device_code",
         }
     }
 }
@@ -214,11 +235,17 @@ pub struct Client {
     pub redirect_uris: Vec<String>,
     /// May call `/auth/introspect` (RFC 7662 section 4); confidential clients only.
     pub introspect: bool,
+    /// Public keys for `private_key_jwt` (RFC 7523 section 2.2), read from the
+    /// file `jwks` names when the config is (re)loaded.
+    pub jwks: Option<Arc<crate::oauth::client_jwt::ClientKeys>>,
+    /// Every token of this client must be DPoP-bound (RFC 9449).
+    pub require_dpop: bool,
 }
 
 impl Client {
+    /// A client with neither a secret nor registered keys.
     pub fn is_public(&self) -> bool {
-        self.secret_hash.is_none()
+        self.secret_hash.is_none() && self.jwks.is_none()
     }
 
     pub fn allows(&self, grant: GrantType) -> bool {

@@ -58,6 +58,16 @@ impl Validator<'_> {
             )?,
             // Read by `load`.
             signing: None,
+            device_code_ttl: self.opt_duration(
+                &r.device_code_ttl,
+                "oauth.device_code_ttl",
+                Duration::from_secs(600),
+            )?,
+            device_poll_interval: self.opt_duration(
+                &r.device_poll_interval,
+                "oauth.device_poll_interval",
+                Duration::from_secs(5),
+            )?,
         })
     }
 

@@ -56,6 +56,8 @@ pub(super) struct RawOAuth {
     pub(super) password_workers: Option<Spanned<i64>>,
     pub(super) password_queue: Option<Spanned<i64>>,
     pub(super) signing_keys: Option<Spanned<Vec<String>>>,
+    pub(super) device_code_ttl: Option<Spanned<String>>,
+    pub(super) device_poll_interval: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -106,6 +108,8 @@ pub(super) struct RawClient {
     pub(super) scopes: Option<Spanned<Vec<String>>>,
     pub(super) redirect_uris: Option<Spanned<Vec<String>>>,
     pub(super) introspect: Option<Spanned<bool>>,
+    pub(super) jwks: Option<Spanned<String>>,
+    pub(super) require_dpop: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -9,10 +9,10 @@
 //! - [`jwks`]: public JWKs ([`jwks::PublicJwk`]), their thumbprints, the JWKS document.
 //! - [`sign`]: compact JWS signed by a [`keys::SigningKey`].
 //!
-//! Verifying ES256 / RS256 / EdDSA JWS against a [`jwks::PublicJwk`] (DPoP
-//! proofs, `private_key_jwt`) belongs in a `verify` module beside these: a
-//! `PublicJwk` parses from a JWK's JSON and holds exactly the public numbers
-//! ring's `UnparsedPublicKey` / `RsaPublicKeyComponents` take.
+//! - [`verify`]: the verification of compact JWS the gateway is handed (DPoP
+//!   proofs, RFC 9449; client assertions, RFC 7523), by the `jsonwebtoken`
+//!   crate (RustCrypto backend), with every claim rule;
+//!   [`thumbprint`] gives their keys' RFC 7638 thumbprints.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -20,9 +20,12 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 pub mod jwks;
 pub mod keys;
 pub mod sign;
+pub mod thumbprint;
+pub mod verify;
 
 pub use jwks::{PublicJwk, thumbprint};
 pub use keys::{KeySet, SigningKey};
+pub use thumbprint::jwk_thumbprint;
 
 /// A JWS algorithm whosthat signs with (RFC 7518 section 3.1, RFC 8037 section 3.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

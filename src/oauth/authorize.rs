@@ -301,6 +301,15 @@ impl Authorizer {
             ("login.html", include_str!("../../templates/login.html")),
             ("consent.html", include_str!("../../templates/consent.html")),
             ("error.html", include_str!("../../templates/error.html")),
+            ("device.html", include_str!("../../templates/device.html")),
+            (
+                "device_consent.html",
+                include_str!("../../templates/device_consent.html"),
+            ),
+            (
+                "device_done.html",
+                include_str!("../../templates/device_done.html"),
+            ),
         ] {
             env.add_template(name, src)
                 .expect("the built-in templates parse");
@@ -335,9 +344,19 @@ impl Authorizer {
         self.ledger.len()
     }
 
+    /// Unix seconds, by the injectable clock.
+    pub(crate) fn now(&self) -> u64 {
+        (self.clock)()
+    }
+
     /// The transaction sealed into a cookie value: base64url(nonce || ciphertext || tag).
     fn seal(&self, txn: &Txn) -> Option<String> {
-        let mut buf = txn.encode()?;
+        self.seal_bytes(AAD, txn.encode()?)
+    }
+
+    /// `plain` sealed for the purpose `aad` names (another page's cookie
+    /// uses another `aad`, so one never opens as the other).
+    pub(crate) fn seal_bytes(&self, aad: &'static [u8], mut buf: Vec<u8>) -> Option<String> {
         // A random 96-bit nonce per cookie: the key outlives any counter (and will
         // be shared by several instances), and collisions stay negligible far
         // beyond the 2^32 cookies one key will ever seal.
@@ -348,7 +367,7 @@ impl Authorizer {
             .aead
             .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(nonce),
-                Aad::from(AAD),
+                Aad::from(aad),
                 &mut buf,
             )
             .ok()?;
@@ -360,6 +379,11 @@ impl Authorizer {
 
     /// The transaction in a cookie value, if it is one this key sealed.
     fn open(&self, value: &str) -> Option<Txn> {
+        Txn::decode(&self.open_bytes(AAD, value)?)
+    }
+
+    /// What [`seal_bytes`](Self::seal_bytes) sealed for `aad`, if this key did.
+    pub(crate) fn open_bytes(&self, aad: &'static [u8], value: &str) -> Option<Vec<u8>> {
         if value.len() > MAX_SET_COOKIE_BYTES {
             return None;
         }
@@ -377,9 +401,9 @@ impl Authorizer {
                 let mut buf = sealed.to_vec();
                 let plain = key
                     .aead
-                    .open_in_place(nonce, Aad::from(AAD), &mut buf)
+                    .open_in_place(nonce, Aad::from(aad), &mut buf)
                     .ok()?;
-                Txn::decode(plain)
+                Some(plain.to_vec())
             })
     }
 
@@ -411,7 +435,12 @@ impl Authorizer {
         Ok(self.ledger.end(&txn.id, txn.expires).await?)
     }
 
-    fn render(&self, status: StatusCode, name: &str, ctx: minijinja::Value) -> Response<Body> {
+    pub(crate) fn render(
+        &self,
+        status: StatusCode,
+        name: &str,
+        ctx: minijinja::Value,
+    ) -> Response<Body> {
         let html = self
             .templates
             .get_template(name)
@@ -430,7 +459,7 @@ impl Authorizer {
         resp
     }
 
-    fn error_page(&self, status: StatusCode, message: &str) -> Response<Body> {
+    pub(crate) fn error_page(&self, status: StatusCode, message: &str) -> Response<Body> {
         self.render(status, "error.html", context! { message })
     }
 
@@ -1032,7 +1061,7 @@ fn cookies(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 
 /// `; Secure` when the issuer is https: the browser then never sends the
 /// transaction over plain HTTP.
-fn secure_attr(ctx: &OAuthContext<'_>) -> &'static str {
+pub(crate) fn secure_attr(ctx: &OAuthContext<'_>) -> &'static str {
     let issuer = ctx.config.oauth.issuer.as_bytes();
     if issuer.len() >= 8 && issuer[..8].eq_ignore_ascii_case(b"https://") {
         "; Secure"
@@ -1057,7 +1086,7 @@ fn page_headers(h: &mut HeaderMap) {
 
 /// 303 See Other: after a POST the browser follows with a GET and never resends
 /// the credentials (RFC 9700 section 4.12).
-fn see_other(to: &str) -> Response<Body> {
+pub(crate) fn see_other(to: &str) -> Response<Body> {
     let mut resp = Response::new(full(""));
     *resp.status_mut() = StatusCode::SEE_OTHER;
     page_headers(resp.headers_mut());

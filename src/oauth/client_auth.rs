@@ -1,9 +1,11 @@
 //! Client authentication at the token endpoint (RFC 6749 section 2.3).
 //!
 //! A client names itself with HTTP Basic (client_secret_basic), with `client_id`
-//! and `client_secret` in the body (client_secret_post), with `client_id` alone
-//! (a public client), or not at all (then `oauth.default_client`). Unknown
-//! clients and wrong secrets get the same answer after the same work.
+//! and `client_secret` in the body (client_secret_post), with a signed JWT
+//! (private_key_jwt, RFC 7523 section 2.2; see [`super::client_jwt`]), with
+//! `client_id` alone (a public client), or not at all (then
+//! `oauth.default_client`). Unknown clients and wrong secrets get the same
+//! answer after the same work.
 
 use std::sync::Arc;
 
@@ -23,6 +25,8 @@ pub enum ClientCredentials {
     Basic { id: String, secret: String },
     /// In the body; a public client sends no secret.
     Body { id: String, secret: Option<String> },
+    /// A JWT client assertion; `id` is its (not yet verified) issuer.
+    Assertion { id: String, assertion: String },
     /// Nothing: the configured default client, if any.
     None,
 }
@@ -58,6 +62,9 @@ pub fn extract(headers: &HeaderMap, params: &Params) -> Result<ClientCredentials
     };
     let body_id = params.get("client_id");
     let body_secret = params.get("client_secret");
+    if params.get("client_assertion").is_some() || params.get("client_assertion_type").is_some() {
+        return assertion_credentials(basic.is_some() || body_secret.is_some(), body_id, params);
+    }
     match basic {
         Some((id, secret)) => {
             // One request, one authentication method (section 2.3).
@@ -89,7 +96,46 @@ pub fn extract(headers: &HeaderMap, params: &Params) -> Result<ClientCredentials
     }
 }
 
-/// The authenticated client, and whether it proved a secret (confidential).
+/// A client assertion (RFC 7521 section 4.2): both parameters, the JWT bearer
+/// type, no other method in the same request, and a `client_id`, if sent, that
+/// names the assertion's issuer.
+fn assertion_credentials(
+    other_method: bool,
+    body_id: Option<&str>,
+    params: &Params,
+) -> Result<ClientCredentials, GatewayError> {
+    if other_method {
+        return Err(GatewayError::OAuth(
+            OAuthCode::InvalidRequest,
+            "a client assertion and a client secret in one request",
+        ));
+    }
+    let (Some(kind), Some(assertion)) = (
+        params.get("client_assertion_type"),
+        params.get("client_assertion"),
+    ) else {
+        return Err(GatewayError::OAuth(
+            OAuthCode::InvalidRequest,
+            "client_assertion and client_assertion_type go together",
+        ));
+    };
+    if kind != super::client_jwt::ASSERTION_TYPE {
+        return Err(GatewayError::OAuth(
+            OAuthCode::InvalidRequest,
+            "client_assertion_type must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        ));
+    }
+    let id = crate::jose::verify::assertion_issuer(assertion).ok_or(AUTH_FAILED)?;
+    if body_id.is_some_and(|b| b != id) {
+        return Err(AUTH_FAILED);
+    }
+    Ok(ClientCredentials::Assertion {
+        id,
+        assertion: assertion.to_string(),
+    })
+}
+
+/// The authenticated client, and whether it proved a secret or a key (confidential).
 pub struct AuthenticatedClient {
     pub client: Arc<Client>,
     pub confidential: bool,
@@ -105,6 +151,13 @@ pub async fn authenticate(
     let (id, secret) = match creds {
         ClientCredentials::Basic { id, secret } => (id, Some(secret).filter(|s| !s.is_empty())),
         ClientCredentials::Body { id, secret } => (id, secret),
+        ClientCredentials::Assertion { id, assertion } => {
+            let client = super::client_jwt::authenticate(ctx, &id, &assertion).await?;
+            return Ok(AuthenticatedClient {
+                client,
+                confidential: true,
+            });
+        }
         ClientCredentials::None => {
             let id = config.oauth.default_client.as_ref().ok_or(AUTH_FAILED)?;
             let client = config.clients.get(id).ok_or(AUTH_FAILED)?;

@@ -8,13 +8,15 @@ use serde_json::{Value, json};
 
 use super::bearer::require_token;
 use super::client_auth::{self, AuthenticatedClient};
+use super::device::DEVICE_AUTHORIZATION_PATH;
 use super::{OAuthContext, Params, grant_still_allowed, read_form, revoke_family};
-use crate::config::Config;
+use crate::config::{Config, DEVICE_CODE_GRANT};
 use crate::endpoint::{AUTHORIZE_PATH, INTROSPECT_PATH, REVOKE_PATH, USERINFO_PATH};
 use crate::error::{Body, GatewayError, OAuthCode, full};
+use crate::jose::verify::ALG_NAMES;
 use crate::store::{Redeem, TokenHash, TokenRecord};
 
-fn json_response(v: &Value) -> Response<Body> {
+pub(crate) fn json_response(v: &Value) -> Response<Body> {
     let mut resp = Response::new(full(v.to_string()));
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -119,10 +121,16 @@ pub async fn introspect(
         ));
     }
     let (rec, token_type) = match find(ctx, &params).await? {
-        Some(Found::Access(rec)) if grant_still_allowed(ctx.config, &rec.grant) => (rec, "Bearer"),
+        Some(Found::Access(rec)) if grant_still_allowed(ctx.config, &rec.grant) => {
+            let kind = if rec.cnf.is_some() { "DPoP" } else { "Bearer" };
+            (rec, kind)
+        }
         // RFC 7662 section 2.2: the RFC 6749 section 7.1 type the token goes
-        // with, for a refresh token too (it yields Bearer tokens).
-        Some(Found::Refresh(rec)) if grant_still_allowed(ctx.config, &rec.grant) => (rec, "Bearer"),
+        // with, for a refresh token too (it yields Bearer or DPoP tokens).
+        Some(Found::Refresh(rec)) if grant_still_allowed(ctx.config, &rec.grant) => {
+            let kind = if rec.cnf.is_some() { "DPoP" } else { "Bearer" };
+            (rec, kind)
+        }
         _ => return Ok(json_response(&json!({ "active": false }))),
     };
     let g = &rec.grant;
@@ -139,6 +147,10 @@ pub async fn introspect(
     if let Some(user) = &g.user {
         v["username"] = json!(user.as_ref());
     }
+    // RFC 9449 section 6.2: the key the token is bound to.
+    if let Some(jkt) = &rec.cnf {
+        v["cnf"] = json!({ "jkt": jkt.as_ref() });
+    }
     Ok(json_response(&v))
 }
 
@@ -150,7 +162,8 @@ pub async fn userinfo(
     if req.method() != Method::GET && req.method() != Method::POST {
         return Err(GatewayError::MethodNotAllowed("GET, POST".into()));
     }
-    let rec = require_token(ctx.store, ctx.config, req.headers(), req.uri().query()).await?;
+    let head = super::bearer::RequestHead::of(&req, ctx.scheme);
+    let rec = require_token(ctx.store, ctx.config, &head).await?;
     let g = &rec.grant;
     // OpenID Connect UserInfo (Core 5.3) for tokens granted `openid`.
     if super::oidc::enabled(ctx.config) && g.scope.contains("openid") {
@@ -186,11 +199,17 @@ pub fn metadata(config: &Config) -> Response<Body> {
         "userinfo_endpoint": format!("{issuer}{USERINFO_PATH}"),
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
-        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials", "password"],
+        "device_authorization_endpoint": format!("{issuer}{DEVICE_AUTHORIZATION_PATH}"),
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials", "password", DEVICE_CODE_GRANT],
         "code_challenge_methods_supported": ["S256"],
-        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
-        "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
-        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"],
+        "token_endpoint_auth_signing_alg_values_supported": ALG_NAMES,
+        "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"],
+        "revocation_endpoint_auth_signing_alg_values_supported": ALG_NAMES,
+        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt"],
+        "introspection_endpoint_auth_signing_alg_values_supported": ALG_NAMES,
+        // RFC 9449 section 5.1.
+        "dpop_signing_alg_values_supported": ALG_NAMES,
         "scopes_supported": scopes,
         "authorization_response_iss_parameter_supported": true,
     });

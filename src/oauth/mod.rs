@@ -29,6 +29,10 @@ use crate::store::{
 pub mod authorize;
 pub mod bearer;
 pub mod client_auth;
+pub mod client_jwt;
+pub mod device;
+pub mod device_page;
+pub mod dpop;
 pub mod endpoints;
 pub mod limiter;
 pub mod oidc;
@@ -158,6 +162,8 @@ pub struct OAuthContext<'a> {
     pub peer: IpAddr,
     /// The request's id, for audit lines.
     pub request_id: &'a str,
+    /// `https` or `http`, as the client used it (DPoP's `htu`).
+    pub scheme: &'a str,
 }
 
 impl OAuthContext<'_> {
@@ -251,22 +257,43 @@ pub async fn token_endpoint(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, GatewayError> {
     let (parts, params) = read_form(req, false).await?;
-    issue(ctx, &parts.headers, &params)
-        .await
-        .map(TokenResponse::into_response)
+    let head = bearer::RequestHead {
+        method: &parts.method,
+        uri: &parts.uri,
+        headers: &parts.headers,
+        scheme: ctx.scheme,
+    };
+    let proof = dpop::token_request_proof(ctx, &head).await;
+    let proof = match proof {
+        Ok(p) => p,
+        Err(e) => {
+            ctx.audit("token_refused", None, None, None, Some(e.reason()));
+            return Err(e);
+        }
+    };
+    issue(
+        ctx,
+        &parts.headers,
+        &params,
+        proof.as_ref().map(|p| p.jkt.as_str()),
+    )
+    .await
+    .map(TokenResponse::into_response)
 }
 
-/// Runs a token request: client authentication, then the grant.
+/// Runs a token request: client authentication, then the grant. `jkt`: the
+/// thumbprint of the key of the request's valid DPoP proof, if it had one.
 pub async fn issue(
     ctx: &OAuthContext<'_>,
     headers: &HeaderMap,
     params: &Params,
+    jkt: Option<&str>,
 ) -> Result<TokenResponse, GatewayError> {
-    let result = issue_inner(ctx, headers, params).await;
+    let result = issue_inner(ctx, headers, params, jkt).await;
     // Only a grant type we know is logged as such: the parameter is the caller's.
     let grant = params
         .get("grant_type")
-        .map(|g| GrantType::parse(g).map_or("unsupported", GrantType::as_str));
+        .map(|g| GrantType::from_request(g).map_or("unsupported", GrantType::as_str));
     match &result {
         Ok(r) => {
             let event = if grant == Some("refresh_token") {
@@ -285,7 +312,8 @@ pub async fn issue(
         Err(e) => {
             let client = match client_auth::extract(headers, params) {
                 Ok(client_auth::ClientCredentials::Basic { id, .. })
-                | Ok(client_auth::ClientCredentials::Body { id, .. }) => Some(id),
+                | Ok(client_auth::ClientCredentials::Body { id, .. })
+                | Ok(client_auth::ClientCredentials::Assertion { id, .. }) => Some(id),
                 _ => ctx.config.oauth.default_client.clone(),
             };
             // The name a password grant tried: who is being guessed at.
@@ -306,10 +334,11 @@ async fn issue_inner(
     ctx: &OAuthContext<'_>,
     headers: &HeaderMap,
     params: &Params,
+    jkt: Option<&str>,
 ) -> Result<TokenResponse, GatewayError> {
     let grant_type = params.require("grant_type", "grant_type is missing")?;
     let creds = client_auth::extract(headers, params)?;
-    let grant = GrantType::parse(grant_type).ok_or(GatewayError::OAuth(
+    let grant = GrantType::from_request(grant_type).ok_or(GatewayError::OAuth(
         OAuthCode::UnsupportedGrantType,
         "this grant_type is not supported",
     ))?;
@@ -320,6 +349,18 @@ async fn issue_inner(
             "this client may not use this grant_type",
         ));
     }
+    if client.client.require_dpop && jkt.is_none() {
+        return Err(GatewayError::OAuth(
+            OAuthCode::InvalidDpopProof,
+            "this client must send a DPoP proof",
+        ));
+    }
+    // RFC 9449 section 5: access tokens bound to the proof's key; refresh
+    // tokens too, for a public client (a confidential one authenticates anyway).
+    let binding = Binding {
+        access: jkt.map(Arc::from),
+        refresh: jkt.filter(|_| !client.confidential).map(Arc::from),
+    };
     let requested = match params.get("scope") {
         Some(s) => Some(ScopeSet::parse(s).ok_or(GatewayError::OAuth(
             OAuthCode::InvalidScope,
@@ -328,10 +369,13 @@ async fn issue_inner(
         None => None,
     };
     let response = match grant {
-        GrantType::Password => password_grant(ctx, &client, params, requested).await,
-        GrantType::ClientCredentials => client_credentials_grant(ctx, &client, requested).await,
-        GrantType::RefreshToken => refresh_grant(ctx, &client, params, requested).await,
-        GrantType::AuthorizationCode => code_grant(ctx, &client, params).await,
+        GrantType::Password => password_grant(ctx, &client, params, requested, binding).await,
+        GrantType::ClientCredentials => {
+            client_credentials_grant(ctx, &client, requested, binding).await
+        }
+        GrantType::RefreshToken => refresh_grant(ctx, &client, params, requested, binding).await,
+        GrantType::AuthorizationCode => code_grant(ctx, &client, params, binding).await,
+        GrantType::DeviceCode => device::device_grant(ctx, &client, params, binding).await,
     };
     let response = response?;
     ctx.metrics.token_issued(grant.as_str());
@@ -455,6 +499,7 @@ async fn password_grant(
     client: &AuthenticatedClient,
     params: &Params,
     requested: Option<ScopeSet>,
+    binding: Binding,
 ) -> Result<TokenResponse, GatewayError> {
     let username = params.require("username", "username is missing")?;
     let password = params.require("password", "password is missing")?;
@@ -473,13 +518,14 @@ async fn password_grant(
         .client
         .allows(GrantType::RefreshToken)
         .then(|| grant.clone());
-    issue_tokens(ctx, grant, random_u64(), refresh).await
+    issue_tokens(ctx, grant, random_u64(), refresh, binding).await
 }
 
 async fn client_credentials_grant(
     ctx: &OAuthContext<'_>,
     client: &AuthenticatedClient,
     requested: Option<ScopeSet>,
+    binding: Binding,
 ) -> Result<TokenResponse, GatewayError> {
     if !client.confidential {
         return Err(GatewayError::OAuth(
@@ -490,7 +536,7 @@ async fn client_credentials_grant(
     let scope = grant_scope(requested, &client.client.scopes)?;
     let grant = ctx.grants.intern(None, client.client.id.clone(), scope);
     // Section 4.4.3: a refresh token SHOULD NOT be included.
-    issue_tokens(ctx, grant, random_u64(), None).await
+    issue_tokens(ctx, grant, random_u64(), None, binding).await
 }
 
 /// Revokes a grant family for as long as any of its tokens could live.
@@ -507,6 +553,7 @@ async fn refresh_grant(
     client: &AuthenticatedClient,
     params: &Params,
     requested: Option<ScopeSet>,
+    binding: Binding,
 ) -> Result<TokenResponse, GatewayError> {
     let presented = params.require("refresh_token", "refresh_token is missing")?;
     let key = TokenHash::of(presented);
@@ -523,6 +570,24 @@ async fn refresh_grant(
     if !grant_still_allowed(ctx.config, &rec.grant) {
         return Err(BAD);
     }
+    // RFC 9449 section 5: a bound refresh token needs a proof by its key.
+    if let Some(bound) = &rec.cnf {
+        match binding.access.as_deref() {
+            None => {
+                return Err(GatewayError::OAuth(
+                    OAuthCode::InvalidDpopProof,
+                    "this refresh token is DPoP-bound: a DPoP proof is required",
+                ));
+            }
+            Some(jkt) if jkt != bound.as_ref() => {
+                return Err(GatewayError::OAuth(
+                    OAuthCode::InvalidGrant,
+                    "this refresh token is bound to another DPoP key",
+                ));
+            }
+            Some(_) => {}
+        }
+    }
     let scope = grant_scope(requested, &rec.grant.scope)?;
     // Of racing requests, only the one that takes the token goes on; the others
     // are replays.
@@ -536,7 +601,7 @@ async fn refresh_grant(
         ctx.grants
             .intern(rec.grant.user.clone(), rec.grant.client.clone(), scope)
     };
-    issue_tokens(ctx, access, rec.family, Some(rec.grant)).await
+    issue_tokens(ctx, access, rec.family, Some(rec.grant), binding).await
 }
 
 /// The record of a single-use credential (refresh token, code), or `bad`. One
@@ -574,6 +639,7 @@ async fn code_grant(
     ctx: &OAuthContext<'_>,
     client: &AuthenticatedClient,
     params: &Params,
+    binding: Binding,
 ) -> Result<TokenResponse, GatewayError> {
     let code = params.require("code", "code is missing")?;
     const BAD: GatewayError = GatewayError::OAuth(
@@ -604,7 +670,7 @@ async fn code_grant(
         .client
         .allows(GrantType::RefreshToken)
         .then(|| rec.grant.clone());
-    let mut resp = issue_tokens(ctx, rec.grant, rec.family, refresh).await?;
+    let mut resp = issue_tokens(ctx, rec.grant, rec.family, refresh, binding).await?;
     if let Some(o) = &rec.oidc {
         resp.id_token = oidc::id_token(ctx.config, &resp.grant, o, &resp.access_token);
     }
@@ -615,13 +681,21 @@ pub fn ttl_secs(d: Duration) -> u64 {
     d.as_secs().max(1)
 }
 
+/// The DPoP key thumbprints new tokens are bound to (`None`: bearer).
+#[derive(Debug, Clone, Default)]
+pub struct Binding {
+    pub access: Option<Arc<str>>,
+    pub refresh: Option<Arc<str>>,
+}
+
 /// An access token for `grant` and, given its grant (the same, or wider after
-/// a narrowing refresh), a refresh token.
-async fn issue_tokens(
+/// a narrowing refresh), a refresh token; both bound as `binding` says.
+pub(crate) async fn issue_tokens(
     ctx: &OAuthContext<'_>,
     grant: Arc<Grant>,
     family: u64,
     refresh_grant: Option<Arc<Grant>>,
+    binding: Binding,
 ) -> Result<TokenResponse, GatewayError> {
     let now = now_secs();
     let access_ttl = ttl_secs(ctx.config.oauth.access_token_ttl);
@@ -634,6 +708,7 @@ async fn issue_tokens(
             family,
             issued_at: now,
             expires_at: now.saturating_add(ttl_secs(ctx.config.oauth.refresh_token_ttl)),
+            cnf: binding.refresh.clone(),
         };
         ctx.store.put_refresh(TokenHash::of(refresh), rec).await?;
     }
@@ -642,11 +717,16 @@ async fn issue_tokens(
         family,
         issued_at: now,
         expires_at: now.saturating_add(access_ttl),
+        cnf: binding.access.clone(),
     };
     ctx.store.put_access(TokenHash::of(&access), rec).await?;
     Ok(TokenResponse {
         access_token: access,
-        token_type: "Bearer",
+        token_type: if binding.access.is_some() {
+            "DPoP"
+        } else {
+            "Bearer"
+        },
         expires_in: access_ttl,
         refresh_token: refresh,
         scope,

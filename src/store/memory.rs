@@ -10,7 +10,10 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 
-use super::{CodeRecord, Grants, Redeem, StoreFuture, TokenHash, TokenRecord, TokenStore};
+use super::{
+    CodeRecord, DeviceDecision, DevicePoll, DeviceRecord, Grants, Redeem, StoreFuture, TokenHash,
+    TokenRecord, TokenStore,
+};
 use crate::config::Config;
 use crate::scope::ScopeSet;
 
@@ -33,6 +36,8 @@ impl Hasher for PassThroughHasher {
         self.0 = n;
     }
 }
+
+mod device;
 
 type Map<V> = DashMap<TokenHash, V, BuildHasherDefault<PassThroughHasher>>;
 
@@ -58,6 +63,10 @@ pub struct MemoryStore {
     /// `revoked.len()`, readable without touching every shard: the hot path
     /// skips the family check while nothing is revoked.
     revoked_count: AtomicUsize,
+    /// `jti`s of DPoP proofs and client assertions (replay detection).
+    one_time: device::OneTime,
+    /// Device authorizations (RFC 8628).
+    devices: device::Devices,
 }
 
 impl Default for MemoryStore {
@@ -78,6 +87,8 @@ impl MemoryStore {
             codes: new_map(),
             revoked: DashMap::new(),
             revoked_count: AtomicUsize::new(0),
+            one_time: device::OneTime::new(),
+            devices: device::Devices::new(),
         }
     }
 
@@ -190,6 +201,7 @@ impl TokenStore for MemoryStore {
         self.refresh.retain(|_, e| self.live(&e.rec, now));
         self.codes.retain(|_, e| now < e.rec.expires_at);
         let after = self.access.len() + self.refresh.len() + self.codes.len();
+        let others = self.one_time.sweep(now) + self.devices.sweep(now);
         // Families are forgotten only once none of their tokens can be alive.
         self.revoked.retain(|_, until| {
             let keep = now < *until;
@@ -198,7 +210,43 @@ impl TokenStore for MemoryStore {
             }
             keep
         });
-        ready(before.saturating_sub(after))
+        ready(before.saturating_sub(after) + others)
+    }
+
+    fn first_use(&self, key: TokenHash, until: u64) -> StoreFuture<'_, bool> {
+        let r = self.one_time.first_use(key, until, super::now_secs());
+        Box::pin(std::future::ready(r))
+    }
+
+    fn put_device(
+        &self,
+        device: TokenHash,
+        user_code: TokenHash,
+        rec: DeviceRecord,
+    ) -> StoreFuture<'_, bool> {
+        let r = self.devices.put(device, user_code, rec, super::now_secs());
+        Box::pin(std::future::ready(r))
+    }
+
+    fn device_by_user_code(&self, user_code: TokenHash) -> StoreFuture<'_, Option<DeviceRecord>> {
+        ready(self.devices.by_user_code(&user_code, super::now_secs()))
+    }
+
+    fn decide_device(
+        &self,
+        user_code: TokenHash,
+        decision: DeviceDecision,
+    ) -> StoreFuture<'_, bool> {
+        ready(self.devices.decide(&user_code, decision, super::now_secs()))
+    }
+
+    fn poll_device(
+        &self,
+        device: TokenHash,
+        client: &str,
+        now_ms: u64,
+    ) -> StoreFuture<'_, DevicePoll> {
+        ready(self.devices.poll(&device, client, now_ms))
     }
 
     fn token_counts(&self) -> (usize, usize) {
@@ -218,6 +266,9 @@ struct SavedToken {
     e: u64,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     used: bool,
+    /// The DPoP binding (`cnf.jkt`): a bound token must stay bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    j: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -239,6 +290,7 @@ fn saved(key: &TokenHash, rec: &TokenRecord, used: bool) -> SavedToken {
         i: rec.issued_at,
         e: rec.expires_at,
         used,
+        j: rec.cnf.as_deref().map(str::to_string),
     }
 }
 
@@ -296,6 +348,7 @@ fn restored(t: SavedToken, kind: Kind, config: &Config, grants: &Grants, now: u6
         family: t.f,
         issued_at,
         expires_at,
+        cnf: t.j.map(Arc::from),
     };
     if clamped {
         Restored::Clamped(key, rec)
@@ -513,6 +566,7 @@ mod tests {
             family,
             issued_at: now_secs(),
             expires_at,
+            cnf: None,
         }
     }
 
@@ -634,6 +688,7 @@ mod tests {
             i,
             e,
             used: false,
+            j: None,
         }
     }
 

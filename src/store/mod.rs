@@ -109,6 +109,14 @@ pub fn random_u64() -> u64 {
     getrandom::u64().expect("the OS random source failed")
 }
 
+/// Unix milliseconds (device-flow polling is timed to the millisecond).
+pub fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
 pub fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -242,6 +250,9 @@ pub struct TokenRecord {
     pub issued_at: u64,
     /// Unix seconds; the token is dead from this second on.
     pub expires_at: u64,
+    /// DPoP binding (RFC 9449 section 6): the JWK thumbprint (`cnf.jkt`) of the
+    /// key whose proofs must come with the token; `None` for a bearer token.
+    pub cnf: Option<Arc<str>>,
 }
 
 impl TokenRecord {
@@ -288,6 +299,60 @@ pub enum Redeem<T> {
     /// Never issued, expired, or revoked.
     Unknown,
 }
+
+/// A pending device authorization (RFC 8628 section 3.2), keyed by the hash
+/// of its device code; its user code names it on the verification page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRecord {
+    pub client: Arc<str>,
+    /// The scope asked for; `None`: all the client and the user may have.
+    pub scope: Option<ScopeSet>,
+    /// The family of the tokens it yields.
+    pub family: u64,
+    /// Unix seconds; the device code and user code are dead from then on.
+    pub expires_at: u64,
+    /// Seconds a client waits between polls; raised by 5 at each `slow_down`.
+    pub interval: u64,
+}
+
+/// What the user decided on the verification page.
+#[derive(Debug, Clone)]
+pub enum DeviceDecision {
+    /// Who approved, for which client and scope.
+    Approved(Arc<Grant>),
+    Denied,
+}
+
+/// The answer to a poll of the token endpoint with a device code (RFC 8628
+/// section 3.5); the store decides it atomically with the poll's time.
+#[derive(Debug, Clone)]
+pub enum DevicePoll {
+    /// Never issued (or long gone).
+    Unknown,
+    /// Past its `expires_at`.
+    Expired,
+    /// Polled sooner than `interval` after the last poll: the interval, now
+    /// 5 s longer, and how many polls came too fast so far.
+    SlowDown {
+        interval: u64,
+        fast_polls: u64,
+    },
+    Pending,
+    Denied,
+    /// Approved, and now used up by this caller alone.
+    Approved {
+        grant: Arc<Grant>,
+        family: u64,
+    },
+    /// Approved and used before: a replay (the caller revokes the family).
+    Spent {
+        family: u64,
+    },
+}
+
+/// How long a device authorization is kept past its expiry, so that a late
+/// poll is told `expired_token` rather than `invalid_grant`.
+pub const DEVICE_GRACE_SECS: u64 = 600;
 
 /// Why the store could not answer. Its text goes to the request's log line
 /// (never to a response body) and names the fault, not a credential.
@@ -363,6 +428,37 @@ pub trait TokenStore: Send + Sync + 'static {
     /// Revokes every token of a grant family, now and until `until` (unix seconds),
     /// by which time all of them have expired anyway.
     fn revoke_family(&self, family: u64, until: u64) -> StoreFuture<'_, ()>;
+    /// Remembers a one-time value (a DPoP proof's or a client assertion's
+    /// `jti`, hashed) until `until` (unix seconds). `true` the first time;
+    /// `false` if it was seen before and not yet forgotten: a replay.
+    fn first_use(&self, key: TokenHash, until: u64) -> StoreFuture<'_, bool>;
+    /// Stores a new device authorization under its device code, and the user
+    /// code pointing at it. `false` (nothing stored) if the user code is
+    /// already in use: the caller draws another.
+    fn put_device(
+        &self,
+        device: TokenHash,
+        user_code: TokenHash,
+        rec: DeviceRecord,
+    ) -> StoreFuture<'_, bool>;
+    /// The live, undecided device authorization a user code names.
+    fn device_by_user_code(&self, user_code: TokenHash) -> StoreFuture<'_, Option<DeviceRecord>>;
+    /// Records the user's decision. Of racing callers, exactly one gets
+    /// `true`; the user code is used up (RFC 8628 section 6.1: single use).
+    fn decide_device(
+        &self,
+        user_code: TokenHash,
+        decision: DeviceDecision,
+    ) -> StoreFuture<'_, bool>;
+    /// One poll by `client` at `now_ms` (unix milliseconds): counted,
+    /// rate-checked and answered atomically (see [`DevicePoll`]). A device
+    /// code of another client is `Unknown`, and left as it is.
+    fn poll_device(
+        &self,
+        device: TokenHash,
+        client: &str,
+        now_ms: u64,
+    ) -> StoreFuture<'_, DevicePoll>;
     /// Drops expired and revoked entries; returns how many went.
     fn sweep_expired(&self, now: u64) -> StoreFuture<'_, usize>;
     /// Access and refresh tokens held (including expired ones not yet swept).

@@ -44,10 +44,12 @@ use super::connection::{DurableError, RedisConn};
 use super::memory::PassThroughHasher;
 use super::topology::RedisTopology;
 use super::{
-    CodeRecord, Grants, Redeem, StoreError, StoreFuture, TokenHash, TokenRecord, TokenStore, hex,
-    now_secs, unhex,
+    CodeRecord, DeviceDecision, DevicePoll, DeviceRecord, Grants, Redeem, StoreError, StoreFuture,
+    TokenHash, TokenRecord, TokenStore, hex, now_secs, unhex,
 };
 use crate::scope::ScopeSet;
+
+mod device;
 
 const CHANNEL: &str = "whosthat:revocations";
 /// A PING on the subscription unanswered this long: the connection is taken
@@ -99,6 +101,9 @@ struct StoredToken {
     s: String,
     i: u64,
     e: u64,
+    /// The DPoP binding (`cnf.jkt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    j: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -135,6 +140,9 @@ struct Inner {
     subscribed: AtomicBool,
     reachable: AtomicBool,
     redeem: Script,
+    /// Device authorizations: see [`device`].
+    decide: Script,
+    poll: Script,
     /// The cache is trusted only while `heard` is younger than this.
     max_staleness: Duration,
     /// The origin of `heard`: a monotonic clock, immune to wall-clock steps.
@@ -171,6 +179,8 @@ impl RedisStore {
                 subscribed: AtomicBool::new(false),
                 reachable: AtomicBool::new(false),
                 redeem: Script::new(REDEEM),
+                decide: Script::new(device::DECIDE),
+                poll: Script::new(device::POLL),
                 max_staleness,
                 clock: Instant::now(),
                 heard: AtomicU64::new(0),
@@ -275,6 +285,7 @@ impl Inner {
             s: g.scope.to_string(),
             i: rec.issued_at,
             e: rec.expires_at,
+            j: rec.cnf.as_deref().map(str::to_string),
         };
         format!(
             "{}|{}",
@@ -299,6 +310,7 @@ impl Inner {
             family,
             issued_at: s.i,
             expires_at: s.e,
+            cnf: s.j.map(Arc::from),
         })
     }
 
@@ -703,6 +715,41 @@ impl TokenStore for RedisStore {
         Box::pin(std::future::ready(Ok(swept)))
     }
 
+    fn first_use(&self, key: TokenHash, until: u64) -> StoreFuture<'_, bool> {
+        Box::pin(self.inner.first_use(key, until))
+    }
+
+    fn put_device(
+        &self,
+        device: TokenHash,
+        user_code: TokenHash,
+        rec: DeviceRecord,
+    ) -> StoreFuture<'_, bool> {
+        Box::pin(self.inner.put_device(device, user_code, rec))
+    }
+
+    fn device_by_user_code(&self, user_code: TokenHash) -> StoreFuture<'_, Option<DeviceRecord>> {
+        Box::pin(self.inner.device_by_user_code(user_code))
+    }
+
+    fn decide_device(
+        &self,
+        user_code: TokenHash,
+        decision: DeviceDecision,
+    ) -> StoreFuture<'_, bool> {
+        Box::pin(self.inner.decide_device(user_code, decision))
+    }
+
+    fn poll_device(
+        &self,
+        device: TokenHash,
+        client: &str,
+        now_ms: u64,
+    ) -> StoreFuture<'_, DevicePoll> {
+        let client = client.to_string();
+        Box::pin(async move { self.inner.poll_device(device, &client, now_ms).await })
+    }
+
     fn token_counts(&self) -> (usize, usize) {
         (self.inner.cache.len(), 0)
     }
@@ -749,12 +796,25 @@ mod tests {
             family: 42,
             issued_at: 1,
             expires_at: 2,
+            cnf: None,
         };
         let v = Inner::encode_token(&rec);
         assert!(v.starts_with("42|"));
+        assert!(!v.contains("\"j\""), "no binding, no field: {v}");
         let back = store.inner.decode_token(&v).unwrap();
         assert!(Arc::ptr_eq(&back.grant, &rec.grant));
         assert_eq!((back.family, back.issued_at, back.expires_at), (42, 1, 2));
+        assert_eq!(back.cnf, None);
+        // A DPoP-bound token stays bound through Redis.
+        let bound = TokenRecord {
+            cnf: Some(Arc::from("jkt-value")),
+            ..rec
+        };
+        let back = store
+            .inner
+            .decode_token(&Inner::encode_token(&bound))
+            .unwrap();
+        assert_eq!(back.cnf.as_deref(), Some("jkt-value"));
     }
 
     fn store(max_staleness: Duration) -> RedisStore {
@@ -774,6 +834,7 @@ mod tests {
             family: 1,
             issued_at: now_secs(),
             expires_at: now_secs() + 60,
+            cnf: None,
         }
     }
 

@@ -220,7 +220,7 @@ async fn redirect_uri_with_a_query_gets_the_code_appended_with_ampersand() {
         ("code_challenge_method", "S256"),
     ];
     let (mut b, page) = start(&gw, &params).await;
-    let consent = to_consent(&gw, &mut b, &page, "alice", ALICE_PW).await;
+    let consent = reach_consent(&gw, &mut b, &page, "alice", ALICE_PW).await;
     for s in ["admin", "read", "write"] {
         assert!(
             consent.text().contains(&format!("<li>{s}</li>")),
@@ -616,7 +616,7 @@ async fn login_with_a_wrong_or_missing_csrf_is_forbidden_and_changes_nothing() {
     let r = b.post(&gw, &[("csrf", &csrf), ("action", "approve")]).await;
     assert_error_page(&r, 400, "does not fit this step");
     // The right token still works.
-    let consent = to_consent(&gw, &mut b, &again, "alice", ALICE_PW).await;
+    let consent = reach_consent(&gw, &mut b, &again, "alice", ALICE_PW).await;
     assert!(consent.text().contains("<li>read</li>"));
 }
 
@@ -663,7 +663,7 @@ async fn the_login_csrf_token_does_not_approve() {
     let (gw, _up) = setup().await;
     let (_, challenge) = pkce_pair();
     let (mut b, page) = start(&gw, &spa_params(&challenge, "s", "read")).await;
-    let consent = to_consent(&gw, &mut b, &page, "alice", ALICE_PW).await;
+    let consent = reach_consent(&gw, &mut b, &page, "alice", ALICE_PW).await;
     // The consent step has its own token.
     let r = decide(&gw, &mut b, &page, "approve").await;
     assert_error_page(&r, 403, "The form was not sent from this sign-in page.");
@@ -717,7 +717,7 @@ async fn wrong_password_or_unknown_user_shows_the_login_page_with_a_message() {
     );
 
     // The right password still gets through.
-    let consent = to_consent(&gw, &mut b, &p4, "alice", ALICE_PW).await;
+    let consent = reach_consent(&gw, &mut b, &p4, "alice", ALICE_PW).await;
     assert!(consent.text().contains("<strong>alice</strong>"));
 }
 
@@ -735,7 +735,7 @@ async fn nothing_from_the_request_appears_unescaped() {
     assert_eq!(see_other(&r).base, AUTHORIZE);
     let failed = b.page(&gw).await;
     pages.push(failed.text());
-    let consent = to_consent(&gw, &mut b, &failed, "alice", ALICE_PW).await;
+    let consent = reach_consent(&gw, &mut b, &failed, "alice", ALICE_PW).await;
     pages.push(consent.text());
     let r = decide(&gw, &mut b, &consent, "approve").await;
     pages.push(r.text());
@@ -787,7 +787,7 @@ async fn deny_goes_back_with_access_denied_and_ends_the_sign_in() {
     let (_, challenge) = pkce_pair();
     let state = "d&e f";
     let (mut b, page) = start(&gw, &spa_params(&challenge, state, "read")).await;
-    let consent = to_consent(&gw, &mut b, &page, "alice", ALICE_PW).await;
+    let consent = reach_consent(&gw, &mut b, &page, "alice", ALICE_PW).await;
     let cookie = b.cookie.clone();
     let r = decide(&gw, &mut b, &consent, "deny").await;
     assert_error_redirect(&r, SPA_CB, "access_denied", Some(state));
@@ -819,7 +819,7 @@ async fn scope_beyond_the_user_is_invalid_scope_after_login() {
     // Without a scope, bob grants what he has.
     let params = with(&spa_params(&challenge, "bs", "read"), &["scope"], &[]);
     let (mut b, page) = start(&gw, &params).await;
-    let consent = to_consent(&gw, &mut b, &page, "bob", BOB_PW).await;
+    let consent = reach_consent(&gw, &mut b, &page, "bob", BOB_PW).await;
     assert!(consent.text().contains("<li>read</li>"));
     assert!(!consent.text().contains("<li>write</li>"));
     assert!(!consent.text().contains("<li>admin</li>"));

@@ -120,7 +120,7 @@ async fn the_whole_flow_from_code_to_api_call() {
     let done = b.decide(&gw, &consent, "approve").await;
     assert_eq!(done.status, 200, "{}", done.text());
     assert!(
-        b.cookies.get("whosthat_device_txn").is_none(),
+        !b.cookies.contains_key("whosthat_device_txn"),
         "the page's cookie is cleared"
     );
 
@@ -195,7 +195,7 @@ async fn a_denied_request_is_access_denied() {
     let j = started(&gw, "tv", "read").await;
     let (device_code, user_code) = code_of(&j);
     let mut b = DeviceBrowser::new();
-    let consent = b.to_consent(&gw, user_code, "alice", ALICE_PW).await;
+    let consent = b.reach_consent(&gw, user_code, "alice", ALICE_PW).await;
     let done = b.decide(&gw, &consent, "deny").await;
     assert_eq!(done.status, 200);
     assert!(done.text().contains("was not allowed"), "{}", done.text());
@@ -231,8 +231,8 @@ async fn user_codes_are_case_insensitive_and_single_use() {
     // Two browsers reach the consent for one code; one approval counts.
     let mut first = DeviceBrowser::new();
     let mut second = DeviceBrowser::new();
-    let c1 = first.to_consent(&gw, user_code, "alice", ALICE_PW).await;
-    let c2 = second.to_consent(&gw, user_code, "bob", BOB_PW).await;
+    let c1 = first.reach_consent(&gw, user_code, "alice", ALICE_PW).await;
+    let c2 = second.reach_consent(&gw, user_code, "bob", BOB_PW).await;
     assert_eq!(first.decide(&gw, &c1, "approve").await.status, 200);
     let late = second.decide(&gw, &c2, "approve").await;
     assert_eq!(late.status, 400, "{}", late.text());
@@ -256,7 +256,7 @@ async fn approvals_racing_each_other_have_one_winner() {
     let mut ready = Vec::new();
     for _ in 0..10 {
         let mut b = DeviceBrowser::new();
-        let consent = b.to_consent(&gw, user_code, "alice", ALICE_PW).await;
+        let consent = b.reach_consent(&gw, user_code, "alice", ALICE_PW).await;
         ready.push((b, consent));
     }
     let mut tasks = Vec::new();

@@ -259,7 +259,7 @@ async fn max_age_is_met_and_a_sign_in_older_than_it_is_asked_again() {
     // max_age=1 and a consent given later than that: back to the login page.
     let params = rp_params("openid", &[("max_age", "1")]);
     let (mut b, page) = start(&s.gw, &params).await;
-    let consent = to_consent(&s.gw, &mut b, &page, "alice", ALICE_PW).await;
+    let consent = reach_consent(&s.gw, &mut b, &page, "alice", ALICE_PW).await;
     tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
     let r = decide(&s.gw, &mut b, &consent, "approve").await;
     assert_eq!(

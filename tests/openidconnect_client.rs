@@ -61,7 +61,7 @@ async fn sign_in(gw: &Gateway, auth_url: &str, user: &str, pw: &str) -> (String,
     let mut b = Browser::new();
     let page = b.get(auth_url).await;
     assert_eq!(page.status, 200, "the login page: {}", page.text());
-    let consent = to_consent(gw, &mut b, &page, user, pw).await;
+    let consent = reach_consent(gw, &mut b, &page, user, pw).await;
     let loc = see_other(&decide(gw, &mut b, &consent, "approve").await);
     (
         loc.get("code").expect("a code").to_string(),

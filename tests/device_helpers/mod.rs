@@ -142,7 +142,7 @@ impl DeviceBrowser {
     }
 
     /// Code and sign-in; returns the consent page.
-    pub async fn to_consent(&mut self, gw: &Gateway, code: &str, user: &str, pw: &str) -> Reply {
+    pub async fn reach_consent(&mut self, gw: &Gateway, code: &str, user: &str, pw: &str) -> Reply {
         let login = self.enter_code(gw, code).await;
         assert!(login.text().contains("Sign in"), "{}", login.text());
         let consent = self
@@ -170,7 +170,7 @@ impl DeviceBrowser {
 /// The whole page flow for `code` as `user`, approved; asserts the done page.
 pub async fn approve(gw: &Gateway, code: &str, user: &str, pw: &str) {
     let mut b = DeviceBrowser::new();
-    let consent = b.to_consent(gw, code, user, pw).await;
+    let consent = b.reach_consent(gw, code, user, pw).await;
     let done = b.decide(gw, &consent, "approve").await;
     assert_eq!(done.status, 200, "{}", done.text());
     assert!(

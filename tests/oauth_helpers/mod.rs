@@ -250,7 +250,7 @@ pub async fn post_login(
 }
 
 /// Logs in with the right password and returns the consent page.
-pub async fn to_consent(
+pub async fn reach_consent(
     gw: &Gateway,
     b: &mut Browser,
     page: &Reply,
@@ -279,7 +279,7 @@ pub async fn decide(gw: &Gateway, b: &mut Browser, consent: &Reply, action: &str
 /// The whole flow for `pairs` as `user`, approved. Returns the redirect.
 pub async fn approved(gw: &Gateway, pairs: &[(&str, &str)], user: &str, pw: &str) -> Location {
     let (mut b, page) = start(gw, pairs).await;
-    let consent = to_consent(gw, &mut b, &page, user, pw).await;
+    let consent = reach_consent(gw, &mut b, &page, user, pw).await;
     let r = decide(gw, &mut b, &consent, "approve").await;
     let loc = see_other(&r);
     assert!(loc.get("code").is_some(), "no code in {loc:?}");

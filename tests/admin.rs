@@ -113,6 +113,30 @@ struct InFlight {
 }
 
 async fn metrics_in_flight(addr: std::net::SocketAddr) -> InFlight {
+    try_metrics_in_flight(addr)
+        .await
+        .expect("closed before the head of /metrics")
+}
+
+/// A slot given back is freed when the gateway sees the connection close, a
+/// moment after the client dropped it: retried (within the hang guard) until
+/// the gateway takes the new connection.
+async fn metrics_in_flight_once_freed(addr: std::net::SocketAddr) -> InFlight {
+    let deadline = std::time::Instant::now() + HANG_GUARD;
+    loop {
+        if let Some(f) = try_metrics_in_flight(addr).await {
+            return f;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot was never freed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// `None` if the gateway closed the connection before the head (over the cap).
+async fn try_metrics_in_flight(addr: std::net::SocketAddr) -> Option<InFlight> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
@@ -120,19 +144,22 @@ async fn metrics_in_flight(addr: std::net::SocketAddr) -> InFlight {
     stream
         .write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\n\r\n")
         .await
-        .unwrap();
+        .ok()?;
     let mut read = Vec::new();
     let mut buf = [0u8; 1024];
     while !read.windows(4).any(|w| w == b"\r\n\r\n") {
         let n = tokio::time::timeout(HANG_GUARD, stream.read(&mut buf))
             .await
             .expect("the head of /metrics within the hang guard")
-            .unwrap();
-        assert!(
-            n > 0,
-            "closed before the head: {:?}",
-            String::from_utf8_lossy(&read)
-        );
+            .unwrap_or(0);
+        if n == 0 {
+            assert!(
+                read.is_empty(),
+                "cut off in the head: {:?}",
+                String::from_utf8_lossy(&read)
+            );
+            return None;
+        }
         read.extend_from_slice(&buf[..n]);
     }
     assert!(
@@ -140,7 +167,7 @@ async fn metrics_in_flight(addr: std::net::SocketAddr) -> InFlight {
         "{:?}",
         String::from_utf8_lossy(&read)
     );
-    InFlight { stream, read }
+    Some(InFlight { stream, read })
 }
 
 impl InFlight {
@@ -211,7 +238,7 @@ async fn admin_connections_are_capped_and_drained_on_shutdown() {
 
     let mut held = Vec::new();
     for _ in 0..ADMIN_CAP {
-        held.push(metrics_in_flight(admin_addr).await);
+        held.push(metrics_in_flight_once_freed(admin_addr).await);
     }
     // One more: accepted by the kernel, closed by the gateway without an answer
     // (writing may fail already: the gateway may have closed it).
@@ -237,7 +264,7 @@ async fn admin_connections_are_capped_and_drained_on_shutdown() {
         "{}",
         &body[body.len() - 300..]
     );
-    held.push(metrics_in_flight(admin_addr).await);
+    held.push(metrics_in_flight_once_freed(admin_addr).await);
 
     let task = gw.stop();
     // Shutdown under way: the admin listener stops accepting ...

@@ -112,12 +112,6 @@ struct InFlight {
     read: Vec<u8>,
 }
 
-async fn metrics_in_flight(addr: std::net::SocketAddr) -> InFlight {
-    try_metrics_in_flight(addr)
-        .await
-        .expect("closed before the head of /metrics")
-}
-
 /// A slot given back is freed when the gateway sees the connection close, a
 /// moment after the client dropped it: retried (within the hang guard) until
 /// the gateway takes the new connection.

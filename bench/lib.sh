@@ -13,11 +13,14 @@ free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
-# The upstream: an nginx answering a short static body, one worker, on port $1.
+# The upstream: an nginx answering a short static body (16 KiB of "x" at /16k), one
+# worker, on port $1.
 # Its pid file is $OUT/nginx-upstream.pid (the caller's cleanup kills it).
 start_upstream() {
     local nginx
     nginx=$(command -v nginx || echo /usr/sbin/nginx)
+    mkdir -p "$OUT/www"
+    head -c 16384 /dev/zero | tr '\0' x > "$OUT/www/16k"
     cat > "$OUT/nginx-upstream.conf" <<CONF
 worker_processes 1;
 pid $OUT/nginx-upstream.pid;
@@ -29,6 +32,7 @@ http {
     server {
         listen 127.0.0.1:$1;
         location / { return 200 "hello from upstream\n"; }
+        location = /16k { root $OUT/www; }
     }
 }
 CONF

@@ -6,22 +6,35 @@
 # password-grant token issuance; the proxied p99 under a concurrent login flood;
 # memory per idle keep-alive connection (whosthat vs nginx); memory per live token
 # (cargo bench --bench token_memory); the argon2 bound from criterion's measurement
-# of one verification (cargo bench --bench hot_paths -- argon2/). Everything runs on
+# of one verification (cargo bench --bench hot_paths -- argon2/). Side by side with
+# nginx with one worker (bench/side_by_side.sh): small and 16 KiB GETs with the front
+# server's CPU per request, TLS 1.3 keep-alive and CPU per full handshake, HTTP/2 over
+# TLS and h2c, and memory per idle HTTP/2 and TLS connection. Everything runs on
 # 127.0.0.1 with its own config and pid files under bench/out/; only what this
 # script started is stopped. One summary is printed at the end.
 #
 #   bench/run.sh                     # defaults: 3 rounds of 10 s per contender, 50 connections
-#   DURATION=3 ROUNDS=1 bench/run.sh # a quick pass
+#   bench/run.sh --quick             # a smoke run: 2 rounds of 3 s, 2,000 idle connections,
+#                                    # no cargo benches (any knob below still overrides)
 #
 # Knobs (env): DURATION (s per load run), ROUNDS, CONNS (wrk connections),
 # FLOOD_CONNS (connections of the login flood, default 4), IDLE_CONNS (idle
 # keep-alive connections per proxy, default 10000; 0 skips that part),
 # TOKEN_MEMORY=0 / ARGON2_CRITERION=0 skip those cargo benches, ASSERTIONS=0 the
-# assertions-on pair, BENCH_OUT (default
-# bench/out) is where configs, pid files and raw outputs go.
+# assertions-on pair, BENCH_OUT (default bench/out) is where configs, pid files and
+# raw outputs go; HANDSHAKES, HANDSHAKE_RATE, H2_CONNS, H2_STREAMS: see
+# bench/side_by_side.sh.
 #
-# Installs nginx and wrk from Debian when they are missing (needs root / apt-get).
+# Installs nginx, wrk and h2load from Debian when they are missing (needs root / apt-get).
 set -euo pipefail
+
+if [ "${1:-}" = --quick ]; then
+    : "${DURATION:=3}" "${ROUNDS:=2}" "${IDLE_CONNS:=2000}" "${HANDSHAKES:=1500}"
+    : "${TOKEN_MEMORY:=0}" "${ARGON2_CRITERION:=0}"
+elif [ -n "${1:-}" ]; then
+    echo "usage: bench/run.sh [--quick]" >&2
+    exit 2
+fi
 
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -58,6 +71,8 @@ fi
 . "$ROOT/bench/lib.sh"
 need wrk wrk
 need nginx nginx-light
+need h2load nghttp2-client
+need openssl openssl
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 UP_PORT=$(free_port); NGX_PORT=$(free_port); GW_PORT=$(free_port)
@@ -79,7 +94,7 @@ fi
 TARGET_DIR=$(cargo metadata --format-version 1 --no-deps |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 
-# --- upstream: nginx answering a small static body, one worker
+# --- upstream: nginx answering a small static body (and 16 KiB at /16k), one worker
 start_upstream "$UP_PORT"
 
 # --- nginx as the peer: plain reverse proxy, keep-alive pool, as many workers as whosthat has threads.
@@ -166,11 +181,34 @@ if ! grep -qi '^HTTP/1.1 200' <<< "$RL_HEAD" || ! grep -qi '^ratelimit-policy:' 
 fi
 
 
+children_of() { # pid file of an nginx master -> its workers' pids
+    local master
+    master=$(cat "$1")
+    awk -v m="$master" '$4 == m {print $1}' /proc/[0-9]*/stat 2>/dev/null || true
+}
+
+# TLS, HTTP/2 and nginx with one worker: side_setup, side_rounds, side_idle,
+# front_pids, cpu_ticks, us_per.
+# shellcheck source=bench/side_by_side.sh
+. "$ROOT/bench/side_by_side.sh"
+
+# One line in results.txt: name rps p50_ms p99_ms errors, and the CPU time the
+# server under test (front_pids) spent per request, in microseconds.
 run_wrk() { # name url [extra wrk args...]
     local name=$1 url=$2; shift 2
+    local pids before after reqs
+    pids=$(front_pids "$name")
+    # shellcheck disable=SC2086
+    before=$(cpu_ticks $pids)
     wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$@" "$url" > "$OUT/wrk-$name.txt" 2>&1
-    echo "$name $(parse_wrk < "$OUT/wrk-$name.txt")" >> "$OUT/results.txt"
+    # shellcheck disable=SC2086
+    after=$(cpu_ticks $pids)
+    reqs=$(grep -Eo '^ +[0-9]+ requests in' "$OUT/wrk-$name.txt" | grep -Eo '[0-9]+' || echo 0)
+    echo "$name $(parse_wrk < "$OUT/wrk-$name.txt") $(us_per "$before" "$after" "$reqs")" >> "$OUT/results.txt"
 }
+
+side_setup
+test "$(curl -s -o /dev/null -w '%{size_download}' -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$GW_PORT/api/16k")" = 16384
 
 : > "$OUT/results.txt"
 echo "proxied GETs: $ROUNDS rounds x ${DURATION}s per contender, $CONNS connections, interleaved ..." >&2
@@ -186,8 +224,19 @@ for r in $(seq "$ROUNDS"); do
         run_wrk whosthat_rl "http://127.0.0.1:$GW_PORT/rl/" -H "Authorization: Bearer $TOKEN"
         run_wrk whosthat "http://127.0.0.1:$GW_PORT/api/" -H "Authorization: Bearer $TOKEN"
     fi
+    # nginx with one worker, and 16 KiB answers, against whosthat (the order alternates).
+    if [ $((r % 2)) = 1 ]; then
+        run_wrk nginx_1w "http://127.0.0.1:$NGX1_PORT/api/"
+        run_wrk whosthat_16k "http://127.0.0.1:$GW_PORT/api/16k" -H "Authorization: Bearer $TOKEN"
+        run_wrk nginx_1w_16k "http://127.0.0.1:$NGX1_PORT/api/16k"
+    else
+        run_wrk nginx_1w_16k "http://127.0.0.1:$NGX1_PORT/api/16k"
+        run_wrk whosthat_16k "http://127.0.0.1:$GW_PORT/api/16k" -H "Authorization: Bearer $TOKEN"
+        run_wrk nginx_1w "http://127.0.0.1:$NGX1_PORT/api/"
+    fi
     echo "  round $r done" >&2
 done
+side_rounds
 
 # --- assertions on: a second whosthat with a signing key, a plain route and the same
 # route with identity_assertion = true (X-Auth-Assertion on every request), back to back
@@ -264,11 +313,7 @@ rss_kib() { # pids... -> summed VmRSS in KiB
     done
     echo "$total"
 }
-nginx_workers() { # children of the proxy nginx's master
-    local master
-    master=$(cat "$OUT/nginx-proxy.pid")
-    awk -v m="$master" '$4 == m {print $1}' /proc/[0-9]*/stat 2>/dev/null || true
-}
+nginx_workers() { children_of "$OUT/nginx-proxy.pid"; }
 established() { # server-side established connections on a port
     if command -v ss >/dev/null 2>&1; then
         ss -Htn state established "( sport = :$1 )" | wc -l
@@ -293,7 +338,7 @@ idle_test() { # name port pid-lister [extra client args...]
     PIDS+=("$client")
     line=""
     for _ in $(seq 700); do # at most 70 s: the client gives up setting up after 60 s
-        line=$(grep '^ready' "$OUT/idle-$name.txt" || true)
+        line=$(grep '^ready' "$OUT/idle-$name.txt" 2>/dev/null || true)
         [ -n "$line" ] && break
         kill -0 "$client" 2>/dev/null || break
         sleep 0.1
@@ -318,6 +363,7 @@ if [ "$IDLE_CONNS" -gt 0 ]; then
     echo "idle keep-alive connections: $IDLE_CONNS to each proxy ..." >&2
     idle_test whosthat "$GW_PORT" gw_pid --header "Authorization: Bearer $TOKEN"
     idle_test nginx "$NGX_PORT" nginx_workers
+    side_idle
 fi
 
 # --- token issuance: password grant, a fresh login per request
@@ -400,7 +446,8 @@ med = statistics.median
 def rows_of(path):
     rows = {}
     for line in open(path):
-        name, rps, p50, p99, errs = line.split()
+        # Extra columns (the front server's CPU per request) are read by side_by_side.py.
+        name, rps, p50, p99, errs = line.split()[:5]
         rows.setdefault(name, []).append((float(rps), float(p50), float(p99), int(errs)))
     return rows
 
@@ -484,3 +531,5 @@ if "interned" in kv:
         print(f"sweep_expired over {n:,} tokens: {s['none_expired_ms']} ms with nothing expired, {s['half_expired_ms']} ms with half expired")
 EOF
 if [ -s "$OUT/assertion-summary.txt" ]; then cat "$OUT/assertion-summary.txt"; fi
+
+python3 "$ROOT/bench/side_by_side.py" "$OUT"

@@ -1,13 +1,10 @@
 //! Forwarding to upstreams: the pooled client, the header rules, streaming bodies.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -16,50 +13,20 @@ use http::{Method, Request, Response, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Frame;
 use hyper::body::Incoming;
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::{Client, ResponseFuture};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 
 use crate::error::{Body, BoxError, GatewayError};
 use crate::routes::{Route, Upstream};
 use crate::store::Grant;
 use crate::upstream_tls::{UpstreamTls, upstream_tls};
 
-/// A pooled upstream client: plain HTTP, or HTTPS through rustls.
-#[derive(Clone)]
-pub enum UpstreamClient {
-    Http(Client<HttpConnector, Body>),
-    Https(Client<HttpsConnector<HttpConnector>, Body>),
-}
+mod pool;
 
-impl UpstreamClient {
-    fn request(&self, req: Request<Body>) -> ResponseFuture {
-        match self {
-            UpstreamClient::Http(c) => c.request(req),
-            UpstreamClient::Https(c) => c.request(req),
-        }
-    }
-}
-
-/// What tells pools apart: connect timeout (ms), the TLS config's id (0 for
-/// plain HTTP), https or not. Ids are never reused, so a pool built for one
-/// set of trust roots can never serve a route with another (an address could
-/// be: a config freed by a reload may leave its address to the next one).
+/// What tells connection pools apart: connect timeout (ms), the TLS config's id
+/// (0 for plain HTTP), https or not. Ids are never reused, so a pool built for
+/// one set of trust roots can never serve a route with another (an address
+/// could be: a config freed by a reload may leave its address to the next one).
 type ClientKey = (u64, u64, bool);
-
-/// Pools kept per thread at most: reloads leave pools for configs no longer in force.
-const MAX_CLIENTS: usize = 64;
-
-/// One thread's pools, and for those of a route's own TLS config a weak
-/// handle on it: once no route holds the config, its pool is dropped.
-type Clients = HashMap<ClientKey, (UpstreamClient, Option<Weak<rustls::ClientConfig>>)>;
-
-thread_local! {
-    /// Keep-alive pools per worker thread, shared by every route with the same
-    /// settings: a pooled connection is always driven by the thread that uses it.
-    static CLIENTS: RefCell<Clients> = RefCell::new(HashMap::new());
-}
 
 /// TLS to public upstreams: the webpki roots alone, built once.
 fn default_tls() -> &'static UpstreamTls {
@@ -81,55 +48,6 @@ fn client_key(route: &Route, upstream: &Upstream) -> ClientKey {
     )
 }
 
-/// This thread's client for `route`'s settings and `upstream`'s scheme.
-pub fn upstream_client(route: &Route, upstream: &Upstream) -> UpstreamClient {
-    let key = client_key(route, upstream);
-    CLIENTS.with(|clients| {
-        let mut clients = clients.borrow_mut();
-        if let Some((c, _)) = clients.get(&key) {
-            return c.clone();
-        }
-        if clients.len() >= MAX_CLIENTS {
-            // Pools of TLS configs no route holds any more first; then all.
-            clients.retain(|_, (_, tls)| tls.as_ref().is_none_or(|w| w.strong_count() > 0));
-            if clients.len() >= MAX_CLIENTS {
-                clients.clear();
-            }
-        }
-        let tls = tls_for(route, upstream);
-        let c = new_client(route.connect_timeout, tls.map(|t| &t.config));
-        let own = route.tls.as_ref().filter(|_| tls.is_some());
-        clients.insert(key, (c.clone(), own.map(|t| Arc::downgrade(&t.config))));
-        c
-    })
-}
-
-fn new_client(
-    connect_timeout: Duration,
-    tls: Option<&Arc<rustls::ClientConfig>>,
-) -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(connect_timeout));
-    let mut builder = Client::builder(TokioExecutor::new());
-    builder
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(1024)
-        .pool_timer(TokioTimer::new());
-    match tls {
-        None => UpstreamClient::Http(builder.build(connector)),
-        Some(tls) => {
-            connector.enforce_http(false);
-            let https = HttpsConnectorBuilder::new()
-                .with_tls_config((**tls).clone())
-                .https_or_http()
-                .enable_http1()
-                .wrap_connector(connector);
-            UpstreamClient::Https(builder.build(https))
-        }
-    }
-}
-
 static X_AUTH_USER: HeaderName = HeaderName::from_static("x-auth-user");
 static X_AUTH_CLIENT: HeaderName = HeaderName::from_static("x-auth-client");
 static X_AUTH_SCOPE: HeaderName = HeaderName::from_static("x-auth-scope");
@@ -141,8 +59,13 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 /// `HTTP2-Settings` belongs to an h2c upgrade of this one connection (RFC 7540
 /// section 3.2.1; h2c is deprecated, RFC 9113 section 3.1) and is never passed on.
 fn is_hop_by_hop(name: &HeaderName) -> bool {
+    is_hop_by_hop_name(name.as_str())
+}
+
+/// [`is_hop_by_hop`] for a lower-case name.
+fn is_hop_by_hop_name(name: &str) -> bool {
     matches!(
-        name.as_str(),
+        name,
         "connection"
             | "keep-alive"
             | "proxy-connection"
@@ -239,31 +162,31 @@ pub fn override_refused(route: &Route, headers: &HeaderMap) -> bool {
         })
 }
 
-/// Names listed in `Connection` (they are hop-by-hop for this message).
+/// Names listed in `Connection` (they are hop-by-hop for this message), but for
+/// `close` and names that are hop-by-hop anyway (`keep-alive`, `upgrade`...):
+/// the usual `Connection: keep-alive` costs nothing.
 fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
     let mut out = Vec::new();
     for v in headers.get_all(header::CONNECTION) {
         if let Ok(v) = v.to_str() {
-            for name in v.split(',') {
-                if let Ok(n) = HeaderName::from_bytes(name.trim().as_bytes()) {
+            for name in v.split(',').map(str::trim) {
+                let known = name.len() <= 20 && {
+                    let mut lower = [0u8; 20];
+                    lower[..name.len()].copy_from_slice(name.as_bytes());
+                    lower.make_ascii_lowercase();
+                    std::str::from_utf8(&lower[..name.len()])
+                        .is_ok_and(|n| n == "close" || is_hop_by_hop_name(n))
+                };
+                if known {
+                    continue;
+                }
+                if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
                     out.push(n);
                 }
             }
         }
     }
     out
-}
-
-/// Removes every header (all its values) for which `drop` holds for one of its values.
-fn remove_where(headers: &mut HeaderMap, drop: impl Fn(&HeaderName, &HeaderValue) -> bool) {
-    let doomed: Vec<HeaderName> = headers
-        .iter()
-        .filter(|(n, v)| drop(n, v))
-        .map(|(n, _)| n.clone())
-        .collect();
-    for name in doomed {
-        headers.remove(&name);
-    }
 }
 
 /// An access token credential: `Bearer` (RFC 6750) or `DPoP` (RFC 9449) scheme.
@@ -391,7 +314,34 @@ pub struct ForwardInfo<'a> {
     pub assertion: Option<HeaderValue>,
 }
 
-/// Rewrites request headers for the upstream, in one pass over them.
+/// Header names to remove from a map: on the stack for the usual handful
+/// (`Host`, `Authorization`, a hop-by-hop field or two).
+#[derive(Default)]
+struct Doomed {
+    inline: [Option<HeaderName>; 8],
+    len: usize,
+    more: Vec<HeaderName>,
+}
+
+impl Doomed {
+    fn push(&mut self, name: &HeaderName) {
+        match self.inline.get_mut(self.len) {
+            Some(slot) => *slot = Some(name.clone()),
+            None => self.more.push(name.clone()),
+        }
+        self.len += 1;
+    }
+
+    fn remove_from(self, headers: &mut HeaderMap) {
+        for name in self.inline.into_iter().flatten().chain(self.more) {
+            headers.remove(&name);
+        }
+    }
+}
+
+/// Rewrites request headers for the upstream in place: what must not reach it
+/// is removed (each name looked at once), what the gateway says is set. The
+/// client's other headers are neither copied nor rehashed.
 pub fn upstream_request_headers(headers: &mut HeaderMap, version: Version, info: &ForwardInfo<'_>) {
     if version == Version::HTTP_2 {
         join_cookies(headers);
@@ -401,71 +351,75 @@ pub fn upstream_request_headers(headers: &mut HeaderMap, version: Version, info:
     } else {
         Vec::new()
     };
-    let mut out = HeaderMap::with_capacity(headers.len() + 7);
+    let mut doomed = Doomed::default();
     let mut via: Option<String> = None;
-    let mut current: Option<HeaderName> = None;
-    for (name, value) in headers.drain() {
-        if let Some(n) = name {
-            current = Some(n);
-        }
-        let Some(name) = current.as_ref() else {
-            continue;
-        };
+    // Authorization values other than a bearer token (Basic for the upstream) stay.
+    let mut kept_authorization: Vec<HeaderValue> = Vec::new();
+    for name in headers.keys() {
         if *name == header::VIA {
             // Every Via line the client sent, joined: a field may be split over lines (RFC 9110 5.3).
-            if let Ok(v) = value.to_str() {
-                let prior = via.get_or_insert_with(String::new);
-                if !prior.is_empty() {
-                    prior.push_str(", ");
+            let prior = via.get_or_insert_with(String::new);
+            for v in headers.get_all(header::VIA) {
+                if let Ok(v) = v.to_str() {
+                    if !prior.is_empty() {
+                        prior.push_str(", ");
+                    }
+                    prior.push_str(v);
                 }
-                prior.push_str(v);
             }
-            continue;
-        }
-        let dropped = is_hop_by_hop(name)
+        } else if *name == header::AUTHORIZATION {
+            let values = headers.get_all(header::AUTHORIZATION);
+            if values.iter().any(is_bearer) {
+                doomed.push(name);
+                kept_authorization.extend(values.iter().filter(|v| !is_bearer(v)).cloned());
+            }
+        } else if is_hop_by_hop(name)
             || *name == header::HOST
-            || (*name == header::AUTHORIZATION && is_bearer(&value))
             // The DPoP proof is for the gateway alone (RFC 9449 section 7.1).
             || *name == crate::oauth::dpop::DPOP
             || is_spoofable(name.as_str())
             || is_override(name.as_str())
-            || listed.contains(name);
-        if !dropped {
-            out.append(name.clone(), value);
+            || listed.contains(name)
+        {
+            doomed.push(name);
         }
     }
-    out.insert(X_FORWARDED_FOR.clone(), info.forwarded_for.clone());
+    doomed.remove_from(headers);
+    for v in kept_authorization {
+        headers.append(header::AUTHORIZATION, v);
+    }
+    headers.reserve(7);
+    headers.insert(X_FORWARDED_FOR.clone(), info.forwarded_for.clone());
     let proto = if info.tls { "https" } else { "http" };
-    out.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     if let Some(host) = &info.host {
-        out.insert(X_FORWARDED_HOST.clone(), host.clone());
+        headers.insert(X_FORWARDED_HOST.clone(), host.clone());
     }
     let hop = match version {
         Version::HTTP_2 => "2 whosthat",
         Version::HTTP_10 => "1.0 whosthat",
         _ => "1.1 whosthat",
     };
-    let via = match via {
+    let via = match via.filter(|v| !v.is_empty()) {
         None => HeaderValue::from_static(hop),
         Some(prior) => HeaderValue::try_from(format!("{prior}, {hop}"))
             .unwrap_or(HeaderValue::from_static(hop)),
     };
-    out.insert(header::VIA, via);
+    headers.insert(header::VIA, via);
     if let Some(grant) = info.identity {
         let h = &grant.headers;
         if let Some(user) = &h.user {
-            out.insert(X_AUTH_USER.clone(), user.clone());
+            headers.insert(X_AUTH_USER.clone(), user.clone());
         }
-        out.insert(X_AUTH_CLIENT.clone(), h.client.clone());
-        out.insert(X_AUTH_SCOPE.clone(), h.scope.clone());
+        headers.insert(X_AUTH_CLIENT.clone(), h.client.clone());
+        headers.insert(X_AUTH_SCOPE.clone(), h.scope.clone());
     }
     if let Some(assertion) = &info.assertion {
-        out.insert(
+        headers.insert(
             crate::assertion::X_AUTH_ASSERTION.clone(),
             assertion.clone(),
         );
     }
-    *headers = out;
 }
 
 /// HTTP/2 clients may split `cookie` into one field per cookie; for an
@@ -490,10 +444,18 @@ fn join_cookies(headers: &mut HeaderMap) {
 
 /// Drops hop-by-hop headers from an upstream response.
 fn downstream_response_headers(headers: &mut HeaderMap) {
-    let listed = connection_listed(headers);
-    remove_where(headers, |name, _| {
-        is_hop_by_hop(name) || listed.contains(name)
-    });
+    let listed = if headers.contains_key(header::CONNECTION) {
+        connection_listed(headers)
+    } else {
+        Vec::new()
+    };
+    let mut doomed = Doomed::default();
+    for name in headers.keys() {
+        if is_hop_by_hop(name) || listed.contains(name) {
+            doomed.push(name);
+        }
+    }
+    doomed.remove_from(headers);
 }
 
 /// Sends the request to `upstream` and returns its response, bodies streamed both ways.
@@ -615,10 +577,7 @@ pub async fn forward(
             let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
         });
     }
-    Ok(Response::from_parts(
-        parts,
-        body.map_err(BoxError::from).boxed(),
-    ))
+    Ok(Response::from_parts(parts, body))
 }
 
 /// Why an upstream exchange failed.
@@ -643,15 +602,14 @@ async fn send(
     route: &Route,
     upstream: &Upstream,
     req: Request<Body>,
-) -> Result<Response<Incoming>, Failure> {
-    let client = upstream_client(route, upstream);
-    match tokio::time::timeout(route.timeout, client.request(req)).await {
+) -> Result<Response<Body>, Failure> {
+    match tokio::time::timeout(route.timeout, pool::send(route, upstream, req)).await {
         Ok(Ok(resp)) => Ok(resp),
         Err(_) => {
             upstream.mark_down(route.cooldown);
             Err(Failure::Timeout)
         }
-        Ok(Err(e)) if e.is_connect() => {
+        Ok(Err(e @ pool::SendError::Connect(_))) => {
             tracing::warn!(upstream = %upstream, error = %e, "upstream refused the connection");
             upstream.mark_down(route.cooldown);
             Err(Failure::Connect)
@@ -663,17 +621,15 @@ async fn send(
     }
 }
 
+/// The request target for `upstream`, in origin form (RFC 9112 section 3.2.1):
+/// the connection is already to the upstream, and `Host` names it.
 fn upstream_uri(
     route: &Route,
     upstream: &Upstream,
     path: &str,
     query: Option<&str>,
 ) -> Result<Uri, GatewayError> {
-    Uri::builder()
-        .scheme(upstream.scheme.clone())
-        .authority(upstream.authority.clone())
-        .path_and_query(route.upstream_path_and_query(upstream, path, query))
-        .build()
+    Uri::try_from(route.upstream_path_and_query(upstream, path, query))
         .map_err(|_| GatewayError::BadPath("the path cannot be forwarded"))
 }
 
@@ -825,6 +781,7 @@ mod tests {
     use super::*;
     use crate::scope::ScopeSet;
     use std::sync::Arc;
+    use std::time::Duration;
 
     #[test]
     fn spoofable_names_in_any_spelling() {
@@ -1167,19 +1124,18 @@ mod tests {
     #[test]
     fn pool_map_stays_bounded_and_drops_pools_of_freed_configs() {
         let https = Upstream::parse("https://127.0.0.1:9").unwrap();
-        let len = || CLIENTS.with(|c| c.borrow().len());
         let mut kept = route_with(&[], &[]);
         kept.tls = Some(upstream_tls(rustls::RootCertStore::empty()));
-        upstream_client(&kept, &https);
-        for _ in 0..3 * MAX_CLIENTS {
+        pool::make_group(&kept, &https);
+        for _ in 0..3 * pool::MAX_CLIENTS {
             let mut route = route_with(&[], &[]);
             route.tls = Some(upstream_tls(rustls::RootCertStore::empty()));
-            upstream_client(&route, &https);
-            assert!(len() <= MAX_CLIENTS, "{} pools", len());
+            pool::make_group(&route, &https);
+            let n = pool::groups_on_this_thread();
+            assert!(n <= pool::MAX_CLIENTS, "{n} pools");
         }
         // Pools of freed configs went first: the live one is still pooled.
-        let key = client_key(&kept, &https);
-        assert!(CLIENTS.with(|c| c.borrow().contains_key(&key)));
+        assert!(pool::has_group(client_key(&kept, &https)));
     }
 
     fn xff(values: &[&str]) -> HeaderMap {

@@ -38,6 +38,9 @@ struct Counting;
 
 static LIVE_BYTES: AtomicI64 = AtomicI64::new(0);
 static LIVE: [AtomicI64; CLASSES] = [const { AtomicI64::new(0) }; CLASSES];
+/// Live allocations by exact size, below [`EXACT`] bytes (SIZES=1 prints them).
+const EXACT: usize = 1 << 16;
+static BY_SIZE: [AtomicI64; EXACT] = [const { AtomicI64::new(0) }; EXACT];
 
 fn class(size: usize) -> usize {
     (usize::BITS - size.saturating_sub(1).leading_zeros()) as usize % CLASSES
@@ -46,6 +49,9 @@ fn class(size: usize) -> usize {
 fn count(size: usize, sign: i64) {
     LIVE_BYTES.fetch_add(sign * size as i64, Ordering::Relaxed);
     LIVE[class(size)].fetch_add(sign, Ordering::Relaxed);
+    if size < EXACT {
+        BY_SIZE[size].fetch_add(sign, Ordering::Relaxed);
+    }
 }
 
 // SAFETY: every call is passed on to mimalloc unchanged; the counters only observe.
@@ -75,6 +81,7 @@ static GLOBAL: Counting = Counting;
 
 struct Snapshot {
     bytes: i64,
+    sizes: Vec<i64>,
     classes: [i64; CLASSES],
     rss_kib: i64,
 }
@@ -91,26 +98,37 @@ fn snapshot() -> Snapshot {
     Snapshot {
         bytes: LIVE_BYTES.load(Ordering::Relaxed),
         classes: std::array::from_fn(|k| LIVE[k].load(Ordering::Relaxed)),
+        sizes: BY_SIZE.iter().map(|n| n.load(Ordering::Relaxed)).collect(),
         rss_kib,
     }
 }
 
-async fn spawn_upstream() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let svc = service_fn(|_req| async {
-                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(
-                        b"hello from upstream\n",
-                    ))))
+/// The upstream, on a thread and runtime of its own: `client` blocks this
+/// runtime while it waits for bench/idle_conns.py.
+fn spawn_upstream() -> SocketAddr {
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    std_listener.set_nonblocking(true).unwrap();
+    let addr = std_listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = TcpListener::from_std(std_listener).unwrap();
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let svc = service_fn(|_req| async {
+                        Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(
+                            b"hello from upstream\n",
+                        ))))
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
                 });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
+            }
+        });
     });
     addr
 }
@@ -212,6 +230,17 @@ async fn measure(name: &str, port: u16, count: usize, flags: &[&str]) {
             println!("  {:>13}: {d:>5.2} per connection", range(k));
         }
     }
+    if std::env::var_os("SIZES").is_some() {
+        // The exact sizes that account for the most bytes per connection.
+        let mut by: Vec<(usize, f64)> = (0..EXACT)
+            .map(|z| (z, (after.sizes[z] - before.sizes[z]) as f64 / n))
+            .filter(|(_, d)| d.abs() >= 0.05)
+            .collect();
+        by.sort_by(|a, b| (b.1 * b.0 as f64).total_cmp(&(a.1 * a.0 as f64)));
+        for (z, d) in by.iter().take(30) {
+            println!("  {z:>7} B: {d:>5.2} per connection");
+        }
+    }
     tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
@@ -223,7 +252,7 @@ async fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(2000);
     let dir = tempfile::tempdir().unwrap();
-    let upstream = spawn_upstream().await;
+    let upstream = spawn_upstream();
     let plain = spawn_gateway(upstream, false, dir.path()).await;
     let tls = spawn_gateway(upstream, true, dir.path()).await;
     tokio::time::sleep(Duration::from_millis(200)).await;

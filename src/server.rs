@@ -13,6 +13,7 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -522,56 +523,65 @@ async fn serve_connection(
     let config = state.config();
     let server: &ServerConfig = &config.server;
     let limit = server.header_read_timeout;
+    // This future is what the connection's task holds for as long as the
+    // connection lives: what is only needed to set it up (the TLS stream as
+    // the handshake returns it, builders) lives in blocks that end before the
+    // connection is served, so that it takes no room in the task meanwhile.
     match server.tls.clone() {
         None => {
             let h2 = drain::unless_stopped!(is_http2(&stream, limit), stop);
             if let Some(Some(h2)) = h2 {
-                // Boxed, here and below: a connection's task then holds only the
-                // protocol and transport it uses, not room for every variant.
-                Box::pin(serve_http(
-                    stream,
-                    h2,
-                    ConnInfo::new(peer, false),
-                    state,
-                    server,
-                    stop,
-                ))
-                .await;
+                serve_http(stream, h2, ConnInfo::new(peer, false), state, server, stop).await;
             }
         }
         Some(tls) => {
-            // The handshake must finish within the header timeout too.
-            let handshake = Box::pin(tokio::time::timeout(
-                limit,
-                tokio_rustls::TlsAcceptor::from(tls).accept(stream),
-            ));
-            let accepted = drain::unless_stopped!(handshake, stop);
-            let Some(Ok(Ok(tls_stream))) = accepted else {
-                return;
+            let serve = {
+                // The handshake must finish within the header timeout too.
+                let handshake = Box::pin(tokio::time::timeout(
+                    limit,
+                    tokio_rustls::TlsAcceptor::from(tls).accept(stream),
+                ));
+                let accepted = drain::unless_stopped!(handshake, stop);
+                let Some(Ok(Ok(tls_stream))) = accepted else {
+                    return;
+                };
+                let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                serve_http(
+                    tls_stream,
+                    h2,
+                    ConnInfo::new(peer, true),
+                    state,
+                    server,
+                    stop,
+                )
             };
-            let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
-            Box::pin(serve_http(
-                tls_stream,
-                h2,
-                ConnInfo::new(peer, true),
-                state,
-                server,
-                stop,
-            ))
-            .await;
+            serve.await;
         }
     }
 }
 
+/// A connection being served: HTTP/1.1 or HTTP/2, each boxed (an idle
+/// connection's task holds a pointer, not the protocol's state machine).
+enum Served<H1, H2> {
+    H1(Pin<Box<H1>>),
+    H2(Pin<Box<H2>>),
+}
+
 /// Serves HTTP/1.1 (with upgrades) or HTTP/2 on an established connection.
-async fn serve_http<I>(
+///
+/// Not an `async fn`: its arguments (the transport, the builders) would stay
+/// in the future for the connection's whole life. The connection is built
+/// here and moved into a box; the future returned holds that box, the stop
+/// flag and the peer.
+fn serve_http<I>(
     io: I,
     h2: bool,
     conn: ConnInfo,
     state: Arc<AppState>,
     server: &ServerConfig,
     mut stop: watch::Receiver<bool>,
-) where
+) -> impl Future<Output = ()> + Send + use<I>
+where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let peer = conn.peer;
@@ -592,31 +602,50 @@ async fn serve_http<I>(
         let fut = Box::pin(handle(state, req, conn));
         async move { Ok::<_, Infallible>(fut.await) }
     });
-    // On stop: finish the request in flight, then close (graceful_shutdown).
-    let result = if h2 {
-        let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-        b.timer(TokioTimer::new())
-            .max_header_list_size(server.max_header_bytes as u32)
-            .max_concurrent_streams(256)
-            .keep_alive_interval(Some(Duration::from_secs(30)))
-            .keep_alive_timeout(Duration::from_secs(20));
-        let conn = b.serve_connection(TokioIo::new(io), service);
-        drain::until_stopped!(conn, stop)
+    let served = if h2 {
+        Served::H2(Box::pin(
+            http2_builder(server).serve_connection(TokioIo::new(io), service),
+        ))
     } else {
-        let mut b = hyper::server::conn::http1::Builder::new();
-        b.timer(TokioTimer::new())
-            .header_read_timeout(server.header_read_timeout)
-            .max_buf_size(server.max_header_bytes.max(8192))
-            .max_headers(framing::MAX_HEADERS);
         // with_upgrades: WebSocket and other upgraded connections are tunnelled.
-        let notes = scan_notes.unwrap_or_default();
-        let io = TokioIo::new(HeadScan::new(io, server.max_header_bytes.max(8192), notes));
-        let conn = b.serve_connection(io, service).with_upgrades();
-        drain::until_stopped!(conn, stop)
+        let max_head = server.max_header_bytes.max(8192);
+        let io = TokioIo::new(HeadScan::new(io, max_head, scan_notes.unwrap_or_default()));
+        Served::H1(Box::pin(
+            http1_builder(server)
+                .serve_connection(io, service)
+                .with_upgrades(),
+        ))
     };
-    if let Err(e) = result {
-        tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+    // On stop: finish the request in flight, then close (graceful_shutdown).
+    async move {
+        let result = match served {
+            Served::H1(conn) => drain::until_stopped!(conn, stop),
+            Served::H2(conn) => drain::until_stopped!(conn, stop),
+        };
+        if let Err(e) = result {
+            tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+        }
     }
+}
+
+/// What the public listener advertises over HTTP/2.
+fn http2_builder(server: &ServerConfig) -> hyper::server::conn::http2::Builder<TokioExecutor> {
+    let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new())
+        .max_header_list_size(server.max_header_bytes as u32)
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    b
+}
+
+fn http1_builder(server: &ServerConfig) -> hyper::server::conn::http1::Builder {
+    let mut b = hyper::server::conn::http1::Builder::new();
+    b.timer(TokioTimer::new())
+        .header_read_timeout(server.header_read_timeout)
+        .max_buf_size(server.max_header_bytes.max(8192))
+        .max_headers(framing::MAX_HEADERS);
+    b
 }
 
 #[cfg(test)]

@@ -61,7 +61,7 @@ async fn serve_admin_connection(
     b.timer(TokioTimer::new())
         .header_read_timeout(ADMIN_HEADER_TIMEOUT);
     let conn = b.serve_connection(TokioIo::new(stream), service);
-    let _ = until_stopped!(conn, stop);
+    let _ = until_stopped!(Box::pin(conn), stop);
 }
 
 /// The answer to `GET path` on the admin listener.

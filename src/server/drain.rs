@@ -13,6 +13,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -62,11 +63,11 @@ pub async fn serve_listener<T, F>(
                     drop(stream);
                     continue;
                 };
+                // The slots go when the connection ends. `map`, not an async
+                // block awaiting `conn`: that would hold the connection's future
+                // twice (once captured, once being awaited) in the task.
                 let conn = serve(stream, peer, for_connections.clone());
-                connections.spawn(async move {
-                    conn.await;
-                    drop(ticket);
-                });
+                connections.spawn(conn.map(move |()| drop(ticket)));
             }
             // Reap finished connections as we go.
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
@@ -122,11 +123,12 @@ pub(crate) use unless_stopped;
 /// its `graceful_shutdown` (hyper then finishes the request in flight and
 /// closes: HTTP/1 after the answer, HTTP/2 with GOAWAY) and drives it on.
 /// A macro for the reason [`unless_stopped`] is.
+/// `$conn` is the connection, pinned in a box: a connection's task then holds
+/// a pointer while idle, not the connection's whole state machine (see
+/// `bench/idle_conns.py`).
 macro_rules! until_stopped {
     ($conn:expr, $stop:expr) => {{
-        // Boxed: a connection's task then holds a pointer while idle, not the
-        // connection's whole state machine (see `bench/idle_conns.py`).
-        let mut conn = Box::pin($conn);
+        let mut conn: std::pin::Pin<Box<_>> = $conn;
         match $crate::server::drain::unless_stopped!(conn.as_mut(), $stop) {
             Some(ended) => ended,
             None => {

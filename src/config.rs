@@ -1484,6 +1484,8 @@ impl Validator<'_> {
                     None => None,
                     Some(c) => Some(Arc::new(self.cors(c, &methods_for_cors, &key("cors"))?)),
                 },
+                // Given by RouteTable::new.
+                stats: Default::default(),
             });
         }
 

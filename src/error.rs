@@ -48,13 +48,97 @@ pub enum OAuthCode {
 
 impl OAuthCode {
     pub fn as_str(self) -> &'static str {
+        ErrorCode::from(self).as_str()
+    }
+}
+
+/// The `error` of every JSON error body the gateway sends (RFC 6749 section
+/// 5.2's codes, then the gateway's own): what the access log's `reason` and
+/// `whosthat_auth_failures_total`'s label say. Metrics index arrays by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    InvalidRequest,
+    InvalidClient,
+    InvalidGrant,
+    UnauthorizedClient,
+    UnsupportedGrantType,
+    InvalidScope,
+    TooManyAttempts,
+    RateLimited,
+    Unauthorized,
+    InvalidToken,
+    InsufficientScope,
+    NotFound,
+    MethodNotAllowed,
+    NotImplemented,
+    RequestTimeout,
+    BadGateway,
+    GatewayTimeout,
+    TemporarilyUnavailable,
+}
+
+impl ErrorCode {
+    /// Every code, in declaration order: `ALL[c as usize] == c`.
+    pub const ALL: [ErrorCode; 18] = [
+        ErrorCode::InvalidRequest,
+        ErrorCode::InvalidClient,
+        ErrorCode::InvalidGrant,
+        ErrorCode::UnauthorizedClient,
+        ErrorCode::UnsupportedGrantType,
+        ErrorCode::InvalidScope,
+        ErrorCode::TooManyAttempts,
+        ErrorCode::RateLimited,
+        ErrorCode::Unauthorized,
+        ErrorCode::InvalidToken,
+        ErrorCode::InsufficientScope,
+        ErrorCode::NotFound,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::NotImplemented,
+        ErrorCode::RequestTimeout,
+        ErrorCode::BadGateway,
+        ErrorCode::GatewayTimeout,
+        ErrorCode::TemporarilyUnavailable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
         match self {
-            OAuthCode::InvalidRequest => "invalid_request",
-            OAuthCode::InvalidClient => "invalid_client",
-            OAuthCode::InvalidGrant => "invalid_grant",
-            OAuthCode::UnauthorizedClient => "unauthorized_client",
-            OAuthCode::UnsupportedGrantType => "unsupported_grant_type",
-            OAuthCode::InvalidScope => "invalid_scope",
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::InvalidClient => "invalid_client",
+            ErrorCode::InvalidGrant => "invalid_grant",
+            ErrorCode::UnauthorizedClient => "unauthorized_client",
+            ErrorCode::UnsupportedGrantType => "unsupported_grant_type",
+            ErrorCode::InvalidScope => "invalid_scope",
+            ErrorCode::TooManyAttempts => "too_many_attempts",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::InvalidToken => "invalid_token",
+            ErrorCode::InsufficientScope => "insufficient_scope",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::NotImplemented => "not_implemented",
+            ErrorCode::RequestTimeout => "request_timeout",
+            ErrorCode::BadGateway => "bad_gateway",
+            ErrorCode::GatewayTimeout => "gateway_timeout",
+            ErrorCode::TemporarilyUnavailable => "temporarily_unavailable",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<OAuthCode> for ErrorCode {
+    fn from(c: OAuthCode) -> ErrorCode {
+        match c {
+            OAuthCode::InvalidRequest => ErrorCode::InvalidRequest,
+            OAuthCode::InvalidClient => ErrorCode::InvalidClient,
+            OAuthCode::InvalidGrant => ErrorCode::InvalidGrant,
+            OAuthCode::UnauthorizedClient => ErrorCode::UnauthorizedClient,
+            OAuthCode::UnsupportedGrantType => ErrorCode::UnsupportedGrantType,
+            OAuthCode::InvalidScope => ErrorCode::InvalidScope,
         }
     }
 }
@@ -299,67 +383,69 @@ impl GatewayError {
     }
 
     /// The `error` and `error_description` of the JSON body.
-    fn code_and_description(&self) -> (&'static str, &str) {
+    fn code_and_description(&self) -> (ErrorCode, &str) {
+        use ErrorCode as C;
         match self {
-            GatewayError::OAuth(code, d) => (code.as_str(), d),
-            GatewayError::PostOnly => ("invalid_request", "this endpoint only accepts POST"),
+            GatewayError::OAuth(code, d) => ((*code).into(), d),
+            GatewayError::PostOnly => (C::InvalidRequest, "this endpoint only accepts POST"),
             GatewayError::TooManyAttempts(_) => {
-                ("too_many_attempts", "too many failed attempts; retry later")
+                (C::TooManyAttempts, "too many failed attempts; retry later")
             }
             GatewayError::RateLimited { .. } => (
-                "rate_limited",
+                C::RateLimited,
                 "too many requests for this route; retry later",
             ),
-            GatewayError::NoToken => ("unauthorized", "a bearer token is required"),
-            GatewayError::InvalidToken(d) => ("invalid_token", d),
+            GatewayError::NoToken => (C::Unauthorized, "a bearer token is required"),
+            GatewayError::InvalidToken(d) => (C::InvalidToken, d),
             GatewayError::InsufficientScope(_) => (
-                "insufficient_scope",
+                C::InsufficientScope,
                 "the token lacks a scope this route requires",
             ),
-            GatewayError::MalformedBearer(d) => ("invalid_request", d),
-            GatewayError::ClientForbidden(d) => ("unauthorized_client", d),
-            GatewayError::BadPath(d) => ("invalid_request", d),
-            GatewayError::NoRoute => ("not_found", "no route matches this path"),
-            GatewayError::MethodNotAllowed(_) => (
-                "method_not_allowed",
-                "this route does not accept the method",
-            ),
-            GatewayError::PayloadTooLarge => ("invalid_request", "the request body is too large"),
+            GatewayError::MalformedBearer(d) => (C::InvalidRequest, d),
+            GatewayError::ClientForbidden(d) => (C::UnauthorizedClient, d),
+            GatewayError::BadPath(d) => (C::InvalidRequest, d),
+            GatewayError::NoRoute => (C::NotFound, "no route matches this path"),
+            GatewayError::MethodNotAllowed(_) => {
+                (C::MethodNotAllowed, "this route does not accept the method")
+            }
+            GatewayError::PayloadTooLarge => (C::InvalidRequest, "the request body is too large"),
             GatewayError::BadBody => (
-                "invalid_request",
+                C::InvalidRequest,
                 "the request body is malformed or incomplete",
             ),
-            GatewayError::BadHead(d) => ("invalid_request", d),
+            GatewayError::BadHead(d) => (C::InvalidRequest, d),
             GatewayError::UnknownTransferCoding => (
-                "not_implemented",
+                C::NotImplemented,
                 "the request uses a transfer coding the gateway does not implement",
             ),
-            GatewayError::Connect => ("method_not_allowed", "CONNECT is not supported"),
+            GatewayError::Connect => (C::MethodNotAllowed, "CONNECT is not supported"),
             GatewayError::BodyTimeout => {
-                ("request_timeout", "the request body did not arrive in time")
+                (C::RequestTimeout, "the request body did not arrive in time")
             }
             GatewayError::UpstreamUnreachable => {
-                ("bad_gateway", "the upstream could not be reached")
+                (C::BadGateway, "the upstream could not be reached")
             }
             GatewayError::UpstreamTimeout => {
-                ("gateway_timeout", "the upstream did not answer in time")
+                (C::GatewayTimeout, "the upstream did not answer in time")
             }
             GatewayError::PasswordBusy => (
-                "temporarily_unavailable",
+                C::TemporarilyUnavailable,
                 "too many logins at once; retry shortly",
             ),
             GatewayError::StoreUnavailable(_) => {
-                ("temporarily_unavailable", "the token store is unavailable")
+                (C::TemporarilyUnavailable, "the token store is unavailable")
             }
         }
     }
 
-    /// A short reason for the access log and metrics.
+    /// The `error` of the JSON body, as the access log's `reason` and the metrics' label.
+    pub fn code(&self) -> ErrorCode {
+        self.code_and_description().0
+    }
+
+    /// A short reason for the access log and the audit trail: [`Self::code`] as text.
     pub fn reason(&self) -> &'static str {
-        match self {
-            GatewayError::OAuth(code, _) => code.as_str(),
-            other => other.code_and_description().0,
-        }
+        self.code().as_str()
     }
 
     /// Whether the connection is closed after the answer: after ambiguous
@@ -379,7 +465,7 @@ impl GatewayError {
 
     pub fn into_response(self) -> Response<Body> {
         let (code, description) = self.code_and_description();
-        let body = serde_json::json!({ "error": code, "error_description": description });
+        let body = serde_json::json!({ "error": code.as_str(), "error_description": description });
         let mut resp = Response::new(full(body.to_string()));
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();
@@ -522,6 +608,18 @@ mod tests {
         );
         assert_eq!(GatewayError::NoToken.side(), Side::Auth);
         assert_eq!(GatewayError::BadBody.side(), Side::Client);
+    }
+
+    #[test]
+    fn error_codes_index_their_own_slot() {
+        for (i, c) in ErrorCode::ALL.into_iter().enumerate() {
+            assert_eq!(c as usize, i, "{c:?}");
+        }
+        for (i, f) in UpstreamFault::ALL.into_iter().enumerate() {
+            assert_eq!(f as usize, i, "{f:?}");
+        }
+        assert_eq!(OAuthCode::InvalidScope.as_str(), "invalid_scope");
+        assert_eq!(GatewayError::NoToken.reason(), "unauthorized");
     }
 
     #[test]

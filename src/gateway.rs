@@ -18,7 +18,7 @@ use crate::config::StoreBackend;
 use crate::cors::CorsPolicy;
 use crate::error::{Body, Cause, GatewayError, Side};
 use crate::error::{RATELIMIT, RATELIMIT_POLICY};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RouteStats};
 use crate::oauth::authorize::{AUTHORIZE_PATH, Authorizer};
 use crate::oauth::endpoints::{self, INTROSPECT_PATH, METADATA_PATH, REVOKE_PATH, USERINFO_PATH};
 use crate::oauth::limiter::Limiter;
@@ -105,6 +105,9 @@ impl AppState {
 struct LogContext<'s> {
     /// Borrowed from the config: nothing is copied for the log's sake.
     route: Option<&'s str>,
+    /// The counters of what answered (a route's, or an endpoint's); `None`:
+    /// nothing matched.
+    stats: Option<&'s RouteStats>,
     user: Option<Arc<str>>,
     /// The token's client.
     client_id: Option<Arc<str>>,
@@ -191,9 +194,9 @@ pub async fn handle(
         h.insert(RATELIMIT.clone(), state);
     }
     let latency = start.elapsed();
-    state
-        .metrics
-        .request(log.route.unwrap_or("-"), resp.status().as_u16(), latency);
+    log.stats
+        .unwrap_or(state.metrics.unmatched())
+        .record(resp.status().as_u16(), latency);
     let Some((method, path)) = logged else {
         return resp;
     };
@@ -217,7 +220,7 @@ pub async fn handle(
 }
 
 async fn handle_inner<'s>(
-    state: &AppState,
+    state: &'s AppState,
     config: &'s Config,
     mut req: Request<Incoming>,
     conn: &ConnInfo,
@@ -230,6 +233,7 @@ async fn handle_inner<'s>(
 
     if let Some(endpoint) = own_endpoint(config, &path) {
         log.route = Some(endpoint.name(config));
+        log.stats = Some(state.metrics.endpoint(endpoint));
         // Browser apps call these across origins (the code flow with PKCE).
         if matches!(
             endpoint,
@@ -268,6 +272,7 @@ async fn handle_inner<'s>(
 
     let route = config.routes.find(&path).ok_or(GatewayError::NoRoute)?;
     log.route = Some(&route.prefix);
+    log.stats = Some(&route.stats);
     // A preflight is answered here, without a token, and never forwarded.
     if let Some(cors) = route.cors.as_deref() {
         if CorsPolicy::is_preflight(req.method(), req.headers()) {
@@ -369,6 +374,17 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
+    /// Every endpoint, in declaration order: `ALL[e as usize] == e` (the
+    /// metrics keep an array of counters indexed so).
+    pub const ALL: [Endpoint; 6] = [
+        Endpoint::Token,
+        Endpoint::Authorize,
+        Endpoint::Revoke,
+        Endpoint::Introspect,
+        Endpoint::Userinfo,
+        Endpoint::Metadata,
+    ];
+
     /// The endpoint's path, as the access log's route.
     pub fn name(self, config: &Config) -> &str {
         match self {

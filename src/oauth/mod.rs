@@ -327,7 +327,7 @@ async fn issue_inner(
         GrantType::AuthorizationCode => code_grant(ctx, &client, params).await,
     };
     let response = response?;
-    ctx.metrics.token_issued(grant.as_str());
+    ctx.metrics.token_issued(grant);
     Ok(response)
 }
 

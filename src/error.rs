@@ -29,6 +29,30 @@ pub fn empty() -> Body {
     Empty::new().map_err(|never| match never {}).boxed()
 }
 
+/// A JSON answer: `body` with `Content-Type: application/json`.
+pub fn json(body: impl Into<Bytes>) -> Response<Body> {
+    let mut resp = Response::new(full(body));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// Marks an answer never to be stored by a cache: it carries tokens, or says
+/// something about credentials (RFC 6749 sections 5.1 and 5.2, RFC 7662
+/// section 4). `Pragma` for HTTP/1.0 caches.
+pub fn no_store(h: &mut http::HeaderMap) {
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(PRAGMA, HeaderValue::from_static("no-cache"));
+}
+
+/// [`json`], never to be stored ([`no_store`]): what the token, introspection
+/// and userinfo endpoints answer.
+pub fn json_no_store(body: impl Into<Bytes>) -> Response<Body> {
+    let mut resp = json(body);
+    no_store(resp.headers_mut());
+    resp
+}
+
 pub const REALM: &str = "whosthat";
 
 /// The IETF httpapi draft's fields (draft-ietf-httpapi-ratelimit-headers).
@@ -47,22 +71,31 @@ pub enum OAuthCode {
 }
 
 impl OAuthCode {
+    /// Every code, in declaration order: `ALL[c as usize] == c`.
+    pub const ALL: [OAuthCode; 6] = [
+        OAuthCode::InvalidRequest,
+        OAuthCode::InvalidClient,
+        OAuthCode::InvalidGrant,
+        OAuthCode::UnauthorizedClient,
+        OAuthCode::UnsupportedGrantType,
+        OAuthCode::InvalidScope,
+    ];
+
     pub fn as_str(self) -> &'static str {
-        ErrorCode::from(self).as_str()
+        match self {
+            OAuthCode::InvalidRequest => "invalid_request",
+            OAuthCode::InvalidClient => "invalid_client",
+            OAuthCode::InvalidGrant => "invalid_grant",
+            OAuthCode::UnauthorizedClient => "unauthorized_client",
+            OAuthCode::UnsupportedGrantType => "unsupported_grant_type",
+            OAuthCode::InvalidScope => "invalid_scope",
+        }
     }
 }
 
-/// The `error` of every JSON error body the gateway sends (RFC 6749 section
-/// 5.2's codes, then the gateway's own): what the access log's `reason` and
-/// `whosthat_auth_failures_total`'s label say. Metrics index arrays by it.
+/// The gateway's own `error` codes, beside RFC 6749's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorCode {
-    InvalidRequest,
-    InvalidClient,
-    InvalidGrant,
-    UnauthorizedClient,
-    UnsupportedGrantType,
-    InvalidScope,
+pub enum GatewayCode {
     TooManyAttempts,
     RateLimited,
     Unauthorized,
@@ -77,49 +110,73 @@ pub enum ErrorCode {
     TemporarilyUnavailable,
 }
 
-impl ErrorCode {
+impl GatewayCode {
     /// Every code, in declaration order: `ALL[c as usize] == c`.
-    pub const ALL: [ErrorCode; 18] = [
-        ErrorCode::InvalidRequest,
-        ErrorCode::InvalidClient,
-        ErrorCode::InvalidGrant,
-        ErrorCode::UnauthorizedClient,
-        ErrorCode::UnsupportedGrantType,
-        ErrorCode::InvalidScope,
-        ErrorCode::TooManyAttempts,
-        ErrorCode::RateLimited,
-        ErrorCode::Unauthorized,
-        ErrorCode::InvalidToken,
-        ErrorCode::InsufficientScope,
-        ErrorCode::NotFound,
-        ErrorCode::MethodNotAllowed,
-        ErrorCode::NotImplemented,
-        ErrorCode::RequestTimeout,
-        ErrorCode::BadGateway,
-        ErrorCode::GatewayTimeout,
-        ErrorCode::TemporarilyUnavailable,
+    pub const ALL: [GatewayCode; 12] = [
+        GatewayCode::TooManyAttempts,
+        GatewayCode::RateLimited,
+        GatewayCode::Unauthorized,
+        GatewayCode::InvalidToken,
+        GatewayCode::InsufficientScope,
+        GatewayCode::NotFound,
+        GatewayCode::MethodNotAllowed,
+        GatewayCode::NotImplemented,
+        GatewayCode::RequestTimeout,
+        GatewayCode::BadGateway,
+        GatewayCode::GatewayTimeout,
+        GatewayCode::TemporarilyUnavailable,
     ];
 
     pub fn as_str(self) -> &'static str {
         match self {
-            ErrorCode::InvalidRequest => "invalid_request",
-            ErrorCode::InvalidClient => "invalid_client",
-            ErrorCode::InvalidGrant => "invalid_grant",
-            ErrorCode::UnauthorizedClient => "unauthorized_client",
-            ErrorCode::UnsupportedGrantType => "unsupported_grant_type",
-            ErrorCode::InvalidScope => "invalid_scope",
-            ErrorCode::TooManyAttempts => "too_many_attempts",
-            ErrorCode::RateLimited => "rate_limited",
-            ErrorCode::Unauthorized => "unauthorized",
-            ErrorCode::InvalidToken => "invalid_token",
-            ErrorCode::InsufficientScope => "insufficient_scope",
-            ErrorCode::NotFound => "not_found",
-            ErrorCode::MethodNotAllowed => "method_not_allowed",
-            ErrorCode::NotImplemented => "not_implemented",
-            ErrorCode::RequestTimeout => "request_timeout",
-            ErrorCode::BadGateway => "bad_gateway",
-            ErrorCode::GatewayTimeout => "gateway_timeout",
-            ErrorCode::TemporarilyUnavailable => "temporarily_unavailable",
+            GatewayCode::TooManyAttempts => "too_many_attempts",
+            GatewayCode::RateLimited => "rate_limited",
+            GatewayCode::Unauthorized => "unauthorized",
+            GatewayCode::InvalidToken => "invalid_token",
+            GatewayCode::InsufficientScope => "insufficient_scope",
+            GatewayCode::NotFound => "not_found",
+            GatewayCode::MethodNotAllowed => "method_not_allowed",
+            GatewayCode::NotImplemented => "not_implemented",
+            GatewayCode::RequestTimeout => "request_timeout",
+            GatewayCode::BadGateway => "bad_gateway",
+            GatewayCode::GatewayTimeout => "gateway_timeout",
+            GatewayCode::TemporarilyUnavailable => "temporarily_unavailable",
+        }
+    }
+}
+
+/// The `error` of every JSON error body the gateway sends: RFC 6749 section
+/// 5.2's codes or the gateway's own. The access log's `reason` and
+/// `whosthat_auth_failures_total`'s label say it; the metrics index arrays by
+/// its [`slot`](ErrorCode::slot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    OAuth(OAuthCode),
+    Gateway(GatewayCode),
+}
+
+impl ErrorCode {
+    /// How many codes there are: the slots are `0..COUNT`.
+    pub const COUNT: usize = OAuthCode::ALL.len() + GatewayCode::ALL.len();
+
+    /// Every code, by slot.
+    pub fn all() -> impl Iterator<Item = ErrorCode> {
+        let oauth = OAuthCode::ALL.into_iter().map(ErrorCode::OAuth);
+        oauth.chain(GatewayCode::ALL.into_iter().map(ErrorCode::Gateway))
+    }
+
+    /// A dense index in `0..COUNT`, RFC 6749's codes first.
+    pub fn slot(self) -> usize {
+        match self {
+            ErrorCode::OAuth(c) => c as usize,
+            ErrorCode::Gateway(c) => OAuthCode::ALL.len() + c as usize,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::OAuth(c) => c.as_str(),
+            ErrorCode::Gateway(c) => c.as_str(),
         }
     }
 }
@@ -132,14 +189,13 @@ impl fmt::Display for ErrorCode {
 
 impl From<OAuthCode> for ErrorCode {
     fn from(c: OAuthCode) -> ErrorCode {
-        match c {
-            OAuthCode::InvalidRequest => ErrorCode::InvalidRequest,
-            OAuthCode::InvalidClient => ErrorCode::InvalidClient,
-            OAuthCode::InvalidGrant => ErrorCode::InvalidGrant,
-            OAuthCode::UnauthorizedClient => ErrorCode::UnauthorizedClient,
-            OAuthCode::UnsupportedGrantType => ErrorCode::UnsupportedGrantType,
-            OAuthCode::InvalidScope => ErrorCode::InvalidScope,
-        }
+        ErrorCode::OAuth(c)
+    }
+}
+
+impl From<GatewayCode> for ErrorCode {
+    fn from(c: GatewayCode) -> ErrorCode {
+        ErrorCode::Gateway(c)
     }
 }
 
@@ -384,57 +440,63 @@ impl GatewayError {
 
     /// The `error` and `error_description` of the JSON body.
     fn code_and_description(&self) -> (ErrorCode, &str) {
-        use ErrorCode as C;
+        use GatewayCode as G;
+        const INVALID_REQUEST: ErrorCode = ErrorCode::OAuth(OAuthCode::InvalidRequest);
         match self {
             GatewayError::OAuth(code, d) => ((*code).into(), d),
-            GatewayError::PostOnly => (C::InvalidRequest, "this endpoint only accepts POST"),
-            GatewayError::TooManyAttempts(_) => {
-                (C::TooManyAttempts, "too many failed attempts; retry later")
-            }
+            GatewayError::PostOnly => (INVALID_REQUEST, "this endpoint only accepts POST"),
+            GatewayError::TooManyAttempts(_) => (
+                G::TooManyAttempts.into(),
+                "too many failed attempts; retry later",
+            ),
             GatewayError::RateLimited { .. } => (
-                C::RateLimited,
+                G::RateLimited.into(),
                 "too many requests for this route; retry later",
             ),
-            GatewayError::NoToken => (C::Unauthorized, "a bearer token is required"),
-            GatewayError::InvalidToken(d) => (C::InvalidToken, d),
+            GatewayError::NoToken => (G::Unauthorized.into(), "a bearer token is required"),
+            GatewayError::InvalidToken(d) => (G::InvalidToken.into(), d),
             GatewayError::InsufficientScope(_) => (
-                C::InsufficientScope,
+                G::InsufficientScope.into(),
                 "the token lacks a scope this route requires",
             ),
-            GatewayError::MalformedBearer(d) => (C::InvalidRequest, d),
-            GatewayError::ClientForbidden(d) => (C::UnauthorizedClient, d),
-            GatewayError::BadPath(d) => (C::InvalidRequest, d),
-            GatewayError::NoRoute => (C::NotFound, "no route matches this path"),
-            GatewayError::MethodNotAllowed(_) => {
-                (C::MethodNotAllowed, "this route does not accept the method")
-            }
-            GatewayError::PayloadTooLarge => (C::InvalidRequest, "the request body is too large"),
+            GatewayError::MalformedBearer(d) => (INVALID_REQUEST, d),
+            GatewayError::ClientForbidden(d) => (OAuthCode::UnauthorizedClient.into(), d),
+            GatewayError::BadPath(d) => (INVALID_REQUEST, d),
+            GatewayError::NoRoute => (G::NotFound.into(), "no route matches this path"),
+            GatewayError::MethodNotAllowed(_) => (
+                G::MethodNotAllowed.into(),
+                "this route does not accept the method",
+            ),
+            GatewayError::PayloadTooLarge => (INVALID_REQUEST, "the request body is too large"),
             GatewayError::BadBody => (
-                C::InvalidRequest,
+                INVALID_REQUEST,
                 "the request body is malformed or incomplete",
             ),
-            GatewayError::BadHead(d) => (C::InvalidRequest, d),
+            GatewayError::BadHead(d) => (INVALID_REQUEST, d),
             GatewayError::UnknownTransferCoding => (
-                C::NotImplemented,
+                G::NotImplemented.into(),
                 "the request uses a transfer coding the gateway does not implement",
             ),
-            GatewayError::Connect => (C::MethodNotAllowed, "CONNECT is not supported"),
-            GatewayError::BodyTimeout => {
-                (C::RequestTimeout, "the request body did not arrive in time")
-            }
+            GatewayError::Connect => (G::MethodNotAllowed.into(), "CONNECT is not supported"),
+            GatewayError::BodyTimeout => (
+                G::RequestTimeout.into(),
+                "the request body did not arrive in time",
+            ),
             GatewayError::UpstreamUnreachable => {
-                (C::BadGateway, "the upstream could not be reached")
+                (G::BadGateway.into(), "the upstream could not be reached")
             }
-            GatewayError::UpstreamTimeout => {
-                (C::GatewayTimeout, "the upstream did not answer in time")
-            }
+            GatewayError::UpstreamTimeout => (
+                G::GatewayTimeout.into(),
+                "the upstream did not answer in time",
+            ),
             GatewayError::PasswordBusy => (
-                C::TemporarilyUnavailable,
+                G::TemporarilyUnavailable.into(),
                 "too many logins at once; retry shortly",
             ),
-            GatewayError::StoreUnavailable(_) => {
-                (C::TemporarilyUnavailable, "the token store is unavailable")
-            }
+            GatewayError::StoreUnavailable(_) => (
+                G::TemporarilyUnavailable.into(),
+                "the token store is unavailable",
+            ),
         }
     }
 
@@ -466,21 +528,16 @@ impl GatewayError {
     pub fn into_response(self) -> Response<Body> {
         let (code, description) = self.code_and_description();
         let body = serde_json::json!({ "error": code.as_str(), "error_description": description });
-        let mut resp = Response::new(full(body.to_string()));
+        let mut resp = json(body.to_string());
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();
-        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if self.closes_connection() {
             h.insert(CONNECTION, HeaderValue::from_static("close"));
         }
         match &self {
-            GatewayError::ClientForbidden(_) => {
-                h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-                h.insert(PRAGMA, HeaderValue::from_static("no-cache"));
-            }
+            GatewayError::ClientForbidden(_) => no_store(h),
             GatewayError::OAuth(c, _) => {
-                h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-                h.insert(PRAGMA, HeaderValue::from_static("no-cache"));
+                no_store(h);
                 if *c == OAuthCode::InvalidClient {
                     h.insert(
                         WWW_AUTHENTICATE,
@@ -612,7 +669,14 @@ mod tests {
 
     #[test]
     fn error_codes_index_their_own_slot() {
-        for (i, c) in ErrorCode::ALL.into_iter().enumerate() {
+        for (i, c) in ErrorCode::all().enumerate() {
+            assert_eq!(c.slot(), i, "{c:?}");
+        }
+        assert_eq!(ErrorCode::all().count(), ErrorCode::COUNT);
+        for (i, c) in OAuthCode::ALL.into_iter().enumerate() {
+            assert_eq!(c as usize, i, "{c:?}");
+        }
+        for (i, c) in GatewayCode::ALL.into_iter().enumerate() {
             assert_eq!(c as usize, i, "{c:?}");
         }
         for (i, f) in UpstreamFault::ALL.into_iter().enumerate() {

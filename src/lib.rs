@@ -6,11 +6,13 @@
 
 pub mod audit;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod cors;
 pub mod error;
 pub mod fsutil;
 pub mod gateway;
+pub mod listing;
 pub mod metrics;
 pub mod oauth;
 pub mod password;

@@ -91,8 +91,8 @@ pub struct Metrics {
     unmatched: RouteStats,
     /// By [`grant_slot`].
     tokens_issued: [AtomicU64; GRANTS.len()],
-    /// By `ErrorCode as usize`.
-    auth_failures: [AtomicU64; ErrorCode::ALL.len()],
+    /// By [`ErrorCode::slot`].
+    auth_failures: [AtomicU64; ErrorCode::COUNT],
     /// By `UpstreamFault as usize`.
     upstream_errors: [AtomicU64; UpstreamFault::ALL.len()],
     /// argon2 checks run (passwords and client secrets), whatever their result.
@@ -147,8 +147,8 @@ impl Metrics {
 
     /// A request refused for its credentials or permissions, by the `error`
     /// it was answered with (or would be: a failed sign-in on the login page).
-    pub fn auth_failure(&self, reason: ErrorCode) {
-        self.auth_failures[reason as usize].fetch_add(1, Relaxed);
+    pub fn auth_failure(&self, reason: impl Into<ErrorCode>) {
+        self.auth_failures[reason.into().slot()].fetch_add(1, Relaxed);
     }
 
     /// An upstream that could not be reached or did not answer in time.
@@ -200,9 +200,8 @@ impl Metrics {
             "grant",
             grants.into_iter(),
         );
-        let failures = ErrorCode::ALL
-            .iter()
-            .map(|&c| (c.as_str(), self.auth_failures[c as usize].load(Relaxed)))
+        let failures = ErrorCode::all()
+            .map(|c| (c.as_str(), self.auth_failures[c.slot()].load(Relaxed)))
             .filter(|&(_, n)| n > 0);
         counters(
             &mut out,
@@ -476,7 +475,7 @@ impl Histogram {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::OAuthCode;
+    use crate::error::{GatewayCode, OAuthCode};
     use std::cell::Cell;
     use std::collections::{HashMap, HashSet};
     use std::sync::Arc;
@@ -676,10 +675,10 @@ mod tests {
                     }
                     m.unmatched().record(404, Duration::from_secs(20));
                     m.token_issued(GRANTS[t % 2]);
-                    m.auth_failure(ErrorCode::InvalidToken);
+                    m.auth_failure(GatewayCode::InvalidToken);
                     if t == 0 {
                         m.upstream_error(UpstreamFault::Timeout);
-                        m.auth_failure(ErrorCode::InvalidClient);
+                        m.auth_failure(OAuthCode::InvalidClient);
                     }
                 })
             })
@@ -990,7 +989,7 @@ mod tests {
             m.endpoint(Endpoint::Token).record(400, MS);
             m.unmatched().record(404, MS);
             m.token_issued(GrantType::Password);
-            m.auth_failure(ErrorCode::InvalidToken);
+            m.auth_failure(GatewayCode::InvalidToken);
             m.upstream_error(UpstreamFault::Timeout);
             m.rejected(&GatewayError::NoToken);
             m.rejected(&GatewayError::UpstreamUnreachable);

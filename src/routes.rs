@@ -14,20 +14,13 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::Method;
 use http::uri::{Authority, Scheme};
 
+use crate::clock::now_ms;
 use crate::metrics::{MAX_ROUTES, RouteStats};
 use crate::scope::ScopeSet;
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// Why a path was refused (shown to the client in a 400).
 pub type PathRejection = &'static str;

@@ -30,7 +30,7 @@ use subtle::ConstantTimeEq;
 
 use super::{OAuthContext, pkce, read_form};
 use crate::config::{Client, GrantType, User};
-use crate::error::{Body, ErrorCode, GatewayError, full};
+use crate::error::{Body, GatewayCode, GatewayError, OAuthCode, full};
 use crate::scope::ScopeSet;
 use crate::store::{CodeRecord, TokenHash, new_token, now_secs, random_u64};
 
@@ -662,13 +662,13 @@ impl Authorizer {
                     Ok(user.clone())
                 }
                 Ok(None) => {
-                    ctx.metrics.auth_failure(ErrorCode::InvalidGrant);
+                    ctx.metrics.auth_failure(OAuthCode::InvalidGrant);
                     let reason = Some("invalid_username_or_password");
                     ctx.audit("signin_failed", Some(username), client, grant, reason);
                     Err("Invalid username or password.".to_string())
                 }
                 Err(GatewayError::TooManyAttempts(secs)) => {
-                    ctx.metrics.auth_failure(ErrorCode::TooManyAttempts);
+                    ctx.metrics.auth_failure(GatewayCode::TooManyAttempts);
                     Err(format!(
                         "Too many failed attempts. Try again in {secs} seconds."
                     ))

@@ -1,17 +1,17 @@
 //! Revocation (RFC 7009), introspection (RFC 7662), userinfo and server metadata
 //! (RFC 8414).
 
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue, PRAGMA};
+use http::header::{CACHE_CONTROL, HeaderValue};
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::client_auth::{self, AuthenticatedClient};
 use super::{
     OAuthContext, Params, authorize::AUTHORIZE_PATH, grant_still_allowed, read_form, revoke_family,
 };
 use crate::config::Config;
-use crate::error::{Body, GatewayError, OAuthCode, full};
+use crate::error::{self, Body, GatewayError, OAuthCode, full, json_no_store};
 use crate::gateway::bearer_token;
 use crate::store::{Redeem, TokenHash, TokenRecord};
 
@@ -19,15 +19,6 @@ pub const REVOKE_PATH: &str = "/auth/revoke";
 pub const INTROSPECT_PATH: &str = "/auth/introspect";
 pub const USERINFO_PATH: &str = "/auth/userinfo";
 pub const METADATA_PATH: &str = "/.well-known/oauth-authorization-server";
-
-fn json_response(v: &Value) -> Response<Body> {
-    let mut resp = Response::new(full(v.to_string()));
-    let h = resp.headers_mut();
-    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(PRAGMA, HeaderValue::from_static("no-cache"));
-    resp
-}
 
 async fn authenticated_form(
     ctx: &OAuthContext<'_>,
@@ -129,7 +120,7 @@ pub async fn introspect(
         Some(Found::Refresh(rec)) if grant_still_allowed(ctx.config, &rec.grant) => {
             (rec, "refresh_token")
         }
-        _ => return Ok(json_response(&json!({ "active": false }))),
+        _ => return Ok(json_no_store(json!({ "active": false }).to_string())),
     };
     let g = &rec.grant;
     let mut v = json!({
@@ -145,7 +136,7 @@ pub async fn introspect(
     if let Some(user) = &g.user {
         v["username"] = json!(user.as_ref());
     }
-    Ok(json_response(&v))
+    Ok(json_no_store(v.to_string()))
 }
 
 /// `GET /auth/userinfo`: who the bearer token belongs to.
@@ -166,13 +157,14 @@ pub async fn userinfo(
             "the access token is unknown, expired or revoked",
         ))?;
     let g = &rec.grant;
-    Ok(json_response(&json!({
+    let v = json!({
         "sub": g.subject(),
         "user": g.user.as_deref(),
         "client": g.client.as_ref(),
         "scope": g.scope.to_string(),
         "expires": rec.expires_at,
-    })))
+    });
+    Ok(json_no_store(v.to_string()))
 }
 
 /// `GET /.well-known/oauth-authorization-server` (RFC 8414 section 3).
@@ -202,12 +194,11 @@ pub fn metadata(config: &Config) -> Response<Body> {
         "scopes_supported": scopes,
         "authorization_response_iss_parameter_supported": true,
     });
-    let mut resp = json_response(&v);
+    let mut resp = error::json(v.to_string());
     // Public, cacheable data.
     resp.headers_mut().insert(
         CACHE_CONTROL,
         HeaderValue::from_static("public, max-age=300"),
     );
-    resp.headers_mut().remove(PRAGMA);
     resp
 }

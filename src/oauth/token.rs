@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue, PRAGMA};
 use http::{HeaderMap, Request, Response};
 use hyper::body::Incoming;
 use serde::Serialize;
@@ -15,7 +14,7 @@ use super::context::{OAuthContext, check_user_password};
 use super::form::{Params, read_form};
 use super::pkce;
 use crate::config::{Config, GrantType};
-use crate::error::{Body, GatewayError, OAuthCode, full};
+use crate::error::{Body, GatewayError, OAuthCode, json_no_store};
 use crate::scope::ScopeSet;
 use crate::store::{Grant, Redeem, TokenHash, TokenRecord, new_token, now_secs, random_u64};
 
@@ -36,12 +35,7 @@ pub struct TokenResponse {
 impl TokenResponse {
     fn into_response(self) -> Response<Body> {
         let body = serde_json::to_vec(&self).expect("a token response serialises");
-        let mut resp = Response::new(full(body));
-        let h = resp.headers_mut();
-        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        h.insert(PRAGMA, HeaderValue::from_static("no-cache"));
-        resp
+        json_no_store(body)
     }
 }
 

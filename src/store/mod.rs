@@ -8,7 +8,6 @@ use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use std::sync::Weak;
 
@@ -22,6 +21,7 @@ use subtle::ConstantTimeEq;
 use crate::scope::ScopeSet;
 
 pub mod memory;
+mod record;
 pub mod redis;
 
 pub use memory::MemoryStore;
@@ -104,12 +104,8 @@ pub fn random_u64() -> u64 {
     getrandom::u64().expect("the OS random source failed")
 }
 
-pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+/// Unix seconds (see [`crate::clock`]).
+pub use crate::clock::now_secs;
 
 /// Who a token speaks for: user, client and scope. Immutable and interned (see
 /// [`Grants`]): every live token with the same three shares one `Arc<Grant>`,

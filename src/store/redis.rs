@@ -33,14 +33,14 @@ use dashmap::DashMap;
 use futures_util::{FutureExt, StreamExt};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubStream};
 use redis::{AsyncCommands, Script};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::memory::PassThroughHasher;
+use super::record::{StoredCode, StoredToken};
 use super::{
     CodeRecord, Grants, Redeem, StoreError, StoreFuture, TokenHash, TokenRecord, TokenStore, hex,
     now_secs, unhex,
 };
-use crate::scope::ScopeSet;
 
 const CHANNEL: &str = "whosthat:revocations";
 /// A PING on the subscription unanswered this long: the connection is taken
@@ -72,26 +72,6 @@ if ARGV[2] == '1' then
 end
 return '1' .. v
 ";
-
-#[derive(Serialize, Deserialize)]
-struct StoredToken {
-    u: Option<String>,
-    c: String,
-    s: String,
-    i: u64,
-    e: u64,
-}
-
-#[derive(Serialize, Deserialize)]
-struct StoredCode {
-    u: Option<String>,
-    c: String,
-    s: String,
-    e: u64,
-    r: String,
-    g: bool,
-    p: Option<String>,
-}
 
 fn down(e: redis::RedisError) -> StoreError {
     StoreError::Redis(e)
@@ -259,20 +239,17 @@ impl Inner {
         }
     }
 
-    fn encode_token(rec: &TokenRecord) -> String {
-        let g = &rec.grant;
-        let stored = StoredToken {
-            u: g.user.as_deref().map(str::to_string),
-            c: g.client.to_string(),
-            s: g.scope.to_string(),
-            i: rec.issued_at,
-            e: rec.expires_at,
-        };
+    /// `{family}|{json}`: the family outside the JSON, where the Lua scripts
+    /// read it.
+    fn encode(family: u64, stored: &impl Serialize) -> String {
         format!(
-            "{}|{}",
-            rec.family,
-            serde_json::to_string(&stored).expect("serialisable")
+            "{family}|{}",
+            serde_json::to_string(stored).expect("serialisable")
         )
+    }
+
+    fn encode_token(rec: &TokenRecord) -> String {
+        Self::encode(rec.family, &StoredToken::of(rec))
     }
 
     fn split(v: &str) -> Option<(u64, &str)> {
@@ -283,31 +260,13 @@ impl Inner {
     fn decode_token(&self, v: &str) -> Option<TokenRecord> {
         let (family, json) = Self::split(v)?;
         let s: StoredToken = serde_json::from_str(json).ok()?;
-        let grant = self
-            .grants
-            .intern(s.u.map(Arc::from), Arc::from(s.c), ScopeSet::parse(&s.s)?);
-        Some(TokenRecord {
-            grant,
-            family,
-            issued_at: s.i,
-            expires_at: s.e,
-        })
+        s.into_record(family, &self.grants)
     }
 
     fn decode_code(&self, v: &str) -> Option<CodeRecord> {
         let (family, json) = Self::split(v)?;
         let s: StoredCode = serde_json::from_str(json).ok()?;
-        let grant = self
-            .grants
-            .intern(s.u.map(Arc::from), Arc::from(s.c), ScopeSet::parse(&s.s)?);
-        Some(CodeRecord {
-            grant,
-            family,
-            redirect_uri: s.r,
-            redirect_uri_given: s.g,
-            code_challenge: s.p,
-            expires_at: s.e,
-        })
+        s.into_record(family, &self.grants)
     }
 
     /// Runs the redeem script; `value` decodes what it returns.
@@ -577,21 +536,7 @@ impl TokenStore for RedisStore {
 
     fn put_code(&self, key: TokenHash, rec: CodeRecord) -> StoreFuture<'_, ()> {
         Box::pin(async move {
-            let g = &rec.grant;
-            let stored = StoredCode {
-                u: g.user.as_deref().map(str::to_string),
-                c: g.client.to_string(),
-                s: g.scope.to_string(),
-                e: rec.expires_at,
-                r: rec.redirect_uri.clone(),
-                g: rec.redirect_uri_given,
-                p: rec.code_challenge.clone(),
-            };
-            let value = format!(
-                "{}|{}",
-                rec.family,
-                serde_json::to_string(&stored).expect("serialisable")
-            );
+            let value = Inner::encode(rec.family, &StoredCode::of(&rec));
             self.inner
                 .set(
                     format!("whosthat:code:{}", hex(&key)),
@@ -656,6 +601,7 @@ impl TokenStore for RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scope::ScopeSet;
 
     #[test]
     fn hex_round_trip() {
@@ -689,6 +635,22 @@ mod tests {
         let back = store.inner.decode_token(&v).unwrap();
         assert!(Arc::ptr_eq(&back.grant, &rec.grant));
         assert_eq!((back.family, back.issued_at, back.expires_at), (42, 1, 2));
+        assert!(v.contains("\"client\":\"c\""), "readable names: {v}");
+        // A value an earlier version wrote (one-letter names), still in a running Redis.
+        let old = store
+            .inner
+            .decode_token(r#"42|{"u":"u","c":"c","s":"a b","i":1,"e":2}"#)
+            .unwrap();
+        assert!(Arc::ptr_eq(&old.grant, &rec.grant));
+        assert_eq!((old.family, old.issued_at, old.expires_at), (42, 1, 2));
+        let code = store
+            .inner
+            .decode_code(
+                r#"9|{"u":null,"c":"c","s":"a","e":5,"r":"http://x/cb","g":false,"p":null}"#,
+            )
+            .unwrap();
+        assert_eq!((code.family, code.expires_at), (9, 5));
+        assert_eq!(code.redirect_uri, "http://x/cb");
     }
 
     fn store(max_staleness: Duration) -> RedisStore {

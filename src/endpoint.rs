@@ -41,6 +41,21 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
+    /// Every endpoint, in declaration order: `ALL[e as usize] == e` (the
+    /// metrics keep an array of counters indexed so).
+    pub const ALL: [Endpoint; 10] = [
+        Endpoint::Token,
+        Endpoint::Authorize,
+        Endpoint::DeviceAuthorization,
+        Endpoint::Device,
+        Endpoint::Revoke,
+        Endpoint::Introspect,
+        Endpoint::Userinfo,
+        Endpoint::Metadata,
+        Endpoint::Jwks,
+        Endpoint::OpenIdConfiguration,
+    ];
+
     /// The endpoints at a fixed path: every one but the token endpoint, whose
     /// path is `oauth.token_path`.
     pub const FIXED: [Endpoint; 7] = [

@@ -7,6 +7,7 @@
 pub mod assertion;
 pub mod audit;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod cors;
 pub mod dispatch;
@@ -15,6 +16,7 @@ pub mod error;
 pub mod fsutil;
 pub mod gateway;
 pub mod jose;
+pub mod listing;
 pub mod metrics;
 pub mod oauth;
 pub mod password;

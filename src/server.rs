@@ -73,7 +73,7 @@ pub fn sighup_reloads() -> io::Result<mpsc::UnboundedReceiver<()>> {
 /// or client no longer in the file loses its tokens (they are checked against
 /// the config on every use). An invalid file is logged and changes nothing.
 pub fn reload(state: &AppState, path: &Path) -> Result<(), String> {
-    let new = Config::load(path).map_err(|e| e.to_string())?;
+    let mut new = Config::load(path).map_err(|e| e.to_string())?;
     let old = state.config();
     if new.store.backend != old.store.backend {
         return Err("store.backend changed: that needs a restart".into());
@@ -98,6 +98,11 @@ pub fn reload(state: &AppState, path: &Path) -> Result<(), String> {
         "config reloaded"
     );
     new.log_warnings();
+    // A route still there keeps its counters (and so its metrics series). The
+    // table was made by this load, so nothing else holds it yet.
+    if let Some(routes) = Arc::get_mut(&mut new.routes) {
+        routes.keep_stats_of(&old.routes);
+    }
     state.config.store(Arc::new(new));
     Ok(())
 }

@@ -8,7 +8,6 @@ use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use std::sync::Weak;
 
@@ -23,6 +22,7 @@ use crate::scope::ScopeSet;
 
 pub mod connection;
 pub mod memory;
+mod record;
 pub mod redis;
 mod sentinel;
 pub mod topology;
@@ -109,20 +109,8 @@ pub fn random_u64() -> u64 {
     getrandom::u64().expect("the OS random source failed")
 }
 
-/// Unix milliseconds (device-flow polling is timed to the millisecond).
-pub fn now_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
-pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+/// Unix seconds (see [`crate::clock`]).
+pub use crate::clock::now_secs;
 
 /// Who a token speaks for: user, client and scope. Immutable and interned (see
 /// [`Grants`]): every live token with the same three shares one `Arc<Grant>`,

@@ -4,7 +4,7 @@
 
 mod admin;
 mod drain;
-pub mod framing;
+pub(crate) mod framing;
 
 pub use admin::ADMIN_MAX_CONNECTIONS;
 

@@ -17,10 +17,10 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-pub mod jwks;
+pub(crate) mod jwks;
 pub mod keys;
 pub mod sign;
-pub mod thumbprint;
+pub(crate) mod thumbprint;
 pub mod verify;
 
 pub use jwks::{PublicJwk, thumbprint};

@@ -7,18 +7,18 @@
 pub mod authorize;
 pub mod bearer;
 pub mod client_auth;
-pub mod client_jwt;
+pub(crate) mod client_jwt;
 mod context;
-pub mod device;
-pub mod device_page;
-pub mod dpop;
-pub mod endpoints;
+pub(crate) mod device;
+pub(crate) mod device_page;
+pub(crate) mod dpop;
+pub(crate) mod endpoints;
 mod form;
 pub mod limiter;
-pub mod oidc;
-pub mod pkce;
-pub mod redirect;
-pub mod signin_state;
+pub(crate) mod oidc;
+pub(crate) mod pkce;
+pub(crate) mod redirect;
+pub(crate) mod signin_state;
 mod token;
 
 pub use context::{

@@ -19,7 +19,7 @@ use crate::jose::{half_hash, sign::compact};
 use crate::scope::ScopeSet;
 use crate::store::{CodeOidc, Grant, now_secs};
 
-pub use crate::endpoint::{JWKS_PATH, OPENID_CONFIGURATION_PATH};
+use crate::endpoint::JWKS_PATH;
 
 /// Scopes about the user's own identity. A user need not list them: they are
 /// the user's to give, on the consent page. A client must, to ask for them.

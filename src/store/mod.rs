@@ -20,12 +20,12 @@ use subtle::ConstantTimeEq;
 
 use crate::scope::ScopeSet;
 
-pub mod connection;
-pub mod memory;
+pub(crate) mod connection;
+pub(crate) mod memory;
 mod record;
-pub mod redis;
+pub(crate) mod redis;
 mod sentinel;
-pub mod topology;
+pub(crate) mod topology;
 
 pub use connection::RedisConn;
 pub use memory::MemoryStore;

@@ -21,6 +21,12 @@ pub fn now_ms() -> u64 {
     u64::try_from(unix_now().as_millis()).unwrap_or(u64::MAX)
 }
 
+/// A configured lifetime in whole seconds, at least 1: what `expires_in`
+/// says and records' expiry is computed from.
+pub fn ttl_secs(d: Duration) -> u64 {
+    d.as_secs().max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

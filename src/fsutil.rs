@@ -69,8 +69,8 @@ fn write_temp(
         .to_string_lossy();
     let tmp = dir.join(format!(
         ".{name}.{:016x}{:016x}.tmp",
-        crate::store::random_u64(),
-        crate::store::random_u64()
+        random_u64(),
+        random_u64()
     ));
     let written = (|| {
         // Created owner-only: nothing can open it before its final mode is set.
@@ -94,6 +94,12 @@ fn write_temp(
             Err(e)
         }
     }
+}
+
+/// A random temporary-file name part. Not a secret: `O_EXCL` is what makes
+/// the name safe; randomness only keeps racing writers apart.
+fn random_u64() -> u64 {
+    getrandom::u64().expect("the OS random source failed")
 }
 
 /// The directory `path` is in (`.` for a bare file name).

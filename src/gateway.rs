@@ -245,7 +245,7 @@ async fn handle_inner<'s>(
     log: &mut LogContext<'s>,
 ) -> Result<Response<Body>, GatewayError> {
     // The head before anything else (RFC 9112): CONNECT, framing, Host.
-    let host = crate::server::framing::check_request_head(&req)?;
+    let host = crate::framing::check_request_head(&req)?;
     let path = NormalizedPath::new(req.uri().path()).map_err(GatewayError::BadPath)?;
     match classify(config, req.method(), &path) {
         Decision::Endpoint(endpoint) => {

@@ -12,8 +12,9 @@
 //!
 //! | file | owns |
 //! |---|---|
-//! | `server.rs`, `server/` | listeners, TLS, connection caps, drain on stop (`drain.rs`), the admin listener (`admin.rs`), request-head framing (`framing.rs`), reload and signals |
+//! | `server.rs`, `server/` | listeners, TLS, connection caps, drain on stop (`drain.rs`), the admin listener (`admin.rs`), reload and signals |
 //! | `gateway.rs` | the per-request pipeline: head checks, dispatch, endpoint or route, access log, metrics |
+//! | `framing.rs` | request-head and message-framing checks (RFC 9112), for the connections and the pipeline |
 //! | `dispatch.rs` | what a request is (own endpoint, route, what it needs): shared with `route test` |
 //! | `endpoint.rs` | the gateway's own endpoints and their paths, defined once |
 //! | `routes.rs` | the route table, path normalisation, upstream choice |
@@ -28,15 +29,15 @@
 //! | `oauth/endpoints.rs`, `oauth/limiter.rs` | revocation, introspection, userinfo, metadata; brute-force limits |
 //! | `jose/` | signing keys, JWS signing and verification, JWKs and their thumbprints |
 //! | `assertion.rs` | `X-Auth-Assertion` for upstreams |
-//! | `store/` | the [`store::TokenStore`] trait, the memory and Redis stores, record serialisation (`record.rs`), Redis connections and topologies |
-//! | `config/` | gateway.toml: raw serde types (`raw.rs`), one validator per section, loading TLS and CA files (`load.rs`), the check-config summary |
+//! | `store/` | the [`store::TokenStore`] trait, the memory and Redis stores, record serialisation (`record.rs`), Redis connections |
+//! | `config/` | gateway.toml: raw serde types (`raw.rs`), one validator per section, loading TLS and CA files (`load.rs`), the Redis topology (`topology.rs`), the check-config summary and listings |
 //! | `cli/` | `user`, `client` and `route test` commands, in-place config edits (`edit.rs`) |
 //! | `error.rs` | every rejection's side, cause and HTTP answer; the JSON / no-store answer helpers |
 //! | `metrics.rs` | Prometheus counters and their rendering |
 //! | `audit.rs` | request ids and audit lines |
 //! | `ratelimit.rs`, `cors.rs`, `shadowing.rs` | per-route rate limits, CORS, overlapping-route warnings |
 //! | `password.rs`, `scope.rs` | argon2 hashing and its pool; scope sets |
-//! | `clock.rs`, `fsutil.rs`, `listing.rs` | the one wall clock, the one atomic file write, the one user and client listing |
+//! | `clock.rs`, `fsutil.rs`, `config/listing.rs` | the one wall clock (and lifetimes in seconds), the one atomic file write, the one user and client listing |
 
 pub mod assertion;
 pub mod audit;
@@ -47,10 +48,10 @@ mod cors;
 mod dispatch;
 mod endpoint;
 pub mod error;
+mod framing;
 mod fsutil;
 pub mod gateway;
 pub mod jose;
-mod listing;
 pub mod metrics;
 pub mod oauth;
 pub mod password;

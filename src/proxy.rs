@@ -135,6 +135,9 @@ static X_AUTH_CLIENT: HeaderName = HeaderName::from_static("x-auth-client");
 static X_AUTH_SCOPE: HeaderName = HeaderName::from_static("x-auth-scope");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// The `DPoP` request header carrying a proof (RFC 9449 section 4.1): for the
+/// gateway alone, never forwarded (section 7.1).
+pub static DPOP: HeaderName = HeaderName::from_static("dpop");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Hop-by-hop headers (RFC 9110 section 7.6.1), never forwarded either way.
@@ -426,7 +429,7 @@ pub fn upstream_request_headers(headers: &mut HeaderMap, version: Version, info:
             || *name == header::HOST
             || (*name == header::AUTHORIZATION && is_bearer(&value))
             // The DPoP proof is for the gateway alone (RFC 9449 section 7.1).
-            || *name == crate::oauth::dpop::DPOP
+            || *name == DPOP
             || is_spoofable(name.as_str())
             || is_override(name.as_str())
             || listed.contains(name);

@@ -4,7 +4,6 @@
 
 mod admin;
 mod drain;
-pub(crate) mod framing;
 
 pub use admin::ADMIN_MAX_CONNECTIONS;
 
@@ -24,9 +23,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
 use crate::config::{Config, ServerConfig};
+use crate::framing::{self, FramingNotes, HeadScan, LengthWithTransferEncoding};
 use crate::gateway::{AppState, ConnInfo, handle};
 use crate::store::now_secs;
-use framing::{FramingNotes, HeadScan, LengthWithTransferEncoding};
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -284,7 +283,7 @@ fn check_state_dir(file: &Path) {
 /// Says at start when Redis does not answer (URLs without their passwords):
 /// until it does, requests that need the store get 503. A Sentinel primary is
 /// found by the store's own follower; here the sentinels are asked.
-async fn check_redis(topology: &crate::store::RedisTopology) {
+async fn check_redis(topology: &crate::config::RedisTopology) {
     let ping = async {
         let client = redis::Client::open(topology.urls()[0].as_str())?;
         let mut conn = client.get_multiplexed_async_connection().await?;

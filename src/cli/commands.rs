@@ -202,17 +202,17 @@ pub(super) fn remove(path: &Path, section: Section, id: &str) -> CliResult<()> {
 
 pub(super) fn user_list(path: &Path) -> CliResult<()> {
     list(path, "users", |c| {
-        crate::listing::user_rows(c.users.values())
+        crate::config::listing::user_rows(c.users.values())
     })
 }
 
 pub(super) fn client_list(path: &Path) -> CliResult<()> {
     list(path, "clients", |c| {
-        crate::listing::client_rows(c.clients.values())
+        crate::config::listing::client_rows(c.clients.values())
     })
 }
 
-/// Prints `rows` of the config at `path` (see [`crate::listing`]), one a line.
+/// Prints `rows` of the config at `path` (see [`crate::config::listing`]), one a line.
 fn list(path: &Path, what: &str, rows: impl Fn(&Config) -> Vec<String>) -> CliResult<()> {
     let config = Config::load(path).map_err(|e| e.to_string())?;
     let rows = rows(&config);

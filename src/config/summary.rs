@@ -35,11 +35,11 @@ impl Config {
         }
         // The same rows as `user list` and `client list`.
         let _ = writeln!(s, "users ({}):", self.users.len());
-        for row in crate::listing::user_rows(self.users.values()) {
+        for row in super::listing::user_rows(self.users.values()) {
             let _ = writeln!(s, "  {row}");
         }
         let _ = writeln!(s, "clients ({}):", self.clients.len());
-        for row in crate::listing::client_rows(self.clients.values()) {
+        for row in super::listing::client_rows(self.clients.values()) {
             let _ = writeln!(s, "  {row}");
         }
         s

@@ -17,6 +17,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
+pub(crate) mod client_keys;
 pub(crate) mod jwks;
 pub mod keys;
 pub mod sign;

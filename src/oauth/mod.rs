@@ -21,6 +21,7 @@ pub(crate) mod redirect;
 pub(crate) mod signin_state;
 mod token;
 
+pub use crate::clock::ttl_secs;
 pub use context::{
     OAuthContext, check_user_password, check_user_password_from, guarded_verify,
     guarded_verify_from,
@@ -28,6 +29,6 @@ pub use context::{
 pub use form::{BodyReadTimeout, MAX_FORM_BYTES, Params, read_form};
 pub(crate) use form::{form_pairs, form_urldecode};
 pub use token::{
-    Binding, TokenResponse, grant_still_allowed, issue, revoke_family, token_endpoint, ttl_secs,
+    Binding, TokenResponse, grant_still_allowed, issue, revoke_family, token_endpoint,
 };
 pub(crate) use token::{grant_scope, issue_tokens};

@@ -4,7 +4,6 @@
 //! issuance, and the token response.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::{HeaderMap, Request, Response};
 use hyper::body::Incoming;
@@ -14,6 +13,7 @@ use super::client_auth::{self, AuthenticatedClient};
 use super::context::{OAuthContext, check_user_password};
 use super::form::{Params, read_form};
 use super::{bearer, device, dpop, oidc, pkce};
+use crate::clock::ttl_secs;
 use crate::config::{Config, GrantType};
 use crate::error::{Body, GatewayError, OAuthCode, json_no_store};
 use crate::scope::ScopeSet;
@@ -380,10 +380,6 @@ async fn code_grant(
         resp.id_token = oidc::id_token(ctx.config, &resp.grant, o, &resp.access_token);
     }
     Ok(resp)
-}
-
-pub fn ttl_secs(d: Duration) -> u64 {
-    d.as_secs().max(1)
 }
 
 /// The DPoP key thumbprints new tokens are bound to (`None`: bearer).

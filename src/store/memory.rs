@@ -338,7 +338,7 @@ fn restored(t: SavedToken, kind: Kind, config: &Config, grants: &Grants, now: u6
         Kind::Refresh => config.oauth.refresh_token_ttl,
     };
     let issued_at = saved_issued_at.min(now);
-    let expires_at = saved_expires_at.min(issued_at.saturating_add(crate::oauth::ttl_secs(ttl)));
+    let expires_at = saved_expires_at.min(issued_at.saturating_add(crate::clock::ttl_secs(ttl)));
     let clamped =
         scope != saved_scope || issued_at != saved_issued_at || expires_at != saved_expires_at;
     let grant = grants.intern(g.user.map(Arc::from), client.id.clone(), scope);

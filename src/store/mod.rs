@@ -25,12 +25,13 @@ pub(crate) mod memory;
 mod record;
 pub(crate) mod redis;
 mod sentinel;
-pub(crate) mod topology;
 
+/// The Redis deployment a store connects to; a config type (see
+/// [`crate::config::RedisTopology`]).
+pub use crate::config::RedisTopology;
 pub use connection::RedisConn;
 pub use memory::MemoryStore;
 pub use redis::RedisStore;
-pub use topology::RedisTopology;
 
 /// Random bytes in a token: 256 bits (RFC 6749 section 10.10 asks for at least 128).
 pub const TOKEN_BYTES: usize = 32;

@@ -43,11 +43,11 @@ use serde::Serialize;
 use super::connection::{DurableError, RedisConn};
 use super::memory::PassThroughHasher;
 use super::record::{StoredCode, StoredToken};
-use super::topology::RedisTopology;
 use super::{
     CodeRecord, DeviceDecision, DevicePoll, DeviceRecord, Grants, Redeem, StoreError, StoreFuture,
     TokenHash, TokenRecord, TokenStore, hex, now_secs, unhex,
 };
+use crate::config::RedisTopology;
 
 mod device;
 

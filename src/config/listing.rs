@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use crate::config::{Client, User};
+use super::{Client, User};
 
 /// One line per user, by name: `NAME scopes [a b]`.
 pub fn user_rows<'a>(users: impl IntoIterator<Item = &'a Arc<User>>) -> Vec<String> {

@@ -121,7 +121,7 @@ impl SigningKey {
         };
         SigningKey {
             alg,
-            kid: jwks::thumbprint(&public),
+            kid: public.thumbprint(),
             public,
             pair,
         }

@@ -24,7 +24,7 @@ pub mod sign;
 pub(crate) mod thumbprint;
 pub mod verify;
 
-pub use jwks::{PublicJwk, thumbprint};
+pub use jwks::PublicJwk;
 pub use keys::{KeySet, SigningKey};
 pub use thumbprint::jwk_thumbprint;
 

@@ -1049,13 +1049,22 @@ fn with_query(uri: &str, params: &[(&str, &str)]) -> String {
 
 /// Every value of the sign-in cookie the request carries.
 fn cookies(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    cookie_values(headers, COOKIE_NAME)
+}
+
+/// Every value of cookie `name` the request carries (the sign-in pages' and
+/// the device page's).
+pub(crate) fn cookie_values<'h>(
+    headers: &'h HeaderMap,
+    name: &'static str,
+) -> impl Iterator<Item = &'h str> {
     headers
         .get_all(COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|c| c.trim().split_once('='))
-        .filter(|(k, _)| *k == COOKIE_NAME)
+        .filter(move |(k, _)| *k == name)
         .map(|(_, v)| v)
 }
 

@@ -870,20 +870,30 @@ mod tests {
         assert_eq!(h["cookie"], "a=1");
     }
 
-    #[test]
-    fn only_the_gateways_assertion_goes_upstream() {
+    /// A header of each of `names` (all different), each with `value`.
+    fn each_with(names: &[&str], value: &'static str) -> HeaderMap {
         let mut h = HeaderMap::new();
-        for name in [
-            "x-auth-assertion",
-            "x_auth_assertion",
-            "x.auth.assertion",
-            "X-AUTH_ASSERTION",
-        ] {
+        for name in names {
             h.append(
                 HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                HeaderValue::from_static("forged"),
+                HeaderValue::from_static(value),
             );
         }
+        assert_eq!(h.len(), names.len());
+        h
+    }
+
+    #[test]
+    fn only_the_gateways_assertion_goes_upstream() {
+        let mut h = each_with(
+            &[
+                "x-auth-assertion",
+                "x_auth_assertion",
+                "x.auth.assertion",
+                "X-AUTH_ASSERTION",
+            ],
+            "forged",
+        );
         let xff = HeaderValue::from_static("127.0.0.1");
         let mut info = ForwardInfo {
             forwarded_for: &xff,
@@ -984,19 +994,16 @@ mod tests {
 
     #[test]
     fn override_headers_never_forwarded() {
-        let mut h = HeaderMap::new();
-        for n in [
-            "x-http-method-override",
-            "x_http_method",
-            "x.method.override",
-            "x-original-url",
-            "x_rewrite_url",
-        ] {
-            h.insert(
-                HeaderName::from_bytes(n.as_bytes()).unwrap(),
-                HeaderValue::from_static("DELETE"),
-            );
-        }
+        let mut h = each_with(
+            &[
+                "x-http-method-override",
+                "x_http_method",
+                "x.method.override",
+                "x-original-url",
+                "x_rewrite_url",
+            ],
+            "DELETE",
+        );
         h.insert("accept", HeaderValue::from_static("*/*"));
         h.insert(
             "http2-settings",

@@ -17,13 +17,14 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-pub mod jwks;
+pub(crate) mod client_keys;
+pub(crate) mod jwks;
 pub mod keys;
 pub mod sign;
-pub mod thumbprint;
+pub(crate) mod thumbprint;
 pub mod verify;
 
-pub use jwks::{PublicJwk, thumbprint};
+pub use jwks::PublicJwk;
 pub use keys::{KeySet, SigningKey};
 pub use thumbprint::jwk_thumbprint;
 

@@ -33,7 +33,7 @@ use super::signin_state::{CookieKey, Keys, Ledger, MemoryLedger, RedisLedger};
 use super::{OAuthContext, pkce, read_form, redirect};
 use crate::config::{Client, GrantType, User};
 use crate::endpoint::AUTHORIZE_PATH;
-use crate::error::{Body, GatewayError, full};
+use crate::error::{Body, GatewayCode, GatewayError, OAuthCode, full};
 use crate::scope::ScopeSet;
 use crate::store::{
     CodeOidc, CodeRecord, RedisConn, StoreError, TokenHash, new_token, now_secs, random_u64,
@@ -822,13 +822,13 @@ impl Authorizer {
                     Ok(user.clone())
                 }
                 Ok(None) => {
-                    ctx.metrics.auth_failure("invalid_grant");
+                    ctx.metrics.auth_failure(OAuthCode::InvalidGrant);
                     let reason = Some("invalid_username_or_password");
                     ctx.audit("signin_failed", Some(username), client, grant, reason);
                     Err("Invalid username or password.".to_string())
                 }
                 Err(GatewayError::TooManyAttempts(secs)) => {
-                    ctx.metrics.auth_failure("too_many_attempts");
+                    ctx.metrics.auth_failure(GatewayCode::TooManyAttempts);
                     Err(format!(
                         "Too many failed attempts. Try again in {secs} seconds."
                     ))
@@ -1052,7 +1052,8 @@ fn cookies(headers: &HeaderMap) -> impl Iterator<Item = &str> {
     cookie_values(headers, COOKIE_NAME)
 }
 
-/// Every value of the cookie `name` in the request's `Cookie` headers.
+/// Every value of cookie `name` the request carries (the sign-in pages' and
+/// the device page's).
 pub(crate) fn cookie_values<'h>(
     headers: &'h HeaderMap,
     name: &'static str,

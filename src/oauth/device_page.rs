@@ -28,7 +28,7 @@ use super::device::{DEVICE_PATH, display_user_code, normalize_user_code, user_co
 use super::limiter::{self, Origin, Refusal};
 use super::{OAuthContext, Params, read_form};
 use crate::config::{Client, GrantType, User};
-use crate::error::{Body, GatewayError};
+use crate::error::{Body, GatewayCode, GatewayError, OAuthCode};
 use crate::scope::ScopeSet;
 use crate::store::{DeviceDecision, DeviceRecord, new_token};
 
@@ -360,14 +360,14 @@ impl Page<'_, '_> {
                     Ok(user.clone())
                 }
                 Ok(None) => {
-                    self.ctx.metrics.auth_failure("invalid_grant");
+                    self.ctx.metrics.auth_failure(OAuthCode::InvalidGrant);
                     let reason = Some("invalid_username_or_password");
                     self.ctx
                         .audit("signin_failed", Some(username), client, grant, reason);
                     Err("Invalid username or password.".to_string())
                 }
                 Err(GatewayError::TooManyAttempts(secs)) => {
-                    self.ctx.metrics.auth_failure("too_many_attempts");
+                    self.ctx.metrics.auth_failure(GatewayCode::TooManyAttempts);
                     Err(format!(
                         "Too many failed attempts. Try again in {secs} seconds."
                     ))

@@ -119,7 +119,7 @@ pub async fn check_request(
     let record = record.ok_or(GatewayError::Dpop(DpopRefusal::InvalidToken(
         "the access token is unknown, expired or revoked",
     )))?;
-    let Some(jkt) = record.cnf.as_deref() else {
+    let Some(jkt) = record.cnf.as_deref().map(String::as_str) else {
         return Err(GatewayError::Dpop(DpopRefusal::InvalidToken(
             "this token is not DPoP-bound: send it as Authorization: Bearer",
         )));

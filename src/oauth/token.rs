@@ -17,7 +17,7 @@ use crate::clock::ttl_secs;
 use crate::config::{Config, GrantType};
 use crate::error::{Body, GatewayError, OAuthCode, json_no_store};
 use crate::scope::ScopeSet;
-use crate::store::{Grant, Redeem, TokenHash, TokenRecord, new_token, now_secs, random_u64};
+use crate::store::{Grant, Jkt, Redeem, TokenHash, TokenRecord, new_token, now_secs, random_u64};
 
 /// A successful token response (section 5.1).
 #[derive(Debug, Serialize)]
@@ -149,9 +149,10 @@ async fn issue_inner(
     }
     // RFC 9449 section 5: access tokens bound to the proof's key; refresh
     // tokens too, for a public client (a confidential one authenticates anyway).
+    let jkt: Option<Jkt> = jkt.map(|j| Arc::new(j.to_owned()));
     let binding = Binding {
-        access: jkt.map(Arc::from),
-        refresh: jkt.filter(|_| !client.confidential).map(Arc::from),
+        refresh: jkt.clone().filter(|_| !client.confidential),
+        access: jkt,
     };
     let requested = match params.get("scope") {
         Some(s) => Some(ScopeSet::parse(s).ok_or(GatewayError::OAuth(
@@ -385,8 +386,8 @@ async fn code_grant(
 /// The DPoP key thumbprints new tokens are bound to (`None`: bearer).
 #[derive(Debug, Clone, Default)]
 pub struct Binding {
-    pub access: Option<Arc<str>>,
-    pub refresh: Option<Arc<str>>,
+    pub access: Option<Jkt>,
+    pub refresh: Option<Jkt>,
 }
 
 /// An access token for `grant` and, given its grant (the same, or wider after

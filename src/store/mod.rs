@@ -241,8 +241,13 @@ pub struct TokenRecord {
     pub expires_at: u64,
     /// DPoP binding (RFC 9449 section 6): the JWK thumbprint (`cnf.jkt`) of the
     /// key whose proofs must come with the token; `None` for a bearer token.
-    pub cnf: Option<Arc<str>>,
+    pub cnf: Option<Jkt>,
 }
+
+/// A DPoP key thumbprint (`cnf.jkt`), shared by the tokens of one binding. A
+/// thin pointer: the slot costs every token record 8 bytes, not a fat
+/// pointer's 16 (`cargo bench --bench token_memory`).
+pub type Jkt = Arc<String>;
 
 impl TokenRecord {
     pub fn is_live(&self, now: u64) -> bool {

@@ -67,7 +67,7 @@ impl StoredToken {
             grant: StoredGrant::of(&rec.grant),
             issued_at: rec.issued_at,
             expires_at: rec.expires_at,
-            cnf: rec.cnf.as_deref().map(str::to_string),
+            cnf: rec.cnf.as_deref().cloned(),
         }
     }
 
@@ -228,13 +228,13 @@ mod tests {
             family: 2,
             issued_at: 1,
             expires_at: 2,
-            cnf: Some(Arc::from("jkt-value")),
+            cnf: Some(Arc::new("jkt-value".to_string())),
         };
         let json = serde_json::to_string(&StoredToken::of(&rec)).unwrap();
         assert!(json.contains(r#""cnf":"jkt-value""#), "{json}");
         let back: StoredToken = serde_json::from_str(&json).unwrap();
         let back = back.into_record(2, &grants).unwrap();
-        assert_eq!(back.cnf.as_deref(), Some("jkt-value"));
+        assert_eq!(back.cnf.as_deref().map(String::as_str), Some("jkt-value"));
         let old: StoredToken =
             serde_json::from_str(r#"{"u":"alice","c":"cli","s":"read","i":1,"e":2,"j":"k"}"#)
                 .unwrap();

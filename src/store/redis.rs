@@ -756,14 +756,14 @@ mod tests {
         assert_eq!(code.redirect_uri, "http://x/cb");
         // A DPoP-bound token stays bound through Redis.
         let bound = TokenRecord {
-            cnf: Some(Arc::from("jkt-value")),
+            cnf: Some(Arc::new("jkt-value".to_string())),
             ..rec
         };
         let back = store
             .inner
             .decode_token(&Inner::encode_token(&bound))
             .unwrap();
-        assert_eq!(back.cnf.as_deref(), Some("jkt-value"));
+        assert_eq!(back.cnf.as_deref().map(String::as_str), Some("jkt-value"));
     }
 
     fn store(max_staleness: Duration) -> RedisStore {

@@ -10,9 +10,9 @@
 //! - [`sign`]: compact JWS signed by a [`keys::SigningKey`].
 //!
 //! - [`verify`]: the verification of compact JWS the gateway is handed (DPoP
-//!   proofs, RFC 9449; client assertions, RFC 7523), by the `jsonwebtoken`
-//!   crate (RustCrypto backend), with every claim rule;
-//!   [`thumbprint`] gives their keys' RFC 7638 thumbprints.
+//!   proofs, RFC 9449; client assertions, RFC 7523), signatures by ring as
+//!   well, with every claim rule (the `jsonwebtoken` crate gives the JWK
+//!   type); [`thumbprint`] gives every key's RFC 7638 thumbprint.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

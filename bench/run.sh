@@ -21,9 +21,11 @@
 # FLOOD_CONNS (connections of the login flood, default 4), IDLE_CONNS (idle
 # keep-alive connections per proxy, default 10000; 0 skips that part),
 # TOKEN_MEMORY=0 / ARGON2_CRITERION=0 skip those cargo benches, ASSERTIONS=0 the
-# assertions-on pair, BENCH_OUT (default bench/out) is where configs, pid files and
-# raw outputs go; HANDSHAKES, HANDSHAKE_RATE, H2_CONNS, H2_STREAMS: see
-# bench/side_by_side.sh.
+# assertions-on pair, DPOP=0 the DPoP-against-bearer pair (DPOP_RATE: proofs made per
+# second of a run, default 25000), PAIR_ROUNDS the rounds of those two paired
+# comparisons (default: ROUNDS), BENCH_OUT (default
+# bench/out) is where configs, pid files and raw outputs go; HANDSHAKES,
+# HANDSHAKE_RATE, H2_CONNS, H2_STREAMS: see bench/side_by_side.sh.
 #
 # Installs nginx, wrk and h2load from Debian when they are missing (needs root / apt-get).
 set -euo pipefail
@@ -41,6 +43,7 @@ ROOT=$(pwd)
 OUT=${BENCH_OUT:-$ROOT/bench/out}
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-3}
+PAIR_ROUNDS=${PAIR_ROUNDS:-$ROUNDS}
 CONNS=${CONNS:-50}
 FLOOD_CONNS=${FLOOD_CONNS:-4}
 IDLE_CONNS=${IDLE_CONNS:-10000}
@@ -268,8 +271,8 @@ if [ "${ASSERTIONS:-1}" = 1 ]; then
         python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
     test "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $AS_TOKEN" "http://127.0.0.1:$AS_PORT/as/")" = 200
     test "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$AS_PORT/.well-known/jwks.json")" = 200
-    echo "assertions on: $ROUNDS rounds x ${DURATION}s, with and without ..." >&2
-    for r in $(seq "$ROUNDS"); do
+    echo "assertions on: $PAIR_ROUNDS rounds x ${DURATION}s, with and without ..." >&2
+    for r in $(seq "$PAIR_ROUNDS"); do
         if [ $((r % 2)) = 1 ]; then ORDER="off on"; else ORDER="on off"; fi
         for name in $ORDER; do
             if [ "$name" = on ]; then path=as; else path=api; fi
@@ -299,6 +302,87 @@ print(f"assertions (X-Auth-Assertion, cached): {on_rps:.0f} req/s with, {off_rps
       f"{min(ratios):.3f}-{max(ratios):.3f}x; target >= 0.90x: {verdict}); "
       f"p99 {on_p99:.3f} vs {off_p99:.3f} ms; errors {errors}")
 ' "$OUT/assertion.txt" > "$OUT/assertion-summary.txt"
+fi
+
+# --- DPoP against bearer: the same route on the main gateway, one token bound to a
+# P-256 key (RFC 9449) against the plain bearer token. Every DPoP request carries a
+# fresh proof (its own jti, ath of the token), signed ahead of each run by
+# bench/dpop_proofs.py: a proof is accepted once and for 60 s, so each run gets
+# DURATION x DPOP_RATE of them. Both sides go through the same wrk script (one header
+# table per request), back to back, the order swapped every round. What it measures
+# is the server's proof check (signature, claims, the jti spent in the store).
+# DPOP=0 skips it.
+: > "$OUT/dpop.txt"
+rm -f "$OUT/dpop-summary.txt"
+if [ "${DPOP:-1}" = 1 ]; then
+    python3 -c 'import cryptography' 2>/dev/null || python3 -m pip install --quiet cryptography
+    DPOP_RATE=${DPOP_RATE:-25000}
+    DPOP_KEY="$OUT/dpop-key.pem"
+    rm -f "$DPOP_KEY"
+    TOKEN_URL="http://127.0.0.1:$GW_PORT/auth/access_token"
+    DPOP_JSON=$(curl -s -X POST "$TOKEN_URL" \
+        -H "DPoP: $(python3 "$ROOT/bench/dpop_proofs.py" "$DPOP_KEY" POST "$TOKEN_URL")" \
+        -d "grant_type=password&username=bench&password=$BENCH_PW")
+    DPOP_TOKEN=$(python3 -c 'import json,sys; j=json.load(sys.stdin); assert j["token_type"]=="DPoP", j; print(j["access_token"])' <<< "$DPOP_JSON")
+    API_URL="http://127.0.0.1:$GW_PORT/api/"
+    # The bound token: 200 with a proof, 401 without one and as a bearer token.
+    test "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: DPoP $DPOP_TOKEN" \
+        -H "DPoP: $(python3 "$ROOT/bench/dpop_proofs.py" "$DPOP_KEY" GET "$API_URL" "$DPOP_TOKEN")" "$API_URL")" = 200
+    test "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: DPoP $DPOP_TOKEN" "$API_URL")" = 401
+    test "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $DPOP_TOKEN" "$API_URL")" = 401
+    cat > "$OUT/dpop.lua" <<'EOF'
+-- args: the Authorization value, then a file of DPoP proofs (one per line) or nothing.
+local auth, proofs, i = nil, {}, 0
+function init(args)
+    auth = args[1]
+    if args[2] then
+        for line in io.lines(args[2]) do proofs[#proofs + 1] = line end
+    end
+end
+function request()
+    local headers = { ["Authorization"] = auth }
+    if #proofs > 0 then
+        i = i + 1
+        -- Past the last proof, the first again: a replay, refused, and counted as an error.
+        headers["DPoP"] = proofs[(i - 1) % #proofs + 1]
+    end
+    return wrk.format("GET", nil, headers)
+end
+EOF
+    echo "DPoP vs bearer: $PAIR_ROUNDS rounds x ${DURATION}s, $((DURATION * DPOP_RATE)) proofs made before each DPoP run ..." >&2
+    for r in $(seq "$PAIR_ROUNDS"); do
+        if [ $((r % 2)) = 1 ]; then ORDER="bearer dpop"; else ORDER="dpop bearer"; fi
+        for name in $ORDER; do
+            if [ "$name" = dpop ]; then
+                python3 "$ROOT/bench/dpop_proofs.py" "$DPOP_KEY" GET "$API_URL" "$DPOP_TOKEN" \
+                    $((DURATION * DPOP_RATE)) > "$OUT/dpop-proofs.txt"
+                LUA_ARGS=("DPoP $DPOP_TOKEN" "$OUT/dpop-proofs.txt")
+            else
+                LUA_ARGS=("Bearer $TOKEN")
+            fi
+            wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -s "$OUT/dpop.lua" "$API_URL" -- "${LUA_ARGS[@]}" \
+                > "$OUT/wrk-dpop-$name.txt" 2>&1
+            echo "$name $(parse_wrk < "$OUT/wrk-dpop-$name.txt")" >> "$OUT/dpop.txt"
+        done
+        echo "  round $r done" >&2
+    done
+    rm -f "$OUT/dpop-proofs.txt"
+    python3 -c '
+import statistics, sys
+rows = {"dpop": [], "bearer": []}
+for line in open(sys.argv[1]):
+    name, rps, p50, p99, errs = line.split()
+    rows[name].append((float(rps), float(p99), int(errs)))
+med = statistics.median
+d, b = rows["dpop"], rows["bearer"]
+ratios = [x[0] / y[0] for x, y in zip(d, b)]
+errors = sum(r[2] for r in d + b)
+print(f"DPoP (ES256 proof per request) vs bearer on /api/: {med([r[0] for r in d]):.0f} vs "
+      f"{med([r[0] for r in b]):.0f} req/s, DPoP / bearer {med(ratios):.3f}x (median of "
+      f"{len(ratios)} rounds, range {min(ratios):.3f}-{max(ratios):.3f}x); p99 "
+      f"{med([r[1] for r in d]):.3f} vs {med([r[1] for r in b]):.3f} ms; errors {errors}"
+      + ("" if errors == 0 else " (non-2xx: proofs ran out? raise DPOP_RATE)"))
+' "$OUT/dpop.txt" > "$OUT/dpop-summary.txt"
 fi
 
 # --- memory per idle keep-alive connection: IDLE_CONNS connections, one GET each,
@@ -531,5 +615,6 @@ if "interned" in kv:
         print(f"sweep_expired over {n:,} tokens: {s['none_expired_ms']} ms with nothing expired, {s['half_expired_ms']} ms with half expired")
 EOF
 if [ -s "$OUT/assertion-summary.txt" ]; then cat "$OUT/assertion-summary.txt"; fi
+if [ -s "$OUT/dpop-summary.txt" ]; then cat "$OUT/dpop-summary.txt"; fi
 
 python3 "$ROOT/bench/side_by_side.py" "$OUT"

@@ -14,7 +14,10 @@
 //!   `check` against a shared bucket while a lease is held (the common case with Redis:
 //!   no round trip; the bucket here is in memory and answers batches at once), and
 //!   rendering the `RateLimit-Policy` / `RateLimit` fields every allowed answer carries;
-//! - `audit/new_request_id`: the `X-Request-Id` made for every request.
+//! - `audit/new_request_id`: the `X-Request-Id` made for every request;
+//! - `metrics/*`: what every answer costs in metrics: a route's request count and
+//!   latency (on the counters the route carries, 100 routes configured), a refusal
+//!   counted by its side (an auth failure), and a token issued by grant.
 //!
 //! cargo bench --bench hot_paths                 # everything
 //! cargo bench --bench hot_paths -- --quick      # a fast, rougher pass
@@ -34,6 +37,9 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Version};
 
 use whosthat::audit::new_request_id;
+use whosthat::config::GrantType;
+use whosthat::error::GatewayError;
+use whosthat::metrics::Metrics;
 use whosthat::password::hash_password;
 use whosthat::proxy::{ForwardInfo, upstream_request_headers};
 use whosthat::ratelimit::{RateKey, RateKeyKind, RateLimitSpec, RateLimiter, SharedBuckets};
@@ -330,12 +336,36 @@ fn rate_limit(c: &mut Criterion) {
     g.finish();
 }
 
+fn metrics_recording(c: &mut Criterion) {
+    let m = Metrics::new();
+    // 100 routes, as in a mid-sized config; each carries its counters.
+    let table = RouteTable::new((0..100).map(|i| route(&format!("/svc{i}/v1/"))).collect());
+    let hit = &table.routes()[50];
+    let mut g = c.benchmark_group("metrics");
+    g.bench_function("request_100_routes", |b| {
+        b.iter(|| {
+            black_box(hit)
+                .stats
+                .record(black_box(200), black_box(Duration::from_micros(700)))
+        })
+    });
+    let refused = GatewayError::NoToken;
+    g.bench_function("rejected_auth_failure", |b| {
+        b.iter(|| m.rejected(black_box(&refused)))
+    });
+    g.bench_function("token_issued", |b| {
+        b.iter(|| m.token_issued(black_box(GrantType::Password)))
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
     token_lookup,
     route_match,
     header_rewrite,
     argon2_verify,
-    rate_limit
+    rate_limit,
+    metrics_recording
 );
 criterion_main!(benches);

@@ -41,9 +41,10 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    /// The endpoints at a fixed path: every one but the token endpoint, whose
-    /// path is `oauth.token_path`.
-    pub const FIXED: [Endpoint; 7] = [
+    /// Every endpoint, in declaration order: `ALL[e as usize] == e` (the
+    /// metrics keep an array of counters indexed so).
+    pub const ALL: [Endpoint; 10] = [
+        Endpoint::Token,
         Endpoint::Authorize,
         Endpoint::DeviceAuthorization,
         Endpoint::Device,
@@ -51,7 +52,18 @@ impl Endpoint {
         Endpoint::Introspect,
         Endpoint::Userinfo,
         Endpoint::Metadata,
+        Endpoint::Jwks,
+        Endpoint::OpenIdConfiguration,
     ];
+
+    /// The endpoints at a fixed path that are always there: every one but the
+    /// token endpoint (first in [`Endpoint::ALL`]; its path is
+    /// `oauth.token_path`) and the [`Endpoint::IDENTITY`] ones (last).
+    pub const FIXED: &[Endpoint] = Endpoint::ALL
+        .split_at(1)
+        .1
+        .split_at(Endpoint::ALL.len() - 1 - Endpoint::IDENTITY.len())
+        .0;
 
     /// The endpoints that exist only with signing keys: without them their
     /// paths are not the gateway's, and routes get them as before.
@@ -116,7 +128,8 @@ impl Endpoint {
             return Some(Endpoint::Token);
         }
         Endpoint::FIXED
-            .into_iter()
+            .iter()
+            .copied()
             .find(|e| e.fixed_path() == Some(path))
     }
 
@@ -129,7 +142,7 @@ impl Endpoint {
 
     /// The fixed paths, for the config's checks.
     pub fn fixed_paths() -> impl Iterator<Item = &'static str> {
-        Endpoint::FIXED.into_iter().filter_map(Endpoint::fixed_path)
+        Endpoint::FIXED.iter().filter_map(|e| e.fixed_path())
     }
 }
 
@@ -138,9 +151,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_fixed_endpoints_are_all_but_the_token_and_identity_ones() {
+        for (i, e) in Endpoint::ALL.into_iter().enumerate() {
+            assert_eq!(e as usize, i, "{e:?}");
+            let special = e == Endpoint::Token || Endpoint::IDENTITY.contains(&e);
+            assert_eq!(Endpoint::FIXED.contains(&e), !special, "{e:?}");
+        }
+        assert_eq!(Endpoint::FIXED.len(), 7);
+    }
+
+    #[test]
     fn every_endpoint_is_found_at_its_path() {
         let token = "/oauth/token";
-        for e in Endpoint::FIXED.into_iter().chain([Endpoint::Token]) {
+        for e in Endpoint::FIXED.iter().copied().chain([Endpoint::Token]) {
             assert_eq!(Endpoint::at(e.path(token), token), Some(e), "{e:?}");
         }
         assert_eq!(Endpoint::at(DEFAULT_TOKEN_PATH, token), None);

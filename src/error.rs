@@ -29,6 +29,30 @@ pub fn empty() -> Body {
     Empty::new().map_err(|never| match never {}).boxed()
 }
 
+/// A JSON answer: `body` with `Content-Type: application/json`.
+pub fn json(body: impl Into<Bytes>) -> Response<Body> {
+    let mut resp = Response::new(full(body));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// Marks an answer never to be stored by a cache: it carries tokens, or says
+/// something about credentials (RFC 6749 sections 5.1 and 5.2, RFC 7662
+/// section 4). `Pragma` for HTTP/1.0 caches.
+pub fn no_store(h: &mut http::HeaderMap) {
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(PRAGMA, HeaderValue::from_static("no-cache"));
+}
+
+/// [`json`], never to be stored ([`no_store`]): what the token, introspection
+/// and userinfo endpoints answer.
+pub fn json_no_store(body: impl Into<Bytes>) -> Response<Body> {
+    let mut resp = json(body);
+    no_store(resp.headers_mut());
+    resp
+}
+
 pub const REALM: &str = "whosthat";
 
 /// The IETF httpapi draft's fields (draft-ietf-httpapi-ratelimit-headers).
@@ -54,6 +78,21 @@ pub enum OAuthCode {
 }
 
 impl OAuthCode {
+    /// Every code, in declaration order: `ALL[c as usize] == c`.
+    pub const ALL: [OAuthCode; 11] = [
+        OAuthCode::InvalidRequest,
+        OAuthCode::InvalidClient,
+        OAuthCode::InvalidGrant,
+        OAuthCode::UnauthorizedClient,
+        OAuthCode::UnsupportedGrantType,
+        OAuthCode::InvalidScope,
+        OAuthCode::InvalidDpopProof,
+        OAuthCode::AuthorizationPending,
+        OAuthCode::SlowDown,
+        OAuthCode::AccessDenied,
+        OAuthCode::ExpiredToken,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             OAuthCode::InvalidRequest => "invalid_request",
@@ -82,6 +121,112 @@ pub enum DpopRefusal {
     InvalidProof(&'static str),
     /// Carries the scopes the route requires: 403 `insufficient_scope`.
     InsufficientScope(String),
+}
+
+/// The gateway's own `error` codes, beside RFC 6749's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GatewayCode {
+    TooManyAttempts,
+    RateLimited,
+    Unauthorized,
+    InvalidToken,
+    InsufficientScope,
+    NotFound,
+    MethodNotAllowed,
+    NotImplemented,
+    RequestTimeout,
+    BadGateway,
+    GatewayTimeout,
+    TemporarilyUnavailable,
+}
+
+impl GatewayCode {
+    /// Every code, in declaration order: `ALL[c as usize] == c`.
+    pub const ALL: [GatewayCode; 12] = [
+        GatewayCode::TooManyAttempts,
+        GatewayCode::RateLimited,
+        GatewayCode::Unauthorized,
+        GatewayCode::InvalidToken,
+        GatewayCode::InsufficientScope,
+        GatewayCode::NotFound,
+        GatewayCode::MethodNotAllowed,
+        GatewayCode::NotImplemented,
+        GatewayCode::RequestTimeout,
+        GatewayCode::BadGateway,
+        GatewayCode::GatewayTimeout,
+        GatewayCode::TemporarilyUnavailable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GatewayCode::TooManyAttempts => "too_many_attempts",
+            GatewayCode::RateLimited => "rate_limited",
+            GatewayCode::Unauthorized => "unauthorized",
+            GatewayCode::InvalidToken => "invalid_token",
+            GatewayCode::InsufficientScope => "insufficient_scope",
+            GatewayCode::NotFound => "not_found",
+            GatewayCode::MethodNotAllowed => "method_not_allowed",
+            GatewayCode::NotImplemented => "not_implemented",
+            GatewayCode::RequestTimeout => "request_timeout",
+            GatewayCode::BadGateway => "bad_gateway",
+            GatewayCode::GatewayTimeout => "gateway_timeout",
+            GatewayCode::TemporarilyUnavailable => "temporarily_unavailable",
+        }
+    }
+}
+
+/// The `error` of every JSON error body the gateway sends: RFC 6749 section
+/// 5.2's codes or the gateway's own. The access log's `reason` and
+/// `whosthat_auth_failures_total`'s label say it; the metrics index arrays by
+/// its [`slot`](ErrorCode::slot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    OAuth(OAuthCode),
+    Gateway(GatewayCode),
+}
+
+impl ErrorCode {
+    /// How many codes there are: the slots are `0..COUNT`.
+    pub const COUNT: usize = OAuthCode::ALL.len() + GatewayCode::ALL.len();
+
+    /// Every code, by slot.
+    pub fn all() -> impl Iterator<Item = ErrorCode> {
+        let oauth = OAuthCode::ALL.into_iter().map(ErrorCode::OAuth);
+        oauth.chain(GatewayCode::ALL.into_iter().map(ErrorCode::Gateway))
+    }
+
+    /// A dense index in `0..COUNT`, RFC 6749's codes first.
+    pub fn slot(self) -> usize {
+        match self {
+            ErrorCode::OAuth(c) => c as usize,
+            ErrorCode::Gateway(c) => OAuthCode::ALL.len() + c as usize,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::OAuth(c) => c.as_str(),
+            ErrorCode::Gateway(c) => c.as_str(),
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<OAuthCode> for ErrorCode {
+    fn from(c: OAuthCode) -> ErrorCode {
+        ErrorCode::OAuth(c)
+    }
+}
+
+impl From<GatewayCode> for ErrorCode {
+    fn from(c: GatewayCode) -> ErrorCode {
+        ErrorCode::Gateway(c)
+    }
 }
 
 /// Which side of the gateway an error comes from (pingora's `ErrorSource`):
@@ -339,73 +484,83 @@ impl GatewayError {
     }
 
     /// The `error` and `error_description` of the JSON body.
-    fn code_and_description(&self) -> (&'static str, &str) {
+    fn code_and_description(&self) -> (ErrorCode, &str) {
+        use GatewayCode as G;
+        const INVALID_REQUEST: ErrorCode = ErrorCode::OAuth(OAuthCode::InvalidRequest);
         match self {
-            GatewayError::OAuth(code, d) => (code.as_str(), d),
-            GatewayError::PostOnly => ("invalid_request", "this endpoint only accepts POST"),
-            GatewayError::TooManyAttempts(_) => {
-                ("too_many_attempts", "too many failed attempts; retry later")
-            }
+            GatewayError::OAuth(code, d) => ((*code).into(), d),
+            GatewayError::PostOnly => (INVALID_REQUEST, "this endpoint only accepts POST"),
+            GatewayError::TooManyAttempts(_) => (
+                G::TooManyAttempts.into(),
+                "too many failed attempts; retry later",
+            ),
             GatewayError::RateLimited { .. } => (
-                "rate_limited",
+                G::RateLimited.into(),
                 "too many requests for this route; retry later",
             ),
-            GatewayError::NoToken => ("unauthorized", "a bearer token is required"),
-            GatewayError::InvalidToken(d) => ("invalid_token", d),
+            GatewayError::NoToken => (G::Unauthorized.into(), "a bearer token is required"),
+            GatewayError::InvalidToken(d) => (G::InvalidToken.into(), d),
             GatewayError::InsufficientScope(_) => (
-                "insufficient_scope",
+                G::InsufficientScope.into(),
                 "the token lacks a scope this route requires",
             ),
-            GatewayError::MalformedBearer(d) => ("invalid_request", d),
-            GatewayError::Dpop(DpopRefusal::InvalidToken(d)) => ("invalid_token", d),
-            GatewayError::Dpop(DpopRefusal::InvalidProof(d)) => ("invalid_dpop_proof", d),
+            GatewayError::MalformedBearer(d) => (INVALID_REQUEST, d),
+            GatewayError::Dpop(DpopRefusal::InvalidToken(d)) => (G::InvalidToken.into(), d),
+            GatewayError::Dpop(DpopRefusal::InvalidProof(d)) => {
+                (OAuthCode::InvalidDpopProof.into(), d)
+            }
             GatewayError::Dpop(DpopRefusal::InsufficientScope(_)) => (
-                "insufficient_scope",
+                G::InsufficientScope.into(),
                 "the token lacks a scope this route requires",
             ),
-            GatewayError::ClientForbidden(d) => ("unauthorized_client", d),
-            GatewayError::BadPath(d) => ("invalid_request", d),
-            GatewayError::NoRoute => ("not_found", "no route matches this path"),
+            GatewayError::ClientForbidden(d) => (OAuthCode::UnauthorizedClient.into(), d),
+            GatewayError::BadPath(d) => (INVALID_REQUEST, d),
+            GatewayError::NoRoute => (G::NotFound.into(), "no route matches this path"),
             GatewayError::MethodNotAllowed(_) => (
-                "method_not_allowed",
+                G::MethodNotAllowed.into(),
                 "this route does not accept the method",
             ),
-            GatewayError::PayloadTooLarge => ("invalid_request", "the request body is too large"),
+            GatewayError::PayloadTooLarge => (INVALID_REQUEST, "the request body is too large"),
             GatewayError::BadBody => (
-                "invalid_request",
+                INVALID_REQUEST,
                 "the request body is malformed or incomplete",
             ),
-            GatewayError::BadHead(d) => ("invalid_request", d),
+            GatewayError::BadHead(d) => (INVALID_REQUEST, d),
             GatewayError::UnknownTransferCoding => (
-                "not_implemented",
+                G::NotImplemented.into(),
                 "the request uses a transfer coding the gateway does not implement",
             ),
-            GatewayError::Connect => ("method_not_allowed", "CONNECT is not supported"),
-            GatewayError::BodyTimeout => {
-                ("request_timeout", "the request body did not arrive in time")
-            }
+            GatewayError::Connect => (G::MethodNotAllowed.into(), "CONNECT is not supported"),
+            GatewayError::BodyTimeout => (
+                G::RequestTimeout.into(),
+                "the request body did not arrive in time",
+            ),
             GatewayError::UpstreamUnreachable => {
-                ("bad_gateway", "the upstream could not be reached")
+                (G::BadGateway.into(), "the upstream could not be reached")
             }
-            GatewayError::UpstreamTimeout => {
-                ("gateway_timeout", "the upstream did not answer in time")
-            }
+            GatewayError::UpstreamTimeout => (
+                G::GatewayTimeout.into(),
+                "the upstream did not answer in time",
+            ),
             GatewayError::PasswordBusy => (
-                "temporarily_unavailable",
+                G::TemporarilyUnavailable.into(),
                 "too many logins at once; retry shortly",
             ),
-            GatewayError::StoreUnavailable(_) => {
-                ("temporarily_unavailable", "the token store is unavailable")
-            }
+            GatewayError::StoreUnavailable(_) => (
+                G::TemporarilyUnavailable.into(),
+                "the token store is unavailable",
+            ),
         }
     }
 
-    /// A short reason for the access log and metrics.
+    /// The `error` of the JSON body, as the access log's `reason` and the metrics' label.
+    pub fn code(&self) -> ErrorCode {
+        self.code_and_description().0
+    }
+
+    /// A short reason for the access log and the audit trail: [`Self::code`] as text.
     pub fn reason(&self) -> &'static str {
-        match self {
-            GatewayError::OAuth(code, _) => code.as_str(),
-            other => other.code_and_description().0,
-        }
+        self.code().as_str()
     }
 
     /// Whether the connection is closed after the answer: after ambiguous
@@ -425,22 +580,17 @@ impl GatewayError {
 
     pub fn into_response(self) -> Response<Body> {
         let (code, description) = self.code_and_description();
-        let body = serde_json::json!({ "error": code, "error_description": description });
-        let mut resp = Response::new(full(body.to_string()));
+        let body = serde_json::json!({ "error": code.as_str(), "error_description": description });
+        let mut resp = json(body.to_string());
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();
-        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if self.closes_connection() {
             h.insert(CONNECTION, HeaderValue::from_static("close"));
         }
         match &self {
-            GatewayError::ClientForbidden(_) => {
-                h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-                h.insert(PRAGMA, HeaderValue::from_static("no-cache"));
-            }
+            GatewayError::ClientForbidden(_) => no_store(h),
             GatewayError::OAuth(c, _) => {
-                h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-                h.insert(PRAGMA, HeaderValue::from_static("no-cache"));
+                no_store(h);
                 if *c == OAuthCode::InvalidClient {
                     h.insert(
                         WWW_AUTHENTICATE,
@@ -581,6 +731,25 @@ mod tests {
         );
         assert_eq!(GatewayError::NoToken.side(), Side::Auth);
         assert_eq!(GatewayError::BadBody.side(), Side::Client);
+    }
+
+    #[test]
+    fn error_codes_index_their_own_slot() {
+        for (i, c) in ErrorCode::all().enumerate() {
+            assert_eq!(c.slot(), i, "{c:?}");
+        }
+        assert_eq!(ErrorCode::all().count(), ErrorCode::COUNT);
+        for (i, c) in OAuthCode::ALL.into_iter().enumerate() {
+            assert_eq!(c as usize, i, "{c:?}");
+        }
+        for (i, c) in GatewayCode::ALL.into_iter().enumerate() {
+            assert_eq!(c as usize, i, "{c:?}");
+        }
+        for (i, f) in UpstreamFault::ALL.into_iter().enumerate() {
+            assert_eq!(f as usize, i, "{f:?}");
+        }
+        assert_eq!(OAuthCode::InvalidScope.as_str(), "invalid_scope");
+        assert_eq!(GatewayError::NoToken.reason(), "unauthorized");
     }
 
     #[test]

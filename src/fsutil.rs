@@ -1,5 +1,6 @@
 //! Replacing a file atomically: the one way whosthat writes the files it owns
-//! (the token state file, the CLI's in-place config edits).
+//! (the token state file, the CLI's in-place config edits, `keygen`'s new
+//! keys).
 //!
 //! A reader sees the old file or the new one, never a mix, and a crash at any
 //! point leaves one of the two on disk.
@@ -32,14 +33,44 @@ pub fn write_atomic(
     owner: Option<Owner>,
 ) -> io::Result<()> {
     let dir = parent_dir(target);
+    let tmp = write_temp(&dir, target, bytes, mode, owner)?;
+    if let Err(e) = std::fs::rename(&tmp, target) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    sync_dir(&dir)
+}
+
+/// Writes `bytes` to `target`, which must not exist yet: as [`write_atomic`],
+/// but the temporary file is linked into place (`link(2)`), so a file someone
+/// else wrote at `target` meanwhile is kept and this one fails with
+/// `AlreadyExists`. `target` appears whole or not at all.
+pub fn write_new(target: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let dir = parent_dir(target);
+    let tmp = write_temp(&dir, target, bytes, mode, None)?;
+    let linked = std::fs::hard_link(&tmp, target);
+    let _ = std::fs::remove_file(&tmp);
+    linked?;
+    sync_dir(&dir)
+}
+
+/// Steps 1 to 3 of [`write_atomic`]: the temporary file beside `target`, with
+/// its mode, owner and data, synced. Removed again on any error.
+fn write_temp(
+    dir: &Path,
+    target: &Path,
+    bytes: &[u8],
+    mode: u32,
+    owner: Option<Owner>,
+) -> io::Result<PathBuf> {
     let name = target
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a file path"))?
         .to_string_lossy();
     let tmp = dir.join(format!(
         ".{name}.{:016x}{:016x}.tmp",
-        crate::store::random_u64(),
-        crate::store::random_u64()
+        random_u64(),
+        random_u64()
     ));
     let written = (|| {
         // Created owner-only: nothing can open it before its final mode is set.
@@ -54,14 +85,21 @@ pub fn write_atomic(
         }
         f.set_permissions(Permissions::from_mode(mode & 0o7777))?;
         f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, target)
+        f.sync_all()
     })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
+    match written {
+        Ok(()) => Ok(tmp),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
     }
-    sync_dir(&dir)
+}
+
+/// A random temporary-file name part. Not a secret: `O_EXCL` is what makes
+/// the name safe; randomness only keeps racing writers apart.
+fn random_u64() -> u64 {
+    getrandom::u64().expect("the OS random source failed")
 }
 
 /// The directory `path` is in (`.` for a bare file name).
@@ -158,5 +196,22 @@ mod tests {
         assert!(open_nofollow(&real).is_ok());
         let e = open_nofollow(&link).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::ELOOP));
+    }
+
+    #[test]
+    fn write_new_never_replaces_and_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key.pem");
+        write_new(&path, b"first", 0o600).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+        let e = write_new(&path, b"second", 0o600).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(&path).unwrap(), b"first");
+        // A symlink at the target is not followed either.
+        let link = dir.path().join("link.pem");
+        std::os::unix::fs::symlink(dir.path().join("elsewhere"), &link).unwrap();
+        assert!(write_new(&link, b"x", 0o600).is_err());
+        assert!(!dir.path().join("elsewhere").exists());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
     }
 }

@@ -19,7 +19,7 @@ use crate::dispatch::{Decision, Needs, RouteMatch, classify};
 use crate::endpoint::Endpoint;
 use crate::error::{Body, Cause, DpopRefusal, GatewayError, Side};
 use crate::error::{RATELIMIT, RATELIMIT_POLICY};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RouteStats};
 use crate::oauth::authorize::Authorizer;
 use crate::oauth::bearer::{RequestHead, require_token};
 use crate::oauth::endpoints;
@@ -119,6 +119,9 @@ impl AppState {
 struct LogContext<'s> {
     /// Borrowed from the config: nothing is copied for the log's sake.
     route: Option<&'s str>,
+    /// The counters of what answered (a route's, or an endpoint's); `None`:
+    /// nothing matched.
+    stats: Option<&'s RouteStats>,
     user: Option<Arc<str>>,
     /// The token's client.
     client_id: Option<Arc<str>>,
@@ -208,9 +211,9 @@ pub async fn handle(
         h.insert(RATELIMIT.clone(), state);
     }
     let latency = start.elapsed();
-    state
-        .metrics
-        .request(log.route.unwrap_or("-"), resp.status().as_u16(), latency);
+    log.stats
+        .unwrap_or(state.metrics.unmatched())
+        .record(resp.status().as_u16(), latency);
     let Some((method, path)) = logged else {
         return resp;
     };
@@ -234,7 +237,7 @@ pub async fn handle(
 }
 
 async fn handle_inner<'s>(
-    state: &AppState,
+    state: &'s AppState,
     config: &'s Config,
     req: Request<Incoming>,
     conn: &ConnInfo,
@@ -242,7 +245,7 @@ async fn handle_inner<'s>(
     log: &mut LogContext<'s>,
 ) -> Result<Response<Body>, GatewayError> {
     // The head before anything else (RFC 9112): CONNECT, framing, Host.
-    let host = crate::server::framing::check_request_head(&req)?;
+    let host = crate::framing::check_request_head(&req)?;
     let path = NormalizedPath::new(req.uri().path()).map_err(GatewayError::BadPath)?;
     match classify(config, req.method(), &path) {
         Decision::Endpoint(endpoint) => {
@@ -263,7 +266,7 @@ async fn handle_inner<'s>(
 
 /// One of the gateway's own endpoints.
 async fn answer_endpoint<'s>(
-    state: &AppState,
+    state: &'s AppState,
     config: &'s Config,
     endpoint: Endpoint,
     mut req: Request<Incoming>,
@@ -271,6 +274,7 @@ async fn answer_endpoint<'s>(
     log: &mut LogContext<'s>,
 ) -> Result<Response<Body>, GatewayError> {
     log.route = Some(endpoint.path(&config.oauth.token_path));
+    log.stats = Some(state.metrics.endpoint(endpoint));
     if endpoint.cross_origin() {
         // A preflight's answer is whole as it is; other answers get the fields.
         if CorsPolicy::is_preflight(req.method(), req.headers()) {
@@ -331,6 +335,7 @@ async fn proxy_route<'s>(
 ) -> Result<Response<Body>, GatewayError> {
     let route = matched.route;
     log.route = Some(&route.prefix);
+    log.stats = Some(&route.stats);
     // A preflight is answered here, without a token, and never forwarded.
     if let Some(cors) = route.cors.as_deref() {
         if CorsPolicy::is_preflight(req.method(), req.headers()) {

@@ -6,46 +6,63 @@
 //! `Family` takes an `RwLock` on every lookup and wants an owned label set (a
 //! `String` per request for the route), its `Histogram` takes a `Mutex` on
 //! every observation, and its text encoder speaks OpenMetrics, not 0.0.4.
-//! Here recording is a few relaxed atomic additions after a lock-free lookup:
-//! no lock, no allocation, no formatting per request. Only the first request
-//! of a new route (or reason, or grant) allocates, once, for its entry.
 //!
-//! Label values are bounded: at most [`MAX_ROUTES`] routes, [`MAX_STATUSES`]
-//! statuses per route, and a few dozen grants, reasons and kinds; anything
-//! beyond is counted under `"other"`.
+//! Here every counter a request touches is found before the request: a route's
+//! [`RouteStats`] are made when the config is loaded and travel with the route
+//! (`Route::stats`, kept across a reload for a route still there), the
+//! gateway's own endpoints and unmatched requests have theirs here, and grants,
+//! auth-failure reasons and upstream error kinds are arrays indexed by their
+//! enums. Recording is a few relaxed atomic additions: no lock, no allocation,
+//! no hashing and no string comparison per request.
+//!
+//! Label values are bounded by the config: the first [`MAX_ROUTES`] routes of
+//! the table have series of their own and any beyond share `route="other"`, as
+//! statuses past [`MAX_STATUSES`] per route share `status="other"`.
 
 use std::fmt::{self, Write as _};
-use std::hash::BuildHasher;
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use foldhash::fast::FixedState;
-
-use crate::error::{GatewayError, Side};
+use crate::config::{Config, GrantType};
+use crate::endpoint::Endpoint;
+use crate::error::{ErrorCode, GatewayError, Side, UpstreamFault};
 
 /// The `Content-Type` of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Distinct routes kept apart; later ones are counted as `route="other"`.
+/// Routes with series of their own; any later in the table count as `route="other"`.
 pub const MAX_ROUTES: usize = 1000;
 /// Distinct statuses kept apart per route; later ones count as `status="other"`.
 pub const MAX_STATUSES: usize = 64;
-/// Distinct grants, reasons and upstream error kinds kept apart (each).
-const MAX_SMALL: usize = 64;
 
 /// The label value everything past a limit is counted under.
 pub const OTHER: &str = "other";
 
-/// The grant types of RFC 6749, registered up front so their series exist at 0.
-pub const GRANTS: [&str; 4] = [
-    "password",
-    "client_credentials",
-    "refresh_token",
-    "authorization_code",
+/// The grant types, in their slots' order (see [`grant_slot`]). The first
+/// [`REGISTERED_GRANTS`] (RFC 6749's) have a series at 0 until used; the
+/// device grant's (RFC 8628) appears once one is issued.
+pub const GRANTS: [GrantType; 5] = [
+    GrantType::Password,
+    GrantType::ClientCredentials,
+    GrantType::RefreshToken,
+    GrantType::AuthorizationCode,
+    GrantType::DeviceCode,
 ];
-/// The kinds of [`Metrics::upstream_error`], registered up front.
-pub const UPSTREAM_ERRORS: [&str; 2] = ["unreachable", "timeout"];
+
+/// How many of [`GRANTS`] are rendered even at 0.
+const REGISTERED_GRANTS: usize = 4;
+
+/// A grant's slot in [`Metrics`]' counters; exhaustive, so a new grant type
+/// cannot be forgotten here.
+fn grant_slot(g: GrantType) -> usize {
+    match g {
+        GrantType::Password => 0,
+        GrantType::ClientCredentials => 1,
+        GrantType::RefreshToken => 2,
+        GrantType::AuthorizationCode => 3,
+        GrantType::DeviceCode => 4,
+    }
+}
 
 /// Latency buckets for a proxy, 0.5 ms to 10 s: upper bounds in nanoseconds
 /// and as written in the `le` label.
@@ -70,13 +87,20 @@ const BUCKETS: [(u64, &str); 14] = [
 /// so the sum cannot wrap.
 const MAX_OBSERVATION_NS: u64 = 1 << 56;
 
-/// The gateway's metrics. Shared in an `Arc`; every method takes `&self` and
-/// may be called from any number of threads at once.
+/// The gateway's metrics, but for routes' own ([`RouteStats`], in the route
+/// table). Shared in an `Arc`; every method takes `&self` and may be called
+/// from any number of threads at once.
 pub struct Metrics {
-    routes: Labeled<RouteStats>,
-    tokens_issued: Labeled<AtomicU64>,
-    auth_failures: Labeled<AtomicU64>,
-    upstream_errors: Labeled<AtomicU64>,
+    /// The gateway's own endpoints, by `Endpoint as usize`.
+    endpoints: [RouteStats; Endpoint::ALL.len()],
+    /// Requests that matched no route (`route="-"`).
+    unmatched: RouteStats,
+    /// By [`grant_slot`].
+    tokens_issued: [AtomicU64; GRANTS.len()],
+    /// By [`ErrorCode::slot`].
+    auth_failures: [AtomicU64; ErrorCode::COUNT],
+    /// By `UpstreamFault as usize`.
+    upstream_errors: [AtomicU64; UpstreamFault::ALL.len()],
     /// argon2 checks run (passwords and client secrets), whatever their result.
     password_checks: AtomicU64,
 }
@@ -90,44 +114,36 @@ impl Default for Metrics {
 impl fmt::Debug for Metrics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Metrics")
-            .field("routes", &self.routes.used.load(Relaxed))
+            .field("unmatched", &self.unmatched)
             .finish_non_exhaustive()
     }
 }
 
 impl Metrics {
     pub fn new() -> Metrics {
-        Metrics::with_route_limit(MAX_ROUTES)
-    }
-
-    fn with_route_limit(max_routes: usize) -> Metrics {
-        let m = Metrics {
-            routes: Labeled::new(max_routes),
-            tokens_issued: Labeled::new(MAX_SMALL),
-            auth_failures: Labeled::new(MAX_SMALL),
-            upstream_errors: Labeled::new(MAX_SMALL),
+        Metrics {
+            endpoints: Default::default(),
+            unmatched: RouteStats::default(),
+            tokens_issued: Default::default(),
+            auth_failures: Default::default(),
+            upstream_errors: Default::default(),
             password_checks: AtomicU64::new(0),
-        };
-        for g in GRANTS {
-            m.tokens_issued.get(g);
         }
-        for k in UPSTREAM_ERRORS {
-            m.upstream_errors.get(k);
-        }
-        m
     }
 
-    /// One answered request: `route` is the matched route's prefix, the
-    /// endpoint's path, or `"-"` when nothing matched.
-    pub fn request(&self, route: &str, status: u16, latency: Duration) {
-        let r = self.routes.get(route);
-        r.statuses.add(status);
-        r.latency.observe(latency);
+    /// The counters of one of the gateway's own endpoints.
+    pub fn endpoint(&self, e: Endpoint) -> &RouteStats {
+        &self.endpoints[e as usize]
     }
 
-    /// A token response sent for `grant` (one of [`GRANTS`]).
-    pub fn token_issued(&self, grant: &str) {
-        self.tokens_issued.get(grant).fetch_add(1, Relaxed);
+    /// The counters of requests no route or endpoint matched.
+    pub fn unmatched(&self) -> &RouteStats {
+        &self.unmatched
+    }
+
+    /// A token response sent for `grant`.
+    pub fn token_issued(&self, grant: GrantType) {
+        self.tokens_issued[grant_slot(grant)].fetch_add(1, Relaxed);
     }
 
     /// One argon2 check of a password or client secret has run.
@@ -135,16 +151,15 @@ impl Metrics {
         self.password_checks.fetch_add(1, Relaxed);
     }
 
-    /// A request refused for its credentials or permissions; `reason` is
-    /// [`GatewayError::reason`].
-    pub fn auth_failure(&self, reason: &str) {
-        self.auth_failures.get(reason).fetch_add(1, Relaxed);
+    /// A request refused for its credentials or permissions, by the `error`
+    /// it was answered with (or would be: a failed sign-in on the login page).
+    pub fn auth_failure(&self, reason: impl Into<ErrorCode>) {
+        self.auth_failures[reason.into().slot()].fetch_add(1, Relaxed);
     }
 
-    /// An upstream that could not be reached (`"unreachable"`) or did not
-    /// answer in time (`"timeout"`).
-    pub fn upstream_error(&self, kind: &str) {
-        self.upstream_errors.get(kind).fetch_add(1, Relaxed);
+    /// An upstream that could not be reached or did not answer in time.
+    pub fn upstream_error(&self, fault: UpstreamFault) {
+        self.upstream_errors[fault as usize].fetch_add(1, Relaxed);
     }
 
     /// Counts a refusal where its [`GatewayError::side`] says it belongs:
@@ -154,86 +169,73 @@ impl Metrics {
     /// internal errors are in `whosthat_requests_total` only.
     pub fn rejected(&self, e: &GatewayError) {
         match e.side() {
-            Side::Upstream(fault) => self.upstream_error(fault.as_str()),
-            Side::Auth => self.auth_failure(e.reason()),
+            Side::Upstream(fault) => self.upstream_error(fault),
+            Side::Auth => self.auth_failure(e.code()),
             Side::Client | Side::Internal => {}
         }
     }
 
-    /// The exposition in the Prometheus text format 0.0.4 ([`CONTENT_TYPE`]),
-    /// with the live token counts given (`TokenStore::token_counts`).
-    pub fn render(&self, live_access: usize, live_refresh: usize) -> String {
+    /// The exposition in the Prometheus text format 0.0.4 ([`CONTENT_TYPE`]):
+    /// the routes of `config` (the one in force) and its endpoints' paths
+    /// label the request series; the live token counts are given
+    /// (`TokenStore::token_counts`).
+    pub fn render(&self, config: &Config, live_access: usize, live_refresh: usize) -> String {
         let mut out = String::with_capacity(2048);
-        let mut routes = self.routes.sorted(|r| r.latency.count() > 0);
-        // A route whose first request is being recorded right now may have no
-        // observation yet.
-        routes.retain(|(_, r)| r.latency.count() > 0);
-
-        family(
-            &mut out,
-            "whosthat_requests_total",
-            "counter",
-            "Requests answered, by route and HTTP status.",
+        let mut series: Vec<(&str, &RouteStats)> = config.routes.series().collect();
+        series.extend(
+            Endpoint::ALL
+                .iter()
+                .map(|&e| (e.path(&config.oauth.token_path), self.endpoint(e))),
         );
-        for (route, r) in &routes {
-            for (status, n) in r.statuses.snapshot() {
-                let _ = writeln!(
-                    out,
-                    "whosthat_requests_total{{route=\"{}\",status=\"{status}\"}} {n}",
-                    Escaped(route)
-                );
-            }
+        series.push(("-", &self.unmatched));
+        // Only what has answered a request; a series being recorded right now
+        // may have its status counted but no observation yet.
+        series.retain(|(_, r)| r.latency.count() > 0);
+        series.sort_unstable_by_key(|(label, _)| *label);
+        let other = config.routes.other_stats();
+        if other.latency.count() > 0 {
+            series.push((OTHER, other));
         }
+        request_families(&mut out, &series);
 
-        family(
-            &mut out,
-            "whosthat_request_duration_seconds",
-            "histogram",
-            "Time from receiving a request to having its response, by route.",
-        );
-        for (route, r) in &routes {
-            let (buckets, sum_ns) = r.latency.snapshot();
-            let route = Escaped(route);
-            let mut cumulative = 0u64;
-            for (i, n) in buckets.iter().enumerate() {
-                cumulative += n;
-                let le = BUCKETS.get(i).map_or("+Inf", |b| b.1);
-                let _ = writeln!(
-                    out,
-                    "whosthat_request_duration_seconds_bucket{{route=\"{route}\",le=\"{le}\"}} {cumulative}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "whosthat_request_duration_seconds_sum{{route=\"{route}\"}} {}",
-                sum_ns as f64 / 1e9
-            );
-            let _ = writeln!(
-                out,
-                "whosthat_request_duration_seconds_count{{route=\"{route}\"}} {cumulative}"
-            );
-        }
-
+        let grants = GRANTS
+            .iter()
+            .enumerate()
+            .map(|(i, &g)| {
+                (
+                    i,
+                    g.as_str(),
+                    self.tokens_issued[grant_slot(g)].load(Relaxed),
+                )
+            })
+            .filter(|&(i, _, n)| i < REGISTERED_GRANTS || n > 0)
+            .map(|(_, g, n)| (g, n));
         counters(
             &mut out,
             "whosthat_tokens_issued_total",
             "Token responses sent, by grant type.",
             "grant",
-            &self.tokens_issued,
+            grants,
         );
+        let failures = ErrorCode::all()
+            .map(|c| (c.as_str(), self.auth_failures[c.slot()].load(Relaxed)))
+            .filter(|&(_, n)| n > 0);
         counters(
             &mut out,
             "whosthat_auth_failures_total",
             "Requests refused for their credentials or permissions, by reason.",
             "reason",
-            &self.auth_failures,
+            failures,
         );
+        let upstream = UpstreamFault::ALL
+            .iter()
+            .map(|&f| (f.as_str(), self.upstream_errors[f as usize].load(Relaxed)));
         counters(
             &mut out,
             "whosthat_upstream_errors_total",
             "Proxied requests whose upstream could not be reached or timed out, by kind.",
             "kind",
-            &self.upstream_errors,
+            upstream,
         );
 
         family(
@@ -263,19 +265,72 @@ impl Metrics {
     }
 }
 
+/// `whosthat_requests_total` and `whosthat_request_duration_seconds` for
+/// `series` (label, counters), in that order.
+fn request_families(out: &mut String, series: &[(&str, &RouteStats)]) {
+    family(
+        out,
+        "whosthat_requests_total",
+        "counter",
+        "Requests answered, by route and HTTP status.",
+    );
+    for (route, r) in series {
+        for (status, n) in r.statuses.snapshot() {
+            let _ = writeln!(
+                out,
+                "whosthat_requests_total{{route=\"{}\",status=\"{status}\"}} {n}",
+                Escaped(route)
+            );
+        }
+    }
+
+    family(
+        out,
+        "whosthat_request_duration_seconds",
+        "histogram",
+        "Time from receiving a request to having its response, by route.",
+    );
+    for (route, r) in series {
+        let (buckets, sum_ns) = r.latency.snapshot();
+        let route = Escaped(route);
+        let mut cumulative = 0u64;
+        for (i, n) in buckets.iter().enumerate() {
+            cumulative += n;
+            let le = BUCKETS.get(i).map_or("+Inf", |b| b.1);
+            let _ = writeln!(
+                out,
+                "whosthat_request_duration_seconds_bucket{{route=\"{route}\",le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "whosthat_request_duration_seconds_sum{{route=\"{route}\"}} {}",
+            sum_ns as f64 / 1e9
+        );
+        let _ = writeln!(
+            out,
+            "whosthat_request_duration_seconds_count{{route=\"{route}\"}} {cumulative}"
+        );
+    }
+}
+
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
-fn counters(out: &mut String, name: &str, help: &str, label: &str, t: &Labeled<AtomicU64>) {
+/// A counter family, one sample per `(label value, count)`, sorted by value.
+fn counters<'a>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: impl Iterator<Item = (&'a str, u64)>,
+) {
     family(out, name, "counter", help);
-    for (value, n) in t.sorted(|n| n.load(Relaxed) > 0) {
-        let _ = writeln!(
-            out,
-            "{name}{{{label}=\"{}\"}} {}",
-            Escaped(value),
-            n.load(Relaxed)
-        );
+    let mut values: Vec<(&str, u64)> = values.collect();
+    values.sort_unstable_by_key(|(v, _)| *v);
+    for (value, n) in values {
+        let _ = writeln!(out, "{name}{{{label}=\"{}\"}} {n}", Escaped(value));
     }
 }
 
@@ -298,86 +353,29 @@ impl fmt::Display for Escaped<'_> {
     }
 }
 
-/// Per-label entries in a fixed-size, insert-only open-addressing table: a
-/// lookup is a hash, a probe or two and a string comparison, with no lock;
-/// inserting takes one allocation, the first time a label value is seen.
-struct Labeled<E> {
-    /// A power of two, at least twice `max`, so probes stay short and an
-    /// empty slot is always found.
-    slots: Box<[Slot<E>]>,
-    used: AtomicUsize,
-    max: usize,
-    other: E,
-}
-
-/// A label value and its entry; `None` once lost to a race at the limit.
-type Slot<E> = OnceLock<Option<Box<(Box<str>, E)>>>;
-
-/// Label values come from the config and fixed strings, never from requests,
-/// so a fixed seed is fine.
-const HASH: FixedState = FixedState::with_seed(0x7768_6f73_7468_6174);
-
-impl<E: Default> Labeled<E> {
-    fn new(max: usize) -> Labeled<E> {
-        let len = (max * 2).next_power_of_two().max(8);
-        Labeled {
-            slots: (0..len).map(|_| OnceLock::new()).collect(),
-            used: AtomicUsize::new(0),
-            max,
-            other: E::default(),
-        }
-    }
-
-    fn get(&self, key: &str) -> &E {
-        let mask = self.slots.len() - 1;
-        let mut i = HASH.hash_one(key) as usize & mask;
-        // Slots only ever go from empty to full, and a key goes into the first
-        // empty slot of its probe sequence: so it is found before any empty slot,
-        // and racing inserts of one key meet in the same slot, where `OnceLock`
-        // lets one of them in. A slot is only taken while under the limit; one
-        // lost to a race at the limit stays `None` and is skipped.
-        for _ in 0..self.slots.len() {
-            let slot = &self.slots[i];
-            let entry = match slot.get() {
-                Some(e) => e,
-                None if self.used.load(Relaxed) >= self.max => return &self.other,
-                None => slot.get_or_init(|| {
-                    self.used
-                        .fetch_update(Relaxed, Relaxed, |n| (n < self.max).then_some(n + 1))
-                        .ok()
-                        .map(|_| Box::new((key.into(), E::default())))
-                }),
-            };
-            if let Some(e) = entry
-                && *e.0 == *key
-            {
-                return &e.1;
-            }
-            i = (i + 1) & mask;
-        }
-        &self.other
-    }
-
-    /// Entries by label value, then `"other"` if `show_other(other)`.
-    fn sorted(&self, show_other: impl Fn(&E) -> bool) -> Vec<(&str, &E)> {
-        let mut v: Vec<(&str, &E)> = self
-            .slots
-            .iter()
-            .filter_map(|s| s.get().and_then(Option::as_deref))
-            .map(|e| (&*e.0, &e.1))
-            .collect();
-        v.sort_unstable_by_key(|(k, _)| *k);
-        if show_other(&self.other) {
-            v.push((OTHER, &self.other));
-        }
-        v
-    }
-}
-
+/// One route's (or endpoint's) request counters: counts by status and a
+/// latency histogram. Made with the route table (`RouteTable::new`) and kept
+/// by the route, so recording needs no lookup.
 #[derive(Default)]
-struct RouteStats {
+pub struct RouteStats {
     statuses: StatusCounts,
     latency: Histogram,
+}
+
+impl fmt::Debug for RouteStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RouteStats")
+            .field("requests", &self.latency.count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RouteStats {
+    /// One answered request: its status and the time to its answer.
+    pub fn record(&self, status: u16, latency: Duration) {
+        self.statuses.add(status);
+        self.latency.observe(latency);
+    }
 }
 
 /// Counts by status: a small insert-only table keyed by the code (0 = empty).
@@ -494,7 +492,7 @@ impl Histogram {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::OAuthCode;
+    use crate::error::{GatewayCode, OAuthCode};
     use std::cell::Cell;
     use std::collections::{HashMap, HashSet};
     use std::sync::Arc;
@@ -655,23 +653,49 @@ mod tests {
         text.lines().collect()
     }
 
+    /// A config whose route table has exactly `prefixes` (taken as they are:
+    /// the label values the table gives), and the default endpoints.
+    fn config_with_routes<S: AsRef<str>>(prefixes: &[S]) -> Config {
+        let mut config = Config::parse(
+            "[server]\nlisten = \"127.0.0.1:0\"\n",
+            std::path::Path::new("t.toml"),
+        )
+        .unwrap();
+        let routes = prefixes
+            .iter()
+            .map(|p| crate::routes::Route {
+                prefix: p.as_ref().to_string(),
+                ..Default::default()
+            })
+            .collect();
+        config.routes = Arc::new(crate::routes::RouteTable::new(routes));
+        config
+    }
+
+    /// The counters of the route with exactly this prefix.
+    fn stats<'c>(config: &'c Config, prefix: &str) -> &'c RouteStats {
+        let route = config.routes.routes().iter().find(|r| r.prefix == prefix);
+        &route.expect("a configured route").stats
+    }
+
     #[test]
     fn records_from_many_threads_and_renders_exact_lines() {
         let m = Arc::new(Metrics::new());
+        let config = Arc::new(config_with_routes(&["/api", "/oauth/token"]));
         let threads: Vec<_> = (0..8)
             .map(|t| {
-                let m = m.clone();
+                let (m, config) = (m.clone(), config.clone());
                 std::thread::spawn(move || {
                     for _ in 0..1000 {
-                        m.request("/api", 200, MS * 3);
-                        m.request("/oauth/token", 400, Duration::from_micros(200));
+                        stats(&config, "/api").record(200, MS * 3);
+                        stats(&config, "/oauth/token").record(400, Duration::from_micros(200));
                     }
-                    m.request("-", 404, Duration::from_secs(20));
+                    m.unmatched().record(404, Duration::from_secs(20));
                     m.token_issued(GRANTS[t % 2]);
-                    m.auth_failure("invalid_token");
+                    m.auth_failure(GatewayCode::InvalidToken);
                     if t == 0 {
-                        m.upstream_error("timeout");
-                        m.auth_failure("invalid_client");
+                        m.upstream_error(UpstreamFault::Timeout);
+                        m.auth_failure(OAuthCode::InvalidClient);
                     }
                 })
             })
@@ -679,7 +703,7 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
-        let text = m.render(12, 3);
+        let text = m.render(&config, 12, 3);
         let samples = parse(&text);
         let got = lines(&text);
         for want in [
@@ -732,11 +756,44 @@ mod tests {
         }
         // 3 request series, 3 routes x 17 histogram lines, 4 + 2 + 2 + 1 counters, 2 gauges.
         assert_eq!(samples.len(), 3 + 3 * 17 + 4 + 2 + 2 + 1 + 2, "{text}");
+        // Series are sorted by label, as are counters.
+        let order: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("whosthat_requests_total{route=\""))
+            .map(|l| l.split('"').next().unwrap())
+            .collect();
+        assert_eq!(order, ["-", "/api", "/oauth/token"]);
+    }
+
+    #[test]
+    fn endpoints_are_labelled_with_their_paths() {
+        let m = Metrics::new();
+        let config = config_with_routes::<&str>(&[]);
+        m.endpoint(Endpoint::Token).record(200, MS);
+        m.endpoint(Endpoint::Metadata).record(200, MS);
+        let text = m.render(&config, 0, 0);
+        let samples = parse(&text);
+        let token = format!(
+            "whosthat_requests_total{{route=\"{}\",status=\"200\"}}",
+            config.oauth.token_path
+        );
+        assert_eq!(samples[&token], 1.0, "{text}");
+        let metadata = format!(
+            "whosthat_requests_total{{route=\"{}\",status=\"200\"}}",
+            Endpoint::Metadata.path(&config.oauth.token_path)
+        );
+        assert_eq!(samples[&metadata], 1.0, "{text}");
+        // Endpoints without traffic have no series.
+        assert!(
+            !text.contains(Endpoint::Revoke.path(&config.oauth.token_path)),
+            "{text}"
+        );
     }
 
     #[test]
     fn histogram_buckets_are_cumulative_and_inclusive() {
         let m = Metrics::new();
+        let config = config_with_routes(&["/r"]);
         for d in [
             Duration::ZERO,
             Duration::from_micros(500), // exactly on the first bound: le is inclusive
@@ -746,9 +803,9 @@ mod tests {
             Duration::from_secs(10),
             Duration::from_secs(11),
         ] {
-            m.request("/r", 200, d);
+            stats(&config, "/r").record(200, d);
         }
-        let text = m.render(0, 0);
+        let text = m.render(&config, 0, 0);
         parse(&text);
         let buckets: Vec<&str> = text
             .lines()
@@ -780,7 +837,7 @@ mod tests {
 
     #[test]
     fn an_empty_registry_is_valid_and_complete() {
-        let text = Metrics::new().render(0, 0);
+        let text = Metrics::new().render(&config_with_routes(&["/a", "/b"]), 0, 0);
         let samples = parse(&text);
         // Only the pre-registered counters and the gauges.
         assert_eq!(samples.len(), 4 + 2 + 1 + 2, "{text}");
@@ -791,11 +848,13 @@ mod tests {
     #[test]
     fn routes_beyond_the_limit_count_as_other() {
         let m = Metrics::new();
-        for i in 0..MAX_ROUTES + 100 {
-            m.request(&format!("/r{i}"), 200, MS);
+        let prefixes: Vec<String> = (0..MAX_ROUTES + 100).map(|i| format!("/r{i}")).collect();
+        let config = config_with_routes(&prefixes);
+        for route in config.routes.routes() {
+            route.stats.record(200, MS);
         }
-        m.request("/r0", 200, MS); // known routes keep their own series
-        let text = m.render(0, 0);
+        stats(&config, "/r0").record(200, MS); // known routes keep their own series
+        let text = m.render(&config, 0, 0);
         let samples = parse(&text);
         let routes: HashSet<&str> = text
             .lines()
@@ -815,17 +874,21 @@ mod tests {
             samples["whosthat_request_duration_seconds_count{route=\"other\"}"],
             100.0
         );
+        // The first MAX_ROUTES of the table are the ones with series.
+        assert!(routes.contains(format!("/r{}", MAX_ROUTES - 1).as_str()));
+        assert!(!routes.contains(format!("/r{MAX_ROUTES}").as_str()));
     }
 
     #[test]
-    fn racing_inserts_of_new_labels_make_one_series_each() {
-        let m = Arc::new(Metrics::with_route_limit(50));
+    fn recording_from_many_threads_on_many_routes_loses_nothing() {
+        let prefixes: Vec<String> = (0..80).map(|i| format!("/r{i}")).collect();
+        let config = Arc::new(config_with_routes(&prefixes));
         let threads: Vec<_> = (0..8)
             .map(|_| {
-                let m = m.clone();
+                let config = config.clone();
                 std::thread::spawn(move || {
-                    for i in 0..80 {
-                        m.request(&format!("/r{i}"), 200 + (i % 3) as u16, MS);
+                    for (i, route) in config.routes.routes().iter().enumerate() {
+                        route.stats.record(200 + (i % 3) as u16, MS);
                     }
                 })
             })
@@ -833,32 +896,31 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
-        let text = m.render(0, 0);
-        let samples = parse(&text);
+        let samples = parse(&Metrics::new().render(&config, 0, 0));
         let counts: Vec<f64> = samples
             .iter()
             .filter(|(k, _)| k.starts_with("whosthat_request_duration_seconds_count"))
             .map(|(_, v)| *v)
             .collect();
-        // 50 routes of their own (8 requests each) and "other" with the rest.
-        assert_eq!(counts.len(), 51, "{text}");
-        assert_eq!(counts.iter().sum::<f64>(), 8.0 * 80.0);
-        assert_eq!(counts.iter().filter(|&&c| c == 8.0).count(), 50);
+        // 80 routes of their own, 8 requests each.
+        assert_eq!(counts.len(), 80);
+        assert!(counts.iter().all(|&c| c == 8.0), "{counts:?}");
         assert_eq!(
-            samples["whosthat_request_duration_seconds_count{route=\"other\"}"],
-            240.0
+            samples["whosthat_requests_total{route=\"/r4\",status=\"201\"}"],
+            8.0
         );
     }
 
     #[test]
     fn statuses_beyond_the_limit_count_as_other() {
-        let m = Metrics::new();
+        let config = config_with_routes(&["/r"]);
+        let r = stats(&config, "/r");
         for s in 100..100 + MAX_STATUSES as u16 + 5 {
-            m.request("/r", s, MS);
+            r.record(s, MS);
         }
-        m.request("/r", 100, MS);
-        m.request("/r", 0, MS);
-        let samples = parse(&m.render(0, 0));
+        r.record(100, MS);
+        r.record(0, MS);
+        let samples = parse(&Metrics::new().render(&config, 0, 0));
         assert_eq!(
             samples["whosthat_requests_total{route=\"/r\",status=\"100\"}"],
             2.0
@@ -871,9 +933,10 @@ mod tests {
 
     #[test]
     fn label_values_are_escaped() {
-        let m = Metrics::new();
-        m.request("/a\"b\\c\nd", 200, MS);
-        let text = m.render(0, 0);
+        // Configured prefixes cannot hold these; the format is kept regardless.
+        let config = config_with_routes(&["/a\"b\\c\nd"]);
+        stats(&config, "/a\"b\\c\nd").record(200, MS);
+        let text = Metrics::new().render(&config, 0, 0);
         parse(&text);
         assert!(
             text.contains("whosthat_requests_total{route=\"/a\\\"b\\\\c\\nd\",status=\"200\"} 1\n"),
@@ -900,7 +963,7 @@ mod tests {
         ] {
             m.rejected(&e);
         }
-        let samples = parse(&m.render(0, 0));
+        let samples = parse(&m.render(&config_with_routes::<&str>(&[]), 0, 0));
         let failures: HashMap<&str, f64> = samples
             .iter()
             .filter_map(|(k, v)| {
@@ -929,23 +992,31 @@ mod tests {
     }
 
     #[test]
+    fn grants_have_their_own_slots() {
+        for (i, g) in GRANTS.into_iter().enumerate() {
+            assert_eq!(grant_slot(g), i, "{g:?}");
+        }
+    }
+
+    #[test]
     fn recording_does_not_allocate() {
         let m = Metrics::new();
-        // First sight of each label value allocates its entry, once.
-        m.request("/api", 200, MS);
-        m.auth_failure("invalid_token");
-        m.rejected(&GatewayError::NoToken);
+        let config = config_with_routes(&["/api"]);
+        let route = stats(&config, "/api");
         let before = allocations();
         for i in 0..1000u32 {
-            m.request("/api", 200, MS * i);
-            m.token_issued("password");
-            m.auth_failure("invalid_token");
-            m.upstream_error("timeout");
+            route.record(200, MS * i);
+            m.endpoint(Endpoint::Token).record(400, MS);
+            m.unmatched().record(404, MS);
+            m.token_issued(GrantType::Password);
+            m.auth_failure(GatewayCode::InvalidToken);
+            m.upstream_error(UpstreamFault::Timeout);
             m.rejected(&GatewayError::NoToken);
+            m.rejected(&GatewayError::UpstreamUnreachable);
         }
         assert_eq!(allocations(), before, "the recording path allocated");
         // The check itself works.
-        let _ = m.render(0, 0);
+        let _ = m.render(&config, 0, 0);
         assert!(allocations() > before);
     }
 }

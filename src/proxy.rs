@@ -53,6 +53,9 @@ static X_AUTH_CLIENT: HeaderName = HeaderName::from_static("x-auth-client");
 static X_AUTH_SCOPE: HeaderName = HeaderName::from_static("x-auth-scope");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// The `DPoP` request header carrying a proof (RFC 9449 section 4.1): for the
+/// gateway alone, never forwarded (section 7.1).
+pub static DPOP: HeaderName = HeaderName::from_static("dpop");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Hop-by-hop headers (RFC 9110 section 7.6.1), never forwarded either way.
@@ -376,7 +379,7 @@ pub fn upstream_request_headers(headers: &mut HeaderMap, version: Version, info:
         } else if is_hop_by_hop(name)
             || *name == header::HOST
             // The DPoP proof is for the gateway alone (RFC 9449 section 7.1).
-            || *name == crate::oauth::dpop::DPOP
+            || *name == DPOP
             || is_spoofable(name.as_str())
             || is_override(name.as_str())
             || listed.contains(name)
@@ -824,20 +827,30 @@ mod tests {
         assert_eq!(h["cookie"], "a=1");
     }
 
-    #[test]
-    fn only_the_gateways_assertion_goes_upstream() {
+    /// A header of each of `names` (all different), each with `value`.
+    fn each_with(names: &[&str], value: &'static str) -> HeaderMap {
         let mut h = HeaderMap::new();
-        for name in [
-            "x-auth-assertion",
-            "x_auth_assertion",
-            "x.auth.assertion",
-            "X-AUTH_ASSERTION",
-        ] {
+        for name in names {
             h.append(
                 HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                HeaderValue::from_static("forged"),
+                HeaderValue::from_static(value),
             );
         }
+        assert_eq!(h.len(), names.len());
+        h
+    }
+
+    #[test]
+    fn only_the_gateways_assertion_goes_upstream() {
+        let mut h = each_with(
+            &[
+                "x-auth-assertion",
+                "x_auth_assertion",
+                "x.auth.assertion",
+                "X-AUTH_ASSERTION",
+            ],
+            "forged",
+        );
         let xff = HeaderValue::from_static("127.0.0.1");
         let mut info = ForwardInfo {
             forwarded_for: &xff,
@@ -938,19 +951,16 @@ mod tests {
 
     #[test]
     fn override_headers_never_forwarded() {
-        let mut h = HeaderMap::new();
-        for n in [
-            "x-http-method-override",
-            "x_http_method",
-            "x.method.override",
-            "x-original-url",
-            "x_rewrite_url",
-        ] {
-            h.insert(
-                HeaderName::from_bytes(n.as_bytes()).unwrap(),
-                HeaderValue::from_static("DELETE"),
-            );
-        }
+        let mut h = each_with(
+            &[
+                "x-http-method-override",
+                "x_http_method",
+                "x.method.override",
+                "x-original-url",
+                "x_rewrite_url",
+            ],
+            "DELETE",
+        );
         h.insert("accept", HeaderValue::from_static("*/*"));
         h.insert(
             "http2-settings",

@@ -601,6 +601,17 @@ mod tests {
         calls: std::sync::atomic::AtomicU32,
     }
 
+    impl FakeShared {
+        /// An empty shared bucket, its clock starting now.
+        fn new() -> Arc<FakeShared> {
+            Arc::new(FakeShared {
+                tat: std::sync::Mutex::new(0),
+                epoch: Instant::now(),
+                calls: Default::default(),
+            })
+        }
+    }
+
     impl SharedBuckets for FakeShared {
         fn take(
             &self,
@@ -624,11 +635,7 @@ mod tests {
 
     #[tokio::test]
     async fn leases_spend_locally_and_never_exceed_the_shared_bucket() {
-        let fake = Arc::new(FakeShared {
-            tat: std::sync::Mutex::new(0),
-            epoch: Instant::now(),
-            calls: Default::default(),
-        });
+        let fake = FakeShared::new();
         let shared: Arc<dyn SharedBuckets> = fake.clone();
         // A slow refill (one per 2,500 s) so that only the burst of 40 can
         // pass; a batch is 40.
@@ -653,11 +660,7 @@ mod tests {
 
     #[tokio::test]
     async fn batches_mean_few_round_trips() {
-        let fake = Arc::new(FakeShared {
-            tat: std::sync::Mutex::new(0),
-            epoch: Instant::now(),
-            calls: Default::default(),
-        });
+        let fake = FakeShared::new();
         let shared: Arc<dyn SharedBuckets> = fake.clone();
         let l = Arc::new(RateLimiter::new(spec(1_000_000, 1000, 1_000_000), "/api"));
         let k = RateKey::Client(Arc::from("cli"));

@@ -11,21 +11,16 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::Method;
 use http::uri::{Authority, Scheme};
 
+use crate::clock::now_ms;
+use crate::metrics::{MAX_ROUTES, RouteStats};
 use crate::scope::ScopeSet;
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// Why a path was refused (shown to the client in a 400).
 pub type PathRejection = &'static str;
@@ -285,6 +280,11 @@ pub struct Route {
     pub cors: Option<std::sync::Arc<crate::cors::CorsPolicy>>,
     /// `identity_assertion = true`: the audience and the cached assertions.
     pub assertion: Option<std::sync::Arc<crate::assertion::RouteAssertion>>,
+    /// This route's request counters, set by [`RouteTable::new`] (shared
+    /// `route="other"` ones past [`MAX_ROUTES`]) and kept across a reload by a
+    /// route with the same prefix ([`RouteTable::keep_stats_of`]): a request
+    /// records into them with no lookup.
+    pub stats: Arc<RouteStats>,
 }
 
 impl Route {
@@ -353,6 +353,8 @@ pub struct RouteTable {
     /// foldhash: fast, and seeded per process; the table is fixed at load time,
     /// so request paths only ever look up.
     by_prefix: HashMap<String, usize, foldhash::fast::RandomState>,
+    /// The counters every route past [`MAX_ROUTES`] shares.
+    other: Arc<RouteStats>,
 }
 
 /// Paths up to this long are lower-cased on the stack for a lookup.
@@ -361,13 +363,61 @@ const LOOKUP_STACK_BYTES: usize = 512;
 impl RouteTable {
     /// Prefixes equal ignoring ASCII case must not both be given (the config
     /// refuses them); the later one would win.
-    pub fn new(routes: Vec<Route>) -> RouteTable {
+    ///
+    /// Each of the first [`MAX_ROUTES`] routes gets counters of its own, the
+    /// rest share one set: the metrics' cardinality is bounded by the config.
+    pub fn new(mut routes: Vec<Route>) -> RouteTable {
+        let other = Arc::new(RouteStats::default());
+        for (i, r) in routes.iter_mut().enumerate() {
+            r.stats = if i < MAX_ROUTES {
+                Arc::new(RouteStats::default())
+            } else {
+                other.clone()
+            };
+        }
         let by_prefix = routes
             .iter()
             .enumerate()
             .map(|(i, r)| (r.prefix.to_ascii_lowercase(), i))
             .collect();
-        RouteTable { routes, by_prefix }
+        RouteTable {
+            routes,
+            by_prefix,
+            other,
+        }
+    }
+
+    /// Takes over the counters of `old` (the table this one replaces on a
+    /// reload) for every route whose prefix is in both, and the shared
+    /// `other` ones: a route kept across the reload keeps its series.
+    pub fn keep_stats_of(&mut self, old: &RouteTable) {
+        for route in self.routes.iter_mut().take(MAX_ROUTES) {
+            let kept = old
+                .by_prefix
+                .get(&route.prefix.to_ascii_lowercase())
+                .filter(|&&j| j < MAX_ROUTES && old.routes[j].prefix == route.prefix);
+            if let Some(&j) = kept {
+                route.stats = old.routes[j].stats.clone();
+            }
+        }
+        self.other = old.other.clone();
+        for route in self.routes.iter_mut().skip(MAX_ROUTES) {
+            route.stats = self.other.clone();
+        }
+    }
+
+    /// `(prefix, counters)` of the routes with counters of their own, in
+    /// table order (the metrics' request series).
+    pub fn series(&self) -> impl Iterator<Item = (&str, &RouteStats)> {
+        self.routes
+            .iter()
+            .take(MAX_ROUTES)
+            .map(|r| (r.prefix.as_str(), &*r.stats))
+    }
+
+    /// The counters the routes past [`MAX_ROUTES`] share (`route="other"`).
+    pub fn other_stats(&self) -> &RouteStats {
+        &self.other
     }
 
     pub fn routes(&self) -> &[Route] {
@@ -555,6 +605,37 @@ mod tests {
         let t = RouteTable::new(vec![route("/api", false)]);
         assert!(t.find("/apix").is_none());
         assert!(t.find("/").is_none());
+    }
+
+    #[test]
+    fn a_route_kept_across_a_reload_keeps_its_counters() {
+        let old = RouteTable::new(vec![route("/a", false), route("/b", false)]);
+        let (a, b) = (old.routes()[0].stats.clone(), old.routes()[1].stats.clone());
+        assert!(!Arc::ptr_eq(&a, &b), "each route counts on its own");
+        let mut new = RouteTable::new(vec![route("/b", false), route("/c", false)]);
+        new.keep_stats_of(&old);
+        assert!(Arc::ptr_eq(&new.routes()[0].stats, &b), "/b kept");
+        assert!(!Arc::ptr_eq(&new.routes()[1].stats, &a), "/c is new");
+        assert!(Arc::ptr_eq(&new.other, &old.other));
+        // A prefix equal ignoring case is another route: it does not inherit.
+        let mut upper = RouteTable::new(vec![route("/B", false)]);
+        upper.keep_stats_of(&old);
+        assert!(!Arc::ptr_eq(&upper.routes()[0].stats, &b));
+        let series: Vec<&str> = new.series().map(|(p, _)| p).collect();
+        assert_eq!(series, ["/b", "/c"]);
+    }
+
+    #[test]
+    fn routes_past_the_limit_share_the_other_counters() {
+        let t = RouteTable::new(
+            (0..MAX_ROUTES + 2)
+                .map(|i| route(&format!("/r{i}"), false))
+                .collect(),
+        );
+        let last = &t.routes()[MAX_ROUTES + 1].stats;
+        assert!(Arc::ptr_eq(last, &t.other));
+        assert!(!Arc::ptr_eq(&t.routes()[MAX_ROUTES - 1].stats, &t.other));
+        assert_eq!(t.series().count(), MAX_ROUTES);
     }
 
     #[test]

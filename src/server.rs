@@ -4,7 +4,6 @@
 
 mod admin;
 mod drain;
-pub mod framing;
 
 pub use admin::ADMIN_MAX_CONNECTIONS;
 
@@ -25,9 +24,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
 use crate::config::{Config, ServerConfig};
+use crate::framing::{self, FramingNotes, HeadScan, LengthWithTransferEncoding};
 use crate::gateway::{AppState, ConnInfo, handle};
 use crate::store::now_secs;
-use framing::{FramingNotes, HeadScan, LengthWithTransferEncoding};
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -74,7 +73,7 @@ pub fn sighup_reloads() -> io::Result<mpsc::UnboundedReceiver<()>> {
 /// or client no longer in the file loses its tokens (they are checked against
 /// the config on every use). An invalid file is logged and changes nothing.
 pub fn reload(state: &AppState, path: &Path) -> Result<(), String> {
-    let new = Config::load(path).map_err(|e| e.to_string())?;
+    let mut new = Config::load(path).map_err(|e| e.to_string())?;
     let old = state.config();
     if new.store.backend != old.store.backend {
         return Err("store.backend changed: that needs a restart".into());
@@ -99,6 +98,11 @@ pub fn reload(state: &AppState, path: &Path) -> Result<(), String> {
         "config reloaded"
     );
     new.log_warnings();
+    // A route still there keeps its counters (and so its metrics series). The
+    // table was made by this load, so nothing else holds it yet.
+    if let Some(routes) = Arc::get_mut(&mut new.routes) {
+        routes.keep_stats_of(&old.routes);
+    }
     state.config.store(Arc::new(new));
     Ok(())
 }
@@ -280,7 +284,7 @@ fn check_state_dir(file: &Path) {
 /// Says at start when Redis does not answer (URLs without their passwords):
 /// until it does, requests that need the store get 503. A Sentinel primary is
 /// found by the store's own follower; here the sentinels are asked.
-async fn check_redis(topology: &crate::store::RedisTopology) {
+async fn check_redis(topology: &crate::config::RedisTopology) {
     let ping = async {
         let client = redis::Client::open(topology.urls()[0].as_str())?;
         let mut conn = client.get_multiplexed_async_connection().await?;

@@ -270,19 +270,7 @@ async fn flow(
     assert_eq!(c.title().await.unwrap(), "Sign in · whosthat");
     screenshots(&c).await;
 
-    c.find(Locator::Id("username"))
-        .await
-        .unwrap()
-        .send_keys("alice")
-        .await
-        .unwrap();
-    c.find(Locator::Id("password"))
-        .await
-        .unwrap()
-        .send_keys(ALICE_PW)
-        .await
-        .unwrap();
-    login.click().await.unwrap();
+    sign_in(&c, login, "alice", ALICE_PW).await;
 
     // The consent page, after the 303.
     let approve = match c
@@ -354,6 +342,15 @@ async fn flow(
 
     let r = request(Method::GET, &gw.url("/api/whoami"), &[], "").await;
     assert_eq!(r.status, 401, "no token, no API");
+}
+
+/// Types `user` and `pw` into the login page and submits it with `login`.
+async fn sign_in(c: &Client, login: fantoccini::elements::Element, user: &str, pw: &str) {
+    for (field, text) in [("username", user), ("password", pw)] {
+        let input = c.find(Locator::Id(field)).await.unwrap();
+        input.send_keys(text).await.unwrap();
+    }
+    login.click().await.unwrap();
 }
 
 /// The current page's address and source, for failure messages.
@@ -459,19 +456,7 @@ async fn device_flow(c: Client, gw: Gateway, _up: Upstream) {
         Ok(e) => e,
         Err(e) => panic!("no sign-in page ({e}): {}", page_text(&c).await),
     };
-    c.find(Locator::Id("username"))
-        .await
-        .unwrap()
-        .send_keys("alice")
-        .await
-        .unwrap();
-    c.find(Locator::Id("password"))
-        .await
-        .unwrap()
-        .send_keys(ALICE_PW)
-        .await
-        .unwrap();
-    login.click().await.unwrap();
+    sign_in(&c, login, "alice", ALICE_PW).await;
 
     let approve = match c
         .wait()

@@ -287,6 +287,21 @@ async fn post(gw: &Gateway, path: &str, pairs: &[(&str, &str)]) -> Reply {
     .await
 }
 
+/// `token` posted to `path` (introspection or revocation), the client
+/// authenticated by `assertion`.
+async fn with_assertion(gw: &Gateway, path: &str, token: &str, assertion: &str) -> Reply {
+    post(
+        gw,
+        path,
+        &[
+            ("token", token),
+            ("client_assertion_type", TYPE),
+            ("client_assertion", assertion),
+        ],
+    )
+    .await
+}
+
 #[tokio::test]
 async fn revocation_and_introspection_take_assertions_too() {
     let s = setup_jwt().await;
@@ -294,69 +309,24 @@ async fn revocation_and_introspection_take_assertions_too() {
     let j = assert_tokens(&client_credentials(&s.gw, &a, &[]).await);
     let at = str_of(&j, "access_token");
     let a = s.rsa.assertion("svc-jwt", TOKEN_ENDPOINT, Some(RSA_KID));
-    let r = post(
-        &s.gw,
-        "/auth/introspect",
-        &[
-            ("token", at),
-            ("client_assertion_type", TYPE),
-            ("client_assertion", &a),
-        ],
-    )
-    .await;
+    let r = with_assertion(&s.gw, "/auth/introspect", at, &a).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let v: Value = r.json();
     assert_eq!(v["active"], true);
     assert_eq!(v["client_id"], "svc-jwt");
     // A replayed assertion is refused at introspection as well.
-    let r = post(
-        &s.gw,
-        "/auth/introspect",
-        &[
-            ("token", at),
-            ("client_assertion_type", TYPE),
-            ("client_assertion", &a),
-        ],
-    )
-    .await;
+    let r = with_assertion(&s.gw, "/auth/introspect", at, &a).await;
     assert_oauth_error(&r, 401, "invalid_client");
     // Revocation, then introspection says inactive.
     let a = s.ec.assertion("svc-jwt", ISSUER, Some("ec-1"));
-    let r = post(
-        &s.gw,
-        "/auth/revoke",
-        &[
-            ("token", at),
-            ("client_assertion_type", TYPE),
-            ("client_assertion", &a),
-        ],
-    )
-    .await;
+    let r = with_assertion(&s.gw, "/auth/revoke", at, &a).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let a = s.ec.assertion("svc-jwt", ISSUER, None);
-    let r = post(
-        &s.gw,
-        "/auth/introspect",
-        &[
-            ("token", at),
-            ("client_assertion_type", TYPE),
-            ("client_assertion", &a),
-        ],
-    )
-    .await;
+    let r = with_assertion(&s.gw, "/auth/introspect", at, &a).await;
     assert_eq!(r.json(), json!({"active": false}));
     // other-jwt has no introspect permission: 403, after authenticating.
     let a = s.other.assertion("other-jwt", ISSUER, None);
-    let r = post(
-        &s.gw,
-        "/auth/introspect",
-        &[
-            ("token", at),
-            ("client_assertion_type", TYPE),
-            ("client_assertion", &a),
-        ],
-    )
-    .await;
+    let r = with_assertion(&s.gw, "/auth/introspect", at, &a).await;
     assert_eq!(r.status, 403, "{}", r.text());
 }
 

@@ -228,3 +228,44 @@ async fn require_dpop_set_by_a_reload_refuses_the_clients_bearer_tokens() {
         "{challenge}"
     );
 }
+
+/// The `/metrics` sample starting with `line_prefix` (0 when absent).
+async fn sample(admin: std::net::SocketAddr, line_prefix: &str) -> f64 {
+    let text = get(&format!("http://{admin}/metrics"), &[]).await.text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(line_prefix))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn a_route_kept_across_a_reload_keeps_its_metrics_series() {
+    let up = spawn_upstream().await;
+    let admin_port = closed_port();
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], admin_port));
+    let base = config_text(up.addr).replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:0\"\nadmin_listen = \"{admin}\""),
+    );
+    let g = start(&base).await;
+    let deadline = Instant::now() + HANG_GUARD;
+    while tokio::net::TcpStream::connect(admin).await.is_err() {
+        assert!(Instant::now() < deadline, "no admin listener");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..3 {
+        assert_eq!(get(&g.url("/public/x"), &[]).await.status, 200);
+    }
+    let public = "whosthat_requests_total{route=\"/public\",status=\"200\"} ";
+    assert_eq!(sample(admin, public).await, 3.0);
+    // A reload that changes the table (a marker route is added): /public stays.
+    g.reload_with(&base).await;
+    assert_eq!(get(&g.url("/public/x"), &[]).await.status, 200);
+    assert_eq!(sample(admin, public).await, 4.0);
+    // The added route has its own series from the start.
+    let marker = "whosthat_requests_total{route=\"/reload-0\",status=\"502\"} ";
+    assert!(sample(admin, marker).await >= 1.0);
+    // So does a route added later, while the kept ones go on counting.
+    g.reload_with(&base).await;
+    assert_eq!(get(&g.url("/public/x"), &[]).await.status, 200);
+    assert_eq!(sample(admin, public).await, 5.0);
+}

@@ -1,7 +1,7 @@
 //! The one path interpretation used for matching and forwarding
 //! (`normalize_path`, `normalize_prefix`, `RouteTable::find`,
 //! `Route::upstream_path_and_query`) and the bearer token parser
-//! (`gateway::bearer_token`).
+//! (`oauth::bearer::bearer_token`).
 //!
 //! Input: a request path (any UTF-8). It is also tried as an Authorization
 //! header value, raw and after `Bearer `.
@@ -15,7 +15,7 @@ use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderValue};
 use libfuzzer_sys::fuzz_target;
 use whosthat::Config;
-use whosthat::gateway::bearer_token;
+use whosthat::oauth::bearer::bearer_token;
 use whosthat::routes::{RouteTable, normalize_path, normalize_prefix};
 
 /// Routes of both tables; the second table adds a catch-all `/` route (the

@@ -141,6 +141,13 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(Some(id.as_str()), client_id);
             assert_eq!(secret.as_deref(), client_secret);
         }
+        Ok(ClientCredentials::Assertion { id, assertion }) => {
+            // RFC 7523 section 2.2: no secret beside it, and a client_id, if
+            // sent, naming the assertion's issuer.
+            assert!(client_secret.is_none(), "an assertion and a secret at once");
+            assert!(client_id.is_none_or(|b| b == id), "client_id differs");
+            assert_eq!(params.get("client_assertion"), Some(assertion.as_str()));
+        }
         Ok(ClientCredentials::None) => {
             assert_eq!(n_auth, 0);
             assert!(client_id.is_none() && client_secret.is_none());

@@ -1,7 +1,6 @@
 //! The `user` and `client` commands: their input checks, the password
 //! prompt, and what each prints.
 
-use std::fmt::Write as _;
 use std::io::{IsTerminal, Read};
 use std::path::Path;
 
@@ -202,42 +201,26 @@ pub(super) fn remove(path: &Path, section: Section, id: &str) -> CliResult<()> {
 }
 
 pub(super) fn user_list(path: &Path) -> CliResult<()> {
-    let config = Config::load(path).map_err(|e| e.to_string())?;
-    let mut users: Vec<_> = config.users.values().collect();
-    users.sort_by(|a, b| a.name.cmp(&b.name));
-    if users.is_empty() {
-        eprintln!("no users in {}", path.display());
-    }
-    for u in users {
-        println!("{:<20} scopes [{}]", u.name, u.scopes);
-    }
-    Ok(())
+    list(path, "users", |c| {
+        crate::config::listing::user_rows(c.users.values())
+    })
 }
 
 pub(super) fn client_list(path: &Path) -> CliResult<()> {
+    list(path, "clients", |c| {
+        crate::config::listing::client_rows(c.clients.values())
+    })
+}
+
+/// Prints `rows` of the config at `path` (see [`crate::config::listing`]), one a line.
+fn list(path: &Path, what: &str, rows: impl Fn(&Config) -> Vec<String>) -> CliResult<()> {
     let config = Config::load(path).map_err(|e| e.to_string())?;
-    let mut clients: Vec<_> = config.clients.values().collect();
-    clients.sort_by(|a, b| a.id.cmp(&b.id));
-    if clients.is_empty() {
-        eprintln!("no clients in {}", path.display());
+    let rows = rows(&config);
+    if rows.is_empty() {
+        eprintln!("no {what} in {}", path.display());
     }
-    for c in clients {
-        let grants: Vec<&str> = c.grants.iter().map(|g| g.as_str()).collect();
-        let mut line = format!(
-            "{:<20} {:<12} grants [{}] scopes [{}]",
-            c.id,
-            if c.is_public() {
-                "public"
-            } else {
-                "confidential"
-            },
-            grants.join(", "),
-            c.scopes
-        );
-        if !c.redirect_uris.is_empty() {
-            let _ = write!(line, " redirect_uris [{}]", c.redirect_uris.join(", "));
-        }
-        println!("{line}");
+    for row in rows {
+        println!("{row}");
     }
     Ok(())
 }

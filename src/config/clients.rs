@@ -179,9 +179,9 @@ impl Validator<'_> {
         &self,
         v: &Spanned<String>,
         key: &str,
-    ) -> Result<Arc<crate::oauth::client_jwt::ClientKeys>, ConfigError> {
+    ) -> Result<Arc<crate::jose::client_keys::ClientKeys>, ConfigError> {
         let base = self.file.parent().unwrap_or(std::path::Path::new("."));
-        crate::oauth::client_jwt::ClientKeys::load(&base.join(v.get_ref()))
+        crate::jose::client_keys::ClientKeys::load(&base.join(v.get_ref()))
             .map(Arc::new)
             .map_err(|why| self.err(v.span(), key, why))
     }

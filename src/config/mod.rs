@@ -31,6 +31,7 @@ use crate::scope::ScopeSet;
 
 pub(crate) mod clients;
 mod identity;
+pub(crate) mod listing;
 mod load;
 pub(crate) mod oauth;
 mod raw;
@@ -38,12 +39,14 @@ pub(crate) mod routes;
 mod server;
 mod store;
 mod summary;
+mod topology;
 pub(crate) mod users;
 pub(crate) mod values;
 
 use raw::RawConfig;
 
 pub use identity::UserClaims;
+pub use topology::RedisTopology;
 
 /// A config error: where it is and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,7 +160,7 @@ pub struct StoreConfig {
 pub enum StoreBackend {
     Memory,
     /// One server, Sentinel or Cluster.
-    Redis(crate::store::RedisTopology),
+    Redis(RedisTopology),
 }
 
 impl fmt::Display for StoreBackend {
@@ -237,7 +240,7 @@ pub struct Client {
     pub introspect: bool,
     /// Public keys for `private_key_jwt` (RFC 7523 section 2.2), read from the
     /// file `jwks` names when the config is (re)loaded.
-    pub jwks: Option<Arc<crate::oauth::client_jwt::ClientKeys>>,
+    pub jwks: Option<Arc<crate::jose::client_keys::ClientKeys>>,
     /// Every token of this client must be DPoP-bound (RFC 9449).
     pub require_dpop: bool,
 }

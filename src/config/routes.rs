@@ -155,6 +155,8 @@ impl Validator<'_> {
                 rate_limit,
                 cors,
                 assertion,
+                // Given by RouteTable::new.
+                stats: Default::default(),
             },
         })
     }

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use toml::Spanned;
 
+use super::RedisTopology;
 use super::raw::RawStore;
 use super::{ConfigError, StoreBackend, StoreConfig, Validator};
-use crate::store::RedisTopology;
 
 const DEFAULT_MAX_STALENESS: Duration = Duration::from_millis(250);
 const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(30);

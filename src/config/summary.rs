@@ -33,29 +33,14 @@ impl Config {
         for r in self.routes.routes() {
             route_lines(&mut s, r);
         }
-        let mut users: Vec<_> = self.users.values().collect();
-        users.sort_by(|a, b| a.name.cmp(&b.name));
-        let _ = writeln!(s, "users ({}):", users.len());
-        for u in users {
-            let _ = writeln!(s, "  {:<20} scopes [{}]", u.name, u.scopes);
+        // The same rows as `user list` and `client list`.
+        let _ = writeln!(s, "users ({}):", self.users.len());
+        for row in super::listing::user_rows(self.users.values()) {
+            let _ = writeln!(s, "  {row}");
         }
-        let mut clients: Vec<_> = self.clients.values().collect();
-        clients.sort_by(|a, b| a.id.cmp(&b.id));
-        let _ = writeln!(s, "clients ({}):", clients.len());
-        for c in clients {
-            let grants: Vec<&str> = c.grants.iter().map(|g| g.as_str()).collect();
-            let _ = writeln!(
-                s,
-                "  {:<20} {:<12} grants [{}] scopes [{}]",
-                c.id,
-                if c.is_public() {
-                    "public"
-                } else {
-                    "confidential"
-                },
-                grants.join(","),
-                c.scopes
-            );
+        let _ = writeln!(s, "clients ({}):", self.clients.len());
+        for row in super::listing::client_rows(self.clients.values()) {
+            let _ = writeln!(s, "  {row}");
         }
         s
     }

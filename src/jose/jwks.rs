@@ -4,7 +4,6 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Map, Value, json};
-use sha2::{Digest, Sha256};
 
 use super::{Alg, b64};
 
@@ -77,17 +76,13 @@ impl PublicJwk {
         }
     }
 
-    /// The RFC 7638 thumbprint (SHA-256, base64url): the required members in
-    /// lexicographic order, no whitespace, hashed. Every value here is a fixed
-    /// ASCII name or base64url, so none needs JSON escaping.
+    /// The RFC 7638 thumbprint (SHA-256, base64url) of the required members
+    /// (see [`super::thumbprint`]): `kid` of the keys published here, `jkt`
+    /// of a DPoP key (RFC 9449 section 6).
     pub fn thumbprint(&self) -> String {
-        let members: Vec<String> = self
-            .required_members()
-            .into_iter()
-            .map(|(k, v)| format!("\"{k}\":\"{v}\""))
-            .collect();
-        let canonical = format!("{{{}}}", members.join(","));
-        b64(Sha256::digest(canonical.as_bytes()))
+        let members = self.required_members();
+        let members: Vec<(&str, &str)> = members.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        super::thumbprint::of_members(&members)
     }
 
     /// The JWK as published: the public members, `kid`, `alg` and `use: sig`.
@@ -159,12 +154,6 @@ impl PublicJwk {
     }
 }
 
-/// The RFC 7638 thumbprint of a public JWK (SHA-256, base64url): `kid` of the
-/// keys published here, `jkt` of a DPoP key (RFC 9449 section 6).
-pub fn thumbprint(jwk: &PublicJwk) -> String {
-    jwk.thumbprint()
-}
-
 /// The JWKS document (RFC 7517 section 5) of `keys`: `(public key, kid)` pairs.
 pub fn document<'a>(keys: impl IntoIterator<Item = (&'a PublicJwk, &'a str)>) -> String {
     let keys: Vec<Value> = keys.into_iter().map(|(k, kid)| k.to_json(kid)).collect();
@@ -189,7 +178,7 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(
-            thumbprint(&jwk),
+            jwk.thumbprint(),
             "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
         );
     }

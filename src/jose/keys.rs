@@ -7,8 +7,8 @@
 //! that converts them.
 
 use std::fmt;
-use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::io;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -121,7 +121,7 @@ impl SigningKey {
         };
         SigningKey {
             alg,
-            kid: jwks::thumbprint(&public),
+            kid: public.thumbprint(),
             public,
             pair,
         }
@@ -341,30 +341,8 @@ pub fn write_new_key(path: &Path, alg: Alg) -> io::Result<String> {
     let kid = SigningKey::from_pem(pem.as_bytes())
         .map_err(|e| io::Error::other(format!("the new key {e}")))?
         .kid;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let tmp = dir.join(format!(
-        ".whosthat-keygen.{:016x}.tmp",
-        crate::store::random_u64()
-    ));
-    let written = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&tmp)?;
-        // The mode exactly, whatever the umask.
-        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-        f.write_all(pem.as_bytes())?;
-        f.sync_all()?;
-        // link(2) fails if `path` exists: a key someone wrote meanwhile is kept.
-        std::fs::hard_link(&tmp, path)
-    })();
-    let _ = std::fs::remove_file(&tmp);
-    written.map_err(|e| {
+    // The mode exactly, whatever the umask; an existing file is never replaced.
+    crate::fsutil::write_new(path, pem.as_bytes(), 0o600).map_err(|e| {
         if e.kind() == io::ErrorKind::AlreadyExists {
             io::Error::new(
                 e.kind(),
@@ -374,9 +352,6 @@ pub fn write_new_key(path: &Path, alg: Alg) -> io::Result<String> {
             io::Error::new(e.kind(), format!("cannot write {}: {e}", path.display()))
         }
     })?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
     Ok(kid)
 }
 

@@ -10,20 +10,21 @@
 //! - [`sign`]: compact JWS signed by a [`keys::SigningKey`].
 //!
 //! - [`verify`]: the verification of compact JWS the gateway is handed (DPoP
-//!   proofs, RFC 9449; client assertions, RFC 7523), by the `jsonwebtoken`
-//!   crate (RustCrypto backend), with every claim rule;
-//!   [`thumbprint`] gives their keys' RFC 7638 thumbprints.
+//!   proofs, RFC 9449; client assertions, RFC 7523), signatures by ring as
+//!   well, with every claim rule (the `jsonwebtoken` crate gives the JWK
+//!   type); [`thumbprint`] gives every key's RFC 7638 thumbprint.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-pub mod jwks;
+pub(crate) mod client_keys;
+pub(crate) mod jwks;
 pub mod keys;
 pub mod sign;
-pub mod thumbprint;
+pub(crate) mod thumbprint;
 pub mod verify;
 
-pub use jwks::{PublicJwk, thumbprint};
+pub use jwks::PublicJwk;
 pub use keys::{KeySet, SigningKey};
 pub use thumbprint::jwk_thumbprint;
 

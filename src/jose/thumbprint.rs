@@ -23,24 +23,42 @@ fn curve_name(c: &EllipticCurve) -> &'static str {
     }
 }
 
+/// RFC 7638 section 3: a key's required members (section 3.2), given in
+/// lexicographic order, as JSON with no whitespace.
+fn canonical(members: &[(&str, &str)]) -> String {
+    let members: Vec<String> = members
+        .iter()
+        .map(|(k, v)| format!("{}:{}", js(k), js(v)))
+        .collect();
+    format!("{{{}}}", members.join(","))
+}
+
+/// The thumbprint of a canonical input: SHA-256, base64url without padding.
+fn digest(input: &str) -> String {
+    URL_SAFE_NO_PAD.encode(Sha256::digest(input.as_bytes()))
+}
+
+/// The RFC 7638 SHA-256 thumbprint of a key given by its required members in
+/// lexicographic order: what the gateway's own keys ([`super::PublicJwk`])
+/// are named by.
+pub(crate) fn of_members(members: &[(&str, &str)]) -> String {
+    digest(&canonical(members))
+}
+
 /// The RFC 7638 input: section 3.2 names the required members per key type.
 fn thumbprint_input(jwk: &Jwk) -> String {
     match &jwk.algorithm {
-        AlgorithmParameters::EllipticCurve(k) => format!(
-            r#"{{"crv":{},"kty":"EC","x":{},"y":{}}}"#,
-            js(curve_name(&k.curve)),
-            js(&k.x),
-            js(&k.y)
-        ),
-        AlgorithmParameters::RSA(k) => {
-            format!(r#"{{"e":{},"kty":"RSA","n":{}}}"#, js(&k.e), js(&k.n))
+        AlgorithmParameters::EllipticCurve(k) => canonical(&[
+            ("crv", curve_name(&k.curve)),
+            ("kty", "EC"),
+            ("x", &k.x),
+            ("y", &k.y),
+        ]),
+        AlgorithmParameters::RSA(k) => canonical(&[("e", &k.e), ("kty", "RSA"), ("n", &k.n)]),
+        AlgorithmParameters::OctetKey(k) => canonical(&[("k", &k.value), ("kty", "oct")]),
+        AlgorithmParameters::OctetKeyPair(k) => {
+            canonical(&[("crv", curve_name(&k.curve)), ("kty", "OKP"), ("x", &k.x)])
         }
-        AlgorithmParameters::OctetKey(k) => format!(r#"{{"k":{},"kty":"oct"}}"#, js(&k.value)),
-        AlgorithmParameters::OctetKeyPair(k) => format!(
-            r#"{{"crv":{},"kty":"OKP","x":{}}}"#,
-            js(curve_name(&k.curve)),
-            js(&k.x)
-        ),
         // A key type RFC 7638 does not define: every member, sorted (the map
         // is ordered). whosthat never binds to such a key (see `verify`).
         AlgorithmParameters::Other(k) => {
@@ -50,9 +68,10 @@ fn thumbprint_input(jwk: &Jwk) -> String {
     }
 }
 
-/// The RFC 7638 SHA-256 thumbprint of `jwk`, base64url without padding.
+/// The RFC 7638 SHA-256 thumbprint of `jwk` (a DPoP proof's key, a client's
+/// registered key), base64url without padding.
 pub fn jwk_thumbprint(jwk: &Jwk) -> String {
-    URL_SAFE_NO_PAD.encode(Sha256::digest(thumbprint_input(jwk).as_bytes()))
+    digest(&thumbprint_input(jwk))
 }
 
 #[cfg(test)]

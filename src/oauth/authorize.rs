@@ -33,7 +33,7 @@ use super::signin_state::{CookieKey, Keys, Ledger, MemoryLedger, RedisLedger};
 use super::{OAuthContext, pkce, read_form, redirect};
 use crate::config::{Client, GrantType, User};
 use crate::endpoint::AUTHORIZE_PATH;
-use crate::error::{Body, GatewayError, full};
+use crate::error::{Body, GatewayCode, GatewayError, OAuthCode, full};
 use crate::scope::ScopeSet;
 use crate::store::{
     CodeOidc, CodeRecord, RedisConn, StoreError, TokenHash, new_token, now_secs, random_u64,
@@ -822,13 +822,13 @@ impl Authorizer {
                     Ok(user.clone())
                 }
                 Ok(None) => {
-                    ctx.metrics.auth_failure("invalid_grant");
+                    ctx.metrics.auth_failure(OAuthCode::InvalidGrant);
                     let reason = Some("invalid_username_or_password");
                     ctx.audit("signin_failed", Some(username), client, grant, reason);
                     Err("Invalid username or password.".to_string())
                 }
                 Err(GatewayError::TooManyAttempts(secs)) => {
-                    ctx.metrics.auth_failure("too_many_attempts");
+                    ctx.metrics.auth_failure(GatewayCode::TooManyAttempts);
                     Err(format!(
                         "Too many failed attempts. Try again in {secs} seconds."
                     ))
@@ -1049,13 +1049,22 @@ fn with_query(uri: &str, params: &[(&str, &str)]) -> String {
 
 /// Every value of the sign-in cookie the request carries.
 fn cookies(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    cookie_values(headers, COOKIE_NAME)
+}
+
+/// Every value of cookie `name` the request carries (the sign-in pages' and
+/// the device page's).
+pub(crate) fn cookie_values<'h>(
+    headers: &'h HeaderMap,
+    name: &'static str,
+) -> impl Iterator<Item = &'h str> {
     headers
         .get_all(COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|c| c.trim().split_once('='))
-        .filter(|(k, _)| *k == COOKIE_NAME)
+        .filter(move |(k, _)| *k == name)
         .map(|(_, v)| v)
 }
 

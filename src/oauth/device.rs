@@ -20,9 +20,7 @@ use super::{Binding, OAuthContext, Params, TokenResponse, grant_scope, read_form
 use crate::config::GrantType;
 use crate::error::{Body, GatewayError, OAuthCode};
 use crate::scope::ScopeSet;
-use crate::store::{
-    DevicePoll, DeviceRecord, TokenHash, new_token, now_millis, now_secs, random_u64,
-};
+use crate::store::{DevicePoll, DeviceRecord, TokenHash, new_token, now_secs, random_u64};
 
 pub use crate::endpoint::{DEVICE_AUTHORIZATION_PATH, DEVICE_PATH};
 /// RFC 8628 section 6.1: consonants only (no words), none that look alike
@@ -147,14 +145,15 @@ pub async fn authorization(
     );
     let uri = format!("{}{DEVICE_PATH}", o.issuer);
     let complete = format!("{uri}?user_code={user_code}");
-    Ok(super::endpoints::json_response(&json!({
+    let v = json!({
         "device_code": device_code,
         "user_code": user_code,
         "verification_uri": uri,
         "verification_uri_complete": complete,
         "expires_in": ttl,
         "interval": interval,
-    })))
+    });
+    Ok(crate::error::json_no_store(v.to_string()))
 }
 
 /// The token request of a polling device (sections 3.4, 3.5). The poll is
@@ -173,7 +172,11 @@ pub(super) async fn device_grant(
     );
     let poll = ctx
         .store
-        .poll_device(TokenHash::of(code), &client.client.id, now_millis())
+        .poll_device(
+            TokenHash::of(code),
+            &client.client.id,
+            crate::clock::now_ms(),
+        )
         .await
         .map_err(GatewayError::from)?;
     let (grant, family) = match poll {

@@ -16,19 +16,19 @@
 
 use std::sync::Arc;
 
-use http::header::{COOKIE, HeaderValue, SET_COOKIE};
+use http::header::{HeaderValue, SET_COOKIE};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use minijinja::context;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
-use super::authorize::{Authorizer, secure_attr, see_other};
+use super::authorize::{Authorizer, cookie_values, secure_attr, see_other};
 use super::device::{DEVICE_PATH, display_user_code, normalize_user_code, user_code_key};
 use super::limiter::{self, Origin, Refusal};
 use super::{OAuthContext, Params, read_form};
 use crate::config::{Client, GrantType, User};
-use crate::error::{Body, GatewayError};
+use crate::error::{Body, GatewayCode, GatewayError, OAuthCode};
 use crate::scope::ScopeSet;
 use crate::store::{DeviceDecision, DeviceRecord, new_token};
 
@@ -93,7 +93,7 @@ struct Page<'a, 'c> {
 impl Page<'_, '_> {
     fn load(&self, headers: &HeaderMap) -> Option<DeviceTxn> {
         let now = self.authz.now();
-        cookie_values(headers)
+        cookie_values(headers, DEVICE_COOKIE)
             .filter_map(|v| self.authz.open_bytes(AAD, v))
             .find_map(|b| serde_json::from_slice::<DeviceTxn>(&b).ok())
             .filter(|t| t.expires > now)
@@ -360,14 +360,14 @@ impl Page<'_, '_> {
                     Ok(user.clone())
                 }
                 Ok(None) => {
-                    self.ctx.metrics.auth_failure("invalid_grant");
+                    self.ctx.metrics.auth_failure(OAuthCode::InvalidGrant);
                     let reason = Some("invalid_username_or_password");
                     self.ctx
                         .audit("signin_failed", Some(username), client, grant, reason);
                     Err("Invalid username or password.".to_string())
                 }
                 Err(GatewayError::TooManyAttempts(secs)) => {
-                    self.ctx.metrics.auth_failure("too_many_attempts");
+                    self.ctx.metrics.auth_failure(GatewayCode::TooManyAttempts);
                     Err(format!(
                         "Too many failed attempts. Try again in {secs} seconds."
                     ))
@@ -466,18 +466,6 @@ fn prefill(query: Option<&str>) -> String {
         .and_then(|(_, v)| normalize_user_code(&v))
         .map(|c| display_user_code(&c))
         .unwrap_or_default()
-}
-
-/// Every value of the page's cookie the request carries.
-fn cookie_values(headers: &HeaderMap) -> impl Iterator<Item = &str> {
-    headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().split_once('='))
-        .filter(|(k, _)| *k == DEVICE_COOKIE)
-        .map(|(_, v)| v)
 }
 
 #[cfg(test)]

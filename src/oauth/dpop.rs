@@ -8,7 +8,7 @@
 //! token (`ath`), its `jti` never seen before (section 7.1, 11.1). A bearer
 //! request never runs any of this beyond one branch on the record.
 
-use http::{HeaderMap, HeaderName};
+use http::HeaderMap;
 
 use super::OAuthContext;
 use super::bearer::RequestHead;
@@ -16,8 +16,9 @@ use crate::error::{DpopRefusal, GatewayError, OAuthCode};
 use crate::jose::verify::{DpopProof, DpopRequest, check_dpop_proof, normalize_url};
 use crate::store::{TokenHash, TokenRecord, TokenStore, now_secs};
 
-/// The `DPoP` request header carrying the proof (section 4.1).
-pub static DPOP: HeaderName = HeaderName::from_static("dpop");
+// The `DPoP` request header carrying the proof (section 4.1); the header
+// rules, which never forward it, are the proxy's.
+use crate::proxy::DPOP;
 
 /// The URL as the client sent it, normalised, without the query: the
 /// authority of an absolute-form target or HTTP/2's `:authority`, else
@@ -118,7 +119,7 @@ pub async fn check_request(
     let record = record.ok_or(GatewayError::Dpop(DpopRefusal::InvalidToken(
         "the access token is unknown, expired or revoked",
     )))?;
-    let Some(jkt) = record.cnf.as_deref() else {
+    let Some(jkt) = record.cnf.as_deref().map(String::as_str) else {
         return Err(GatewayError::Dpop(DpopRefusal::InvalidToken(
             "this token is not DPoP-bound: send it as Authorization: Bearer",
         )));

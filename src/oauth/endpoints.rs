@@ -1,10 +1,10 @@
 //! Revocation (RFC 7009), introspection (RFC 7662), userinfo and server metadata
 //! (RFC 8414).
 
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue, PRAGMA};
+use http::header::{CACHE_CONTROL, HeaderValue};
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::bearer::require_token;
 use super::client_auth::{self, AuthenticatedClient};
@@ -12,18 +12,9 @@ use super::device::DEVICE_AUTHORIZATION_PATH;
 use super::{OAuthContext, Params, grant_still_allowed, read_form, revoke_family};
 use crate::config::{Config, DEVICE_CODE_GRANT};
 use crate::endpoint::{AUTHORIZE_PATH, INTROSPECT_PATH, REVOKE_PATH, USERINFO_PATH};
-use crate::error::{Body, GatewayError, OAuthCode, full};
+use crate::error::{self, Body, GatewayError, OAuthCode, full, json_no_store};
 use crate::jose::verify::ALG_NAMES;
 use crate::store::{Redeem, TokenHash, TokenRecord};
-
-pub(crate) fn json_response(v: &Value) -> Response<Body> {
-    let mut resp = Response::new(full(v.to_string()));
-    let h = resp.headers_mut();
-    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(PRAGMA, HeaderValue::from_static("no-cache"));
-    resp
-}
 
 async fn authenticated_form(
     ctx: &OAuthContext<'_>,
@@ -131,7 +122,7 @@ pub async fn introspect(
             let kind = if rec.cnf.is_some() { "DPoP" } else { "Bearer" };
             (rec, kind)
         }
-        _ => return Ok(json_response(&json!({ "active": false }))),
+        _ => return Ok(json_no_store(json!({ "active": false }).to_string())),
     };
     let g = &rec.grant;
     let mut v = json!({
@@ -151,7 +142,7 @@ pub async fn introspect(
     if let Some(jkt) = &rec.cnf {
         v["cnf"] = json!({ "jkt": jkt.as_ref() });
     }
-    Ok(json_response(&v))
+    Ok(json_no_store(v.to_string()))
 }
 
 /// `GET /auth/userinfo`: who the bearer token belongs to.
@@ -167,15 +158,18 @@ pub async fn userinfo(
     let g = &rec.grant;
     // OpenID Connect UserInfo (Core 5.3) for tokens granted `openid`.
     if super::oidc::enabled(ctx.config) && g.scope.contains("openid") {
-        return Ok(json_response(&super::oidc::userinfo(ctx.config, g)));
+        return Ok(json_no_store(
+            super::oidc::userinfo(ctx.config, g).to_string(),
+        ));
     }
-    Ok(json_response(&json!({
+    let v = json!({
         "sub": g.subject(),
         "user": g.user.as_deref(),
         "client": g.client.as_ref(),
         "scope": g.scope.to_string(),
         "expires": rec.expires_at,
-    })))
+    });
+    Ok(json_no_store(v.to_string()))
 }
 
 /// `GET /.well-known/oauth-authorization-server` (RFC 8414 section 3) and,
@@ -215,12 +209,11 @@ pub fn metadata(config: &Config) -> Response<Body> {
     });
     let mut v = v;
     super::oidc::add_discovery(config, &mut v);
-    let mut resp = json_response(&v);
+    let mut resp = error::json(v.to_string());
     // Public, cacheable data.
     resp.headers_mut().insert(
         CACHE_CONTROL,
         HeaderValue::from_static("public, max-age=300"),
     );
-    resp.headers_mut().remove(PRAGMA);
     resp
 }

@@ -189,27 +189,31 @@ pub struct Origin<'a> {
     pub device: Option<&'a str>,
 }
 
+/// A guesser's two limits: at most `cap` guesses in flight (key
+/// `{PREFIX}{kind}i:{id}`), and a bucket of `burst` refilled one per `period`
+/// (key `{PREFIX}{kind}:{id}`).
+fn pair(kind: &str, id: &str, cap: u32, burst: u32, period: Duration) -> [Limit; 2] {
+    [
+        Limit {
+            key: format!("{PREFIX}{kind}i:{id}"),
+            rule: Rule::InFlight { cap },
+        },
+        Limit {
+            key: format!("{PREFIX}{kind}:{id}"),
+            rule: Rule::Bucket {
+                burst,
+                period_ms: period.as_millis() as u64,
+            },
+        },
+    ]
+}
+
 /// The limits for a guess at `account` from `origin`, and the keys a success
 /// makes known.
 pub fn plan_for(account: &str, origin: &Origin<'_>) -> (Plan, Vec<String>) {
     let name = hex(&TokenHash::of(account));
     let addr = addr_key(origin.addr);
-    let ms = |d: Duration| d.as_millis() as u64;
-    let addr_limits = vec![
-        Limit {
-            key: format!("{PREFIX}ai:{addr}"),
-            rule: Rule::InFlight {
-                cap: ADDR_IN_FLIGHT,
-            },
-        },
-        Limit {
-            key: format!("{PREFIX}a:{addr}"),
-            rule: Rule::Bucket {
-                burst: ADDR_BURST,
-                period_ms: ms(ADDR_PERIOD),
-            },
-        },
-    ];
+    let addr_limits = pair("a", &addr, ADDR_IN_FLIGHT, ADDR_BURST, ADDR_PERIOD);
     let known_addr = format!("{PREFIX}k:{name}:a:{addr}");
     let mut tiers = Vec::with_capacity(3);
     let mut remember = Vec::with_capacity(2);
@@ -218,42 +222,16 @@ pub fn plan_for(account: &str, origin: &Origin<'_>) -> (Plan, Vec<String>) {
         let known_dev = format!("{PREFIX}k:{name}:d:{dev}");
         tiers.push(Tier {
             known: vec![known_dev.clone()],
-            limits: vec![
-                Limit {
-                    key: format!("{PREFIX}di:{dev}"),
-                    rule: Rule::InFlight {
-                        cap: DEVICE_IN_FLIGHT,
-                    },
-                },
-                Limit {
-                    key: format!("{PREFIX}d:{dev}"),
-                    rule: Rule::Bucket {
-                        burst: DEVICE_BURST,
-                        period_ms: ms(DEVICE_PERIOD),
-                    },
-                },
-            ],
+            limits: pair("d", &dev, DEVICE_IN_FLIGHT, DEVICE_BURST, DEVICE_PERIOD).into(),
         });
         remember.push(known_dev);
     }
     tiers.push(Tier {
         known: vec![known_addr.clone()],
-        limits: addr_limits.clone(),
+        limits: addr_limits.to_vec(),
     });
-    let mut stranger = addr_limits;
-    stranger.push(Limit {
-        key: format!("{PREFIX}ni:{name}"),
-        rule: Rule::InFlight {
-            cap: NAME_IN_FLIGHT,
-        },
-    });
-    stranger.push(Limit {
-        key: format!("{PREFIX}n:{name}"),
-        rule: Rule::Bucket {
-            burst: NAME_BURST,
-            period_ms: ms(NAME_PERIOD),
-        },
-    });
+    let mut stranger = addr_limits.to_vec();
+    stranger.extend(pair("n", &name, NAME_IN_FLIGHT, NAME_BURST, NAME_PERIOD));
     tiers.push(Tier {
         known: Vec::new(),
         limits: stranger,
@@ -262,7 +240,7 @@ pub fn plan_for(account: &str, origin: &Origin<'_>) -> (Plan, Vec<String>) {
     let plan = Plan {
         tiers,
         lease_id: new_token(),
-        lease_ms: ms(LEASE),
+        lease_ms: LEASE.as_millis() as u64,
     };
     (plan, remember)
 }

@@ -9,17 +9,17 @@
 //! the moment the password was entered, and `prompt=none` is always answered
 //! `login_required` (Core 3.1.2.6), by redirect, without a page.
 
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use http::header::{CACHE_CONTROL, HeaderValue};
 use http::{Method, Response};
 use serde_json::{Map, Value, json};
 
 use crate::config::{Client, Config, User};
-use crate::error::{Body, GatewayError, full};
+use crate::error::{Body, GatewayError};
 use crate::jose::{half_hash, sign::compact};
 use crate::scope::ScopeSet;
 use crate::store::{CodeOidc, Grant, now_secs};
 
-pub use crate::endpoint::{JWKS_PATH, OPENID_CONFIGURATION_PATH};
+use crate::endpoint::JWKS_PATH;
 
 /// Scopes about the user's own identity. A user need not list them: they are
 /// the user's to give, on the consent page. A client must, to ask for them.
@@ -250,10 +250,9 @@ pub fn jwks(config: &Config, method: &Method) -> Result<Response<Body>, GatewayE
         return Err(GatewayError::MethodNotAllowed("GET".into()));
     }
     let keys = config.oauth.signing.as_ref().ok_or(GatewayError::NoRoute)?;
-    let mut resp = Response::new(full(keys.jwks_json()));
-    let h = resp.headers_mut();
-    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    h.insert(CACHE_CONTROL, HeaderValue::from_static(JWKS_MAX_AGE));
+    let mut resp = crate::error::json(keys.jwks_json());
+    resp.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static(JWKS_MAX_AGE));
     Ok(resp)
 }
 

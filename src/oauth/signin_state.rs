@@ -138,9 +138,6 @@ pub trait Ledger: Send + Sync {
     fn len(&self) -> usize {
         0
     }
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// The memory backend's ledger: ended transactions in this process; the
@@ -379,7 +376,7 @@ mod tests {
         l.sweep(99);
         assert_eq!(l.len(), 1);
         l.sweep(100);
-        assert!(l.is_empty());
+        assert_eq!(l.len(), 0);
         assert!(!l.verifies_logins());
     }
 }

@@ -68,8 +68,11 @@ async fn serve_admin_connection(
 fn answer(state: &AppState, path: &str) -> hyper::Response<crate::error::Body> {
     if path == "/metrics" {
         let (access, refresh) = state.store.token_counts();
-        let mut resp =
-            hyper::Response::new(crate::error::full(state.metrics.render(access, refresh)));
+        let mut resp = hyper::Response::new(crate::error::full(state.metrics.render(
+            &state.config(),
+            access,
+            refresh,
+        )));
         resp.headers_mut().insert(
             http::header::CONTENT_TYPE,
             http::HeaderValue::from_static(crate::metrics::CONTENT_TYPE),

@@ -23,7 +23,7 @@ use redis::{Client, Cmd, Pipeline, RedisError, RedisFuture, Value};
 use tokio::sync::watch;
 
 use super::sentinel::SentinelLink;
-use super::topology::RedisTopology;
+use crate::config::RedisTopology;
 
 /// How long `WAIT` gives a replica to confirm a durable write (ms). Short: the
 /// caller is waiting, and a replica that takes longer is as good as absent.

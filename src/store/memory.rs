@@ -10,6 +10,7 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 
+use super::record::StoredToken;
 use super::{
     CodeRecord, DeviceDecision, DevicePoll, DeviceRecord, Grants, Redeem, StoreFuture, TokenHash,
     TokenRecord, TokenStore,
@@ -254,21 +255,19 @@ impl TokenStore for MemoryStore {
     }
 }
 
-/// One saved token: its hash, never the token.
+/// One saved token: its hash, never the token, and its record as Redis
+/// keeps it ([`StoredToken`]; earlier versions' one-letter names are read too).
 #[derive(Serialize, Deserialize)]
 struct SavedToken {
-    k: String,
-    u: Option<String>,
-    c: String,
-    s: String,
-    f: u64,
-    i: u64,
-    e: u64,
+    /// The token's SHA-256, in hex.
+    #[serde(alias = "k")]
+    key: String,
+    #[serde(alias = "f")]
+    family: u64,
+    #[serde(flatten)]
+    token: StoredToken,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     used: bool,
-    /// The DPoP binding (`cnf.jkt`): a bound token must stay bound.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    j: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -280,17 +279,11 @@ struct Saved {
 }
 
 fn saved(key: &TokenHash, rec: &TokenRecord, used: bool) -> SavedToken {
-    let g = &rec.grant;
     SavedToken {
-        k: super::hex(key),
-        u: g.user.as_deref().map(str::to_string),
-        c: g.client.to_string(),
-        s: g.scope.to_string(),
-        f: rec.family,
-        i: rec.issued_at,
-        e: rec.expires_at,
+        key: super::hex(key),
+        family: rec.family,
+        token: StoredToken::of(rec),
         used,
-        j: rec.cnf.as_deref().map(str::to_string),
     }
 }
 
@@ -317,20 +310,26 @@ enum Restored {
 /// the configured lifetime. The file is only as trustworthy as the config that
 /// would issue the same token today.
 fn restored(t: SavedToken, kind: Kind, config: &Config, grants: &Grants, now: u64) -> Restored {
-    let Some(key) = super::unhex(&t.k) else {
+    let Some(key) = super::unhex(&t.key) else {
         return Restored::Dropped;
     };
-    let Some(client) = config.clients.get(t.c.as_str()) else {
+    let StoredToken {
+        grant: g,
+        issued_at: saved_issued_at,
+        expires_at: saved_expires_at,
+        cnf,
+    } = t.token;
+    let Some(client) = config.clients.get(g.client.as_str()) else {
         return Restored::Dropped;
     };
-    let allowed = match &t.u {
+    let allowed = match &g.user {
         Some(name) => match config.users.get(name.as_str()) {
             Some(user) => user.scopes.intersection(&client.scopes),
             None => return Restored::Dropped,
         },
         None => client.scopes.clone(),
     };
-    let Some(saved_scope) = ScopeSet::parse(&t.s) else {
+    let Some(saved_scope) = ScopeSet::parse(&g.scope) else {
         return Restored::Dropped;
     };
     let scope = saved_scope.intersection(&allowed);
@@ -338,17 +337,17 @@ fn restored(t: SavedToken, kind: Kind, config: &Config, grants: &Grants, now: u6
         Kind::Access => config.oauth.access_token_ttl,
         Kind::Refresh => config.oauth.refresh_token_ttl,
     };
-    let issued_at = t.i.min(now);
-    let expires_at =
-        t.e.min(issued_at.saturating_add(crate::oauth::ttl_secs(ttl)));
-    let clamped = scope != saved_scope || issued_at != t.i || expires_at != t.e;
-    let grant = grants.intern(t.u.map(Arc::from), client.id.clone(), scope);
+    let issued_at = saved_issued_at.min(now);
+    let expires_at = saved_expires_at.min(issued_at.saturating_add(crate::clock::ttl_secs(ttl)));
+    let clamped =
+        scope != saved_scope || issued_at != saved_issued_at || expires_at != saved_expires_at;
+    let grant = grants.intern(g.user.map(Arc::from), client.id.clone(), scope);
     let rec = TokenRecord {
         grant,
-        family: t.f,
+        family: t.family,
         issued_at,
         expires_at,
-        cnf: t.j.map(Arc::from),
+        cnf: cnf.map(Arc::from),
     };
     if clamped {
         Restored::Clamped(key, rec)
@@ -680,15 +679,19 @@ mod tests {
         e: u64,
     ) -> SavedToken {
         SavedToken {
-            k: crate::store::hex(&TokenHash::of(key)),
-            u: user.map(str::to_string),
-            c: client.to_string(),
-            s: scope.to_string(),
-            f: 1,
-            i,
-            e,
+            key: crate::store::hex(&TokenHash::of(key)),
+            family: 1,
+            token: StoredToken {
+                grant: crate::store::record::StoredGrant {
+                    user: user.map(str::to_string),
+                    client: client.to_string(),
+                    scope: scope.to_string(),
+                },
+                issued_at: i,
+                expires_at: e,
+                cnf: None,
+            },
             used: false,
-            j: None,
         }
     }
 
@@ -765,7 +768,7 @@ mod tests {
         assert_eq!((rec.issued_at, rec.expires_at), (now, now + 3600));
         // Malformed key or scope: dropped.
         let mut bad = saved_token("a", Some("u"), "c", "read", now, now + 60);
-        bad.k = "zz".into();
+        bad.key = "zz".into();
         assert!(matches!(r(bad), Restored::Dropped));
         assert!(matches!(
             r(saved_token("a", Some("u"), "c", "re\"ad", now, now + 60)),
@@ -856,6 +859,58 @@ mod tests {
         let s = MemoryStore::new();
         assert_eq!(s.load(&path, &grants, &config).unwrap(), 1);
         assert!(!path.exists());
+    }
+
+    #[tokio::test]
+    async fn a_state_file_of_an_earlier_version_is_loaded_once_and_saved_with_readable_names() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let (now, a, r) = (now_secs(), TokenHash::of("a"), TokenHash::of("r"));
+        // What earlier versions wrote: one-letter names.
+        let old = format!(
+            r#"{{"access":[{{"k":"{}","u":"u","c":"c","s":"read","f":4,"i":{now},"e":{}}}],"refresh":[{{"k":"{}","u":"u","c":"c","s":"read","f":4,"i":{now},"e":{},"used":true}}],"revoked":[[9,{}]]}}"#,
+            crate::store::hex(&a),
+            now + 60,
+            crate::store::hex(&r),
+            now + 60,
+            now + 60
+        );
+        std::fs::write(&path, old).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let s = MemoryStore::new();
+        assert_eq!(s.load(&path, &Grants::default(), &config()).unwrap(), 2);
+        assert!(!path.exists(), "loaded once: the file is gone");
+        let rec = s.get_access(a).await.unwrap().expect("restored");
+        assert_eq!(
+            (rec.family, rec.issued_at, rec.expires_at),
+            (4, now, now + 60)
+        );
+        assert_eq!(rec.grant.user.as_deref(), Some("u"));
+        assert!(matches!(
+            s.take_refresh(r).await.unwrap(),
+            Redeem::Spent { family: 4 }
+        ));
+        assert!(s.family_revoked(9));
+        // Saved again: the readable names.
+        assert_eq!(s.save(&path).unwrap(), 2);
+        let text = std::fs::read_to_string(&path).unwrap();
+        for name in [
+            "key",
+            "family",
+            "user",
+            "client",
+            "scope",
+            "issued_at",
+            "expires_at",
+        ] {
+            assert!(text.contains(&format!("\"{name}\":")), "{name} in {text}");
+        }
+        assert!(
+            !text.contains("\"k\":") && !text.contains("\"u\":"),
+            "{text}"
+        );
+        assert!(text.contains("\"used\":true"), "{text}");
     }
 
     #[tokio::test]

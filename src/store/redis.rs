@@ -38,16 +38,16 @@ use dashmap::DashMap;
 use futures_util::{FutureExt, StreamExt};
 use redis::aio::{PubSubSink, PubSubStream};
 use redis::{AsyncCommands, Script};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::connection::{DurableError, RedisConn};
 use super::memory::PassThroughHasher;
-use super::topology::RedisTopology;
+use super::record::{StoredCode, StoredToken};
 use super::{
     CodeRecord, DeviceDecision, DevicePoll, DeviceRecord, Grants, Redeem, StoreError, StoreFuture,
     TokenHash, TokenRecord, TokenStore, hex, now_secs, unhex,
 };
-use crate::scope::ScopeSet;
+use crate::config::RedisTopology;
 
 mod device;
 
@@ -93,34 +93,6 @@ if ARGV[1] == '1' then
 end
 return '1' .. v
 ";
-
-#[derive(Serialize, Deserialize)]
-struct StoredToken {
-    u: Option<String>,
-    c: String,
-    s: String,
-    i: u64,
-    e: u64,
-    /// The DPoP binding (`cnf.jkt`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    j: Option<String>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct StoredCode {
-    u: Option<String>,
-    c: String,
-    s: String,
-    e: u64,
-    r: String,
-    g: bool,
-    p: Option<String>,
-    /// OpenID Connect: `auth_time` (present for an OIDC code) and `nonce`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    a: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    n: Option<String>,
-}
 
 fn down(e: redis::RedisError) -> StoreError {
     StoreError::Redis(e)
@@ -277,21 +249,17 @@ impl Inner {
         }
     }
 
-    fn encode_token(rec: &TokenRecord) -> String {
-        let g = &rec.grant;
-        let stored = StoredToken {
-            u: g.user.as_deref().map(str::to_string),
-            c: g.client.to_string(),
-            s: g.scope.to_string(),
-            i: rec.issued_at,
-            e: rec.expires_at,
-            j: rec.cnf.as_deref().map(str::to_string),
-        };
+    /// `{family}|{json}`: the family outside the JSON, where the Lua scripts
+    /// read it.
+    fn encode(family: u64, stored: &impl Serialize) -> String {
         format!(
-            "{}|{}",
-            rec.family,
-            serde_json::to_string(&stored).expect("serialisable")
+            "{family}|{}",
+            serde_json::to_string(stored).expect("serialisable")
         )
+    }
+
+    fn encode_token(rec: &TokenRecord) -> String {
+        Self::encode(rec.family, &StoredToken::of(rec))
     }
 
     fn split(v: &str) -> Option<(u64, &str)> {
@@ -302,36 +270,13 @@ impl Inner {
     fn decode_token(&self, v: &str) -> Option<TokenRecord> {
         let (family, json) = Self::split(v)?;
         let s: StoredToken = serde_json::from_str(json).ok()?;
-        let grant = self
-            .grants
-            .intern(s.u.map(Arc::from), Arc::from(s.c), ScopeSet::parse(&s.s)?);
-        Some(TokenRecord {
-            grant,
-            family,
-            issued_at: s.i,
-            expires_at: s.e,
-            cnf: s.j.map(Arc::from),
-        })
+        s.into_record(family, &self.grants)
     }
 
     fn decode_code(&self, v: &str) -> Option<CodeRecord> {
         let (family, json) = Self::split(v)?;
         let s: StoredCode = serde_json::from_str(json).ok()?;
-        let grant = self
-            .grants
-            .intern(s.u.map(Arc::from), Arc::from(s.c), ScopeSet::parse(&s.s)?);
-        Some(CodeRecord {
-            grant,
-            family,
-            redirect_uri: s.r,
-            redirect_uri_given: s.g,
-            code_challenge: s.p,
-            expires_at: s.e,
-            oidc: s.a.map(|auth_time| super::CodeOidc {
-                nonce: s.n,
-                auth_time,
-            }),
-        })
+        s.into_record(family, &self.grants)
     }
 
     /// Runs the redeem script; `value` decodes what it returns.
@@ -648,23 +593,7 @@ impl TokenStore for RedisStore {
 
     fn put_code(&self, key: TokenHash, rec: CodeRecord) -> StoreFuture<'_, ()> {
         Box::pin(async move {
-            let g = &rec.grant;
-            let stored = StoredCode {
-                u: g.user.as_deref().map(str::to_string),
-                c: g.client.to_string(),
-                s: g.scope.to_string(),
-                e: rec.expires_at,
-                r: rec.redirect_uri.clone(),
-                g: rec.redirect_uri_given,
-                p: rec.code_challenge.clone(),
-                a: rec.oidc.as_ref().map(|o| o.auth_time),
-                n: rec.oidc.as_ref().and_then(|o| o.nonce.clone()),
-            };
-            let value = format!(
-                "{}|{}",
-                rec.family,
-                serde_json::to_string(&stored).expect("serialisable")
-            );
+            let value = Inner::encode(rec.family, &StoredCode::of(&rec));
             self.inner
                 .set(
                     single_use_keys("code", &key).0,
@@ -769,6 +698,7 @@ impl TokenStore for RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scope::ScopeSet;
 
     #[test]
     fn hex_round_trip() {
@@ -800,21 +730,40 @@ mod tests {
         };
         let v = Inner::encode_token(&rec);
         assert!(v.starts_with("42|"));
-        assert!(!v.contains("\"j\""), "no binding, no field: {v}");
+        assert!(
+            !v.contains("\"j\"") && !v.contains("\"cnf\""),
+            "no binding, no field: {v}"
+        );
         let back = store.inner.decode_token(&v).unwrap();
         assert!(Arc::ptr_eq(&back.grant, &rec.grant));
         assert_eq!((back.family, back.issued_at, back.expires_at), (42, 1, 2));
         assert_eq!(back.cnf, None);
+        assert!(v.contains("\"client\":\"c\""), "readable names: {v}");
+        // A value an earlier version wrote (one-letter names), still in a running Redis.
+        let old = store
+            .inner
+            .decode_token(r#"42|{"u":"u","c":"c","s":"a b","i":1,"e":2}"#)
+            .unwrap();
+        assert!(Arc::ptr_eq(&old.grant, &rec.grant));
+        assert_eq!((old.family, old.issued_at, old.expires_at), (42, 1, 2));
+        let code = store
+            .inner
+            .decode_code(
+                r#"9|{"u":null,"c":"c","s":"a","e":5,"r":"http://x/cb","g":false,"p":null}"#,
+            )
+            .unwrap();
+        assert_eq!((code.family, code.expires_at), (9, 5));
+        assert_eq!(code.redirect_uri, "http://x/cb");
         // A DPoP-bound token stays bound through Redis.
         let bound = TokenRecord {
-            cnf: Some(Arc::from("jkt-value")),
+            cnf: Some(Arc::new("jkt-value".to_string())),
             ..rec
         };
         let back = store
             .inner
             .decode_token(&Inner::encode_token(&bound))
             .unwrap();
-        assert_eq!(back.cnf.as_deref(), Some("jkt-value"));
+        assert_eq!(back.cnf.as_deref().map(String::as_str), Some("jkt-value"));
     }
 
     fn store(max_staleness: Duration) -> RedisStore {

@@ -79,6 +79,14 @@ pub enum DurableError {
     Unexpected,
 }
 
+/// The error in a pipelined answer, if it is one.
+fn server_error(v: &Value) -> Option<RedisError> {
+    match v {
+        Value::ServerError(e) => Some(e.clone().into()),
+        _ => None,
+    }
+}
+
 impl RedisConn {
     /// Prepares the handle; nothing connects yet. Call it within a tokio runtime.
     pub fn new(topology: &RedisTopology) -> Result<RedisConn, RedisError> {
@@ -185,23 +193,36 @@ impl RedisConn {
     /// node reports a connected replica, and without one there is no `WAIT`.
     pub async fn durable(&self, key: &str, mut pipe: Pipeline) -> Result<(), DurableError> {
         let writes = pipe.len();
-        pipe.cmd("INFO").arg("replication");
-        let answers = self.on_durable(key, pipe).await?;
-        let replicas = answers
-            .get(writes)
-            .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
-            .and_then(|info| connected_replicas(&info))
-            .unwrap_or(0);
         let wanted = match &self.shared.link {
             Link::Sentinel(_) => 1,
-            _ => replicas.min(1),
+            _ => {
+                let mut info = redis::pipe();
+                info.cmd("INFO").arg("replication");
+                let answers = self.on_durable(key, info).await?;
+                answers
+                    .first()
+                    .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
+                    .and_then(|info| connected_replicas(&info))
+                    .unwrap_or(0)
+                    .min(1)
+            }
         };
+        // The writes and their WAIT in one packed request: on one connection to
+        // one node, so a reconnect or a new primary between the two can never
+        // make a WAIT that covers nothing look like a confirmation.
+        if wanted > 0 {
+            pipe.cmd("WAIT").arg(wanted).arg(REPLICA_ACK_MS);
+        }
+        let answers = self.on_durable(key, pipe).await?;
+        // A write refused (READONLY from a demoted primary, say) is a failure,
+        // whatever a WAIT after it says.
+        if let Some(e) = answers.iter().take(writes).find_map(server_error) {
+            return Err(DurableError::Redis(e));
+        }
         if wanted == 0 {
             return Ok(());
         }
-        let mut wait = redis::pipe();
-        wait.cmd("WAIT").arg(wanted).arg(REPLICA_ACK_MS);
-        let acked = match self.on_durable(key, wait).await?.first() {
+        let acked = match answers.get(writes) {
             Some(Value::Int(n)) => *n,
             _ => return Err(DurableError::Unexpected),
         };

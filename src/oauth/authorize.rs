@@ -896,39 +896,77 @@ enum Invalid {
     Redirect(String),
 }
 
-fn validate(ctx: &OAuthContext<'_>, query: &str) -> Result<AuthzRequest, Invalid> {
-    // The query is at most `server.max_header_bytes` long: decoding it is cheap.
-    let pairs = super::form_pairs(query.as_bytes())
-        .ok_or(Invalid::Page("The authorization request is malformed."))?;
-    // Echoed back and carried in the cookie: bounded, and refused here rather
-    // than sent back to the client on a redirect of that size.
-    if pairs
-        .iter()
-        .any(|(k, v)| k == "state" && v.len() > MAX_STATE_BYTES)
-    {
-        return Err(Invalid::Page(
-            "The state parameter is too long (at most 1024 bytes).",
-        ));
+/// A fault sent back on the redirect URI: an OAuth error code and its description.
+type Refusal = (&'static str, &'static str);
+
+/// The decoded query of an authorization request.
+struct Params(Vec<(String, String)>);
+
+impl Params {
+    /// Decodes the query and refuses, on the page, one too big to carry.
+    fn decode(query: &str) -> Result<Self, Invalid> {
+        // The query is at most `server.max_header_bytes` long: decoding it is cheap.
+        let pairs = super::form_pairs(query.as_bytes())
+            .ok_or(Invalid::Page("The authorization request is malformed."))?;
+        // Echoed back and carried in the cookie: bounded, and refused here rather
+        // than sent back to the client on a redirect of that size.
+        if pairs
+            .iter()
+            .any(|(k, v)| k == "state" && v.len() > MAX_STATE_BYTES)
+        {
+            return Err(Invalid::Page(
+                "The state parameter is too long (at most 1024 bytes).",
+            ));
+        }
+        if query.len() > MAX_QUERY_BYTES {
+            return Err(Invalid::Page("The authorization request is too long."));
+        }
+        Ok(Self(pairs))
     }
-    if query.len() > MAX_QUERY_BYTES {
-        return Err(Invalid::Page("The authorization request is too long."));
+
+    /// How many times parameter `k` was sent.
+    fn count(&self, k: &str) -> usize {
+        self.0.iter().filter(|(n, _)| n == k).count()
     }
-    let count = |k: &str| pairs.iter().filter(|(n, _)| n == k).count();
-    let get = |k: &str| {
-        pairs
+
+    /// The first non-empty value of parameter `k`.
+    fn get(&self, k: &str) -> Option<&str> {
+        self.0
             .iter()
             .find(|(n, v)| n == k && !v.is_empty())
             .map(|(_, v)| v.as_str())
-    };
-    if count("client_id") > 1 || count("redirect_uri") > 1 {
+    }
+}
+
+fn validate(ctx: &OAuthContext<'_>, query: &str) -> Result<AuthzRequest, Invalid> {
+    let params = Params::decode(query)?;
+    let partial = redirect_target(ctx, &params)?;
+    let fail = |(code, d): Refusal| Invalid::Redirect(error_redirect(&partial, code, d, ctx));
+    let scope = check_request(&params, &partial.client).map_err(fail)?;
+    let code_challenge = code_challenge(&params, &partial.client).map_err(fail)?;
+    let oidc = oidc::authz_params(ctx.config, scope.as_ref(), |k| params.get(k)).map_err(fail)?;
+    Ok(AuthzRequest {
+        scope,
+        code_challenge,
+        oidc,
+        ..partial
+    })
+}
+
+/// The client and redirect URI, checked before anything may be sent back to
+/// that URI: a fault here is shown on the page. The rest of the request is
+/// left empty.
+fn redirect_target(ctx: &OAuthContext<'_>, params: &Params) -> Result<AuthzRequest, Invalid> {
+    if params.count("client_id") > 1 || params.count("redirect_uri") > 1 {
         return Err(Invalid::Page(
             "The request names its client or redirect URI more than once.",
         ));
     }
-    let client = get("client_id")
+    let client = params
+        .get("client_id")
         .and_then(|id| ctx.config.clients.get(id))
         .ok_or(Invalid::Page("The application is not known here."))?;
-    let (redirect_uri, given) = match get("redirect_uri") {
+    let (redirect_uri, given) = match params.get("redirect_uri") {
         // Exact string comparison (RFC 9700 section 2.1), any port for a
         // loopback IP (RFC 8252 section 7.3).
         Some(uri) if redirect::is_registered(&client.redirect_uris, uri) => (uri.to_string(), true),
@@ -940,87 +978,74 @@ fn validate(ctx: &OAuthContext<'_>, query: &str) -> Result<AuthzRequest, Invalid
         None if client.redirect_uris.len() == 1 => (client.redirect_uris[0].clone(), false),
         None => return Err(Invalid::Page("The request has no redirect URI.")),
     };
-    let state = get("state").map(str::to_string);
-    let partial = AuthzRequest {
+    Ok(AuthzRequest {
         client: client.clone(),
         redirect_uri,
         redirect_uri_given: given,
-        state,
+        state: params.get("state").map(str::to_string),
         scope: None,
         code_challenge: None,
         oidc: None,
-    };
-    let fail = |code, d| Invalid::Redirect(error_redirect(&partial, code, d, ctx));
-    if pairs.iter().any(|(k, _)| count(k) > 1) {
-        return Err(fail(
-            "invalid_request",
-            "a parameter was sent more than once",
-        ));
+    })
+}
+
+/// Repeated parameters, the response type, the client's grant and the scope
+/// asked for (bounded by the client's own scopes, from the config).
+fn check_request(params: &Params, client: &Client) -> Result<Option<ScopeSet>, Refusal> {
+    if params.0.iter().any(|(k, _)| params.count(k) > 1) {
+        return Err(("invalid_request", "a parameter was sent more than once"));
     }
-    match get("response_type") {
+    match params.get("response_type") {
         Some("code") => {}
         Some(_) => {
-            return Err(fail(
+            return Err((
                 "unsupported_response_type",
                 "only response_type=code is supported",
             ));
         }
-        None => return Err(fail("invalid_request", "response_type is missing")),
+        None => return Err(("invalid_request", "response_type is missing")),
     }
     if !client.allows(GrantType::AuthorizationCode) {
-        return Err(fail(
+        return Err((
             "unauthorized_client",
             "this client may not use the authorization code flow",
         ));
     }
-    // Bounded by the client's own scopes, from the config.
-    let scope = match get("scope") {
-        None => None,
+    match params.get("scope") {
+        None => Ok(None),
         Some(s) => match ScopeSet::parse(s) {
-            Some(set) if set.is_subset_of(&client.scopes) => Some(set),
-            _ => {
-                return Err(fail(
-                    "invalid_scope",
-                    "the requested scope is malformed or exceeds this client's",
-                ));
-            }
+            Some(set) if set.is_subset_of(&client.scopes) => Ok(Some(set)),
+            _ => Err((
+                "invalid_scope",
+                "the requested scope is malformed or exceeds this client's",
+            )),
         },
-    };
-    // Exactly 43 characters when valid (RFC 7636 section 4.2).
-    let code_challenge = match (get("code_challenge"), get("code_challenge_method")) {
+    }
+}
+
+/// The PKCE challenge: S256 only, required of a public client. Exactly 43
+/// characters when valid (RFC 7636 section 4.2).
+fn code_challenge(params: &Params, client: &Client) -> Result<Option<String>, Refusal> {
+    match (
+        params.get("code_challenge"),
+        params.get("code_challenge_method"),
+    ) {
         (None, None) if client.is_public() => {
-            return Err(fail(
-                "invalid_request",
-                "code_challenge is required (PKCE, S256)",
-            ));
+            Err(("invalid_request", "code_challenge is required (PKCE, S256)"))
         }
-        (None, None) => None,
-        (None, Some(_)) => {
-            return Err(fail(
-                "invalid_request",
-                "code_challenge_method without code_challenge",
-            ));
-        }
-        (Some(c), Some("S256")) if pkce::is_valid_s256_challenge(c) => Some(c.to_string()),
-        (Some(_), Some("S256")) => {
-            return Err(fail("invalid_request", "code_challenge is malformed"));
-        }
+        (None, None) => Ok(None),
+        (None, Some(_)) => Err((
+            "invalid_request",
+            "code_challenge_method without code_challenge",
+        )),
+        (Some(c), Some("S256")) if pkce::is_valid_s256_challenge(c) => Ok(Some(c.to_string())),
+        (Some(_), Some("S256")) => Err(("invalid_request", "code_challenge is malformed")),
         // "plain", or a method left out (which means plain): not accepted.
-        (Some(_), _) => {
-            return Err(fail(
-                "invalid_request",
-                "transform algorithm not supported: use S256",
-            ));
-        }
-    };
-    let oidc =
-        oidc::authz_params(ctx.config, scope.as_ref(), get).map_err(|(code, d)| fail(code, d))?;
-    Ok(AuthzRequest {
-        scope,
-        code_challenge,
-        oidc,
-        ..partial
-    })
+        (Some(_), _) => Err((
+            "invalid_request",
+            "transform algorithm not supported: use S256",
+        )),
+    }
 }
 
 fn error_redirect(

@@ -482,23 +482,7 @@ pub async fn forward(
         Version::HTTP_10 => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
-    // The route's body limit: refused up front when declared, cut off when not.
-    let max = route.max_body_bytes.unwrap_or(u64::MAX);
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max) {
-        return Err(GatewayError::PayloadTooLarge);
-    }
-    let body_fault = Arc::new(AtomicU8::new(BODY_OK));
-    let body: Body = DownstreamBody {
-        inner: body,
-        left: max,
-        fault: body_fault.clone(),
-    }
-    .boxed();
+    let (body, body_fault) = limited_body(&parts.headers, body, route)?;
     upstream_request_headers(&mut parts.headers, parts.version, info);
     if let Some(protocol) = &upgrade {
         parts.headers.insert(header::UPGRADE, protocol.clone());
@@ -507,30 +491,14 @@ pub async fn forward(
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
     parts.version = Version::HTTP_11;
-    // A connection failure of an idempotent request without a body is retried
-    // once on another target: it cannot have reached the upstream.
-    let retry = (route.upstreams.len() > 1
-        && upgrade.is_none()
-        && is_idempotent(&parts.method)
-        && hyper::body::Body::is_end_stream(&body))
-    .then(|| {
-        let query = parts.uri.query().map(str::to_string);
-        (parts.method.clone(), parts.headers.clone(), query)
-    });
+    let retry = Retry::plan(route, upgrade.is_some(), &parts, &body);
     parts.uri = upstream_uri(route, upstream, path, parts.uri.query())?;
     let first = send(route, upstream, Request::from_parts(parts, body)).await;
     let mut resp = match first {
         Ok(resp) => resp,
         Err(Failure::Connect) if retry.is_some() => {
-            let (method, headers, query) = retry.expect("checked");
-            let other = route
-                .other_upstream(upstream)
-                .ok_or(GatewayError::UpstreamUnreachable)?;
-            let mut req = Request::new(crate::error::empty());
-            *req.method_mut() = method;
-            *req.headers_mut() = headers;
-            *req.uri_mut() = upstream_uri(route, other, path, query.as_deref())?;
-            send(route, other, req).await.map_err(GatewayError::from)?
+            let retry = retry.expect("checked");
+            retry.send(route, upstream, path).await?
         }
         // The client's body, not the upstream, is what failed.
         Err(_) if body_fault.load(Ordering::Relaxed) == BODY_TOO_LARGE => {
@@ -541,23 +509,118 @@ pub async fn forward(
         }
         Err(f) => return Err(f.into()),
     };
-    let tunnel = if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-        // Only to a protocol the client asked for and the route allows; a 101
-        // to anything else would make the connection a tunnel nobody checked.
-        let agreed = resp
-            .headers()
-            .get(header::UPGRADE)
-            .is_some_and(|v| switches_to_allowed(v, upgrade.as_ref(), route));
-        match client_side {
-            Some(client_side) if agreed => Some((client_side, hyper::upgrade::on(&mut resp))),
-            _ => {
-                tracing::warn!(upstream = %upstream, "upstream switched protocols unasked: refused");
-                return Err(GatewayError::UpstreamUnreachable);
-            }
+    let tunnel = agreed_tunnel(&mut resp, upgrade.as_ref(), client_side, route, upstream)?;
+    Ok(downstream_response(resp, client_version, tunnel))
+}
+
+/// The client's body under the route's limit: refused up front when declared
+/// larger, cut off when not declared. The fault cell tells, after a failed
+/// exchange, whether the client's body was what failed.
+fn limited_body(
+    headers: &HeaderMap,
+    body: Incoming,
+    route: &Route,
+) -> Result<(Body, Arc<AtomicU8>), GatewayError> {
+    let max = route.max_body_bytes.unwrap_or(u64::MAX);
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(GatewayError::PayloadTooLarge);
+    }
+    let fault = Arc::new(AtomicU8::new(BODY_OK));
+    let body: Body = DownstreamBody {
+        inner: body,
+        left: max,
+        fault: fault.clone(),
+    }
+    .boxed();
+    Ok((body, fault))
+}
+
+/// What a retry on another target needs of the request (its body is empty).
+struct Retry {
+    method: Method,
+    headers: HeaderMap,
+    query: Option<String>,
+}
+
+impl Retry {
+    /// A connection failure of an idempotent request without a body is retried
+    /// once on another target: it cannot have reached the upstream.
+    fn plan(
+        route: &Route,
+        upgrade: bool,
+        parts: &http::request::Parts,
+        body: &Body,
+    ) -> Option<Retry> {
+        (route.upstreams.len() > 1
+            && !upgrade
+            && is_idempotent(&parts.method)
+            && hyper::body::Body::is_end_stream(body))
+        .then(|| Retry {
+            method: parts.method.clone(),
+            headers: parts.headers.clone(),
+            query: parts.uri.query().map(str::to_string),
+        })
+    }
+
+    /// Sends the request again, to a target other than `failed`.
+    async fn send(
+        self,
+        route: &Route,
+        failed: &Upstream,
+        path: &str,
+    ) -> Result<Response<Body>, GatewayError> {
+        let other = route
+            .other_upstream(failed)
+            .ok_or(GatewayError::UpstreamUnreachable)?;
+        let mut req = Request::new(crate::error::empty());
+        *req.method_mut() = self.method;
+        *req.headers_mut() = self.headers;
+        *req.uri_mut() = upstream_uri(route, other, path, self.query.as_deref())?;
+        send(route, other, req).await.map_err(GatewayError::from)
+    }
+}
+
+/// Both ends of a tunnel: the client's connection and the upstream's.
+type Tunnel = (hyper::upgrade::OnUpgrade, hyper::upgrade::OnUpgrade);
+
+/// The tunnel a 101 response opens, when the upstream switched to a protocol
+/// the client asked for and the route allows; `None` for any other status.
+fn agreed_tunnel(
+    resp: &mut Response<Body>,
+    asked: Option<&HeaderValue>,
+    client_side: Option<hyper::upgrade::OnUpgrade>,
+    route: &Route,
+    upstream: &Upstream,
+) -> Result<Option<Tunnel>, GatewayError> {
+    if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+        return Ok(None);
+    }
+    // Only to a protocol the client asked for and the route allows; a 101
+    // to anything else would make the connection a tunnel nobody checked.
+    let agreed = resp
+        .headers()
+        .get(header::UPGRADE)
+        .is_some_and(|v| switches_to_allowed(v, asked, route));
+    match client_side {
+        Some(client_side) if agreed => Ok(Some((client_side, hyper::upgrade::on(resp)))),
+        _ => {
+            tracing::warn!(upstream = %upstream, "upstream switched protocols unasked: refused");
+            Err(GatewayError::UpstreamUnreachable)
         }
-    } else {
-        None
-    };
+    }
+}
+
+/// The upstream's response as the client gets it: the client's protocol
+/// version, hop-by-hop headers dropped, and the tunnel (if any) started.
+fn downstream_response(
+    resp: Response<Body>,
+    client_version: Version,
+    tunnel: Option<Tunnel>,
+) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
     // The client's protocol, not the upstream's: an HTTP/1.0 upstream must not
     // turn the client's HTTP/1.1 answer into 1.0 (and its connection into one
@@ -580,7 +643,7 @@ pub async fn forward(
             let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
         });
     }
-    Ok(Response::from_parts(parts, body))
+    Response::from_parts(parts, body)
 }
 
 /// Why an upstream exchange failed.

@@ -343,32 +343,38 @@ fn key_path_at(text: &str, offset: usize) -> Option<String> {
                 return Some(table);
             }
         } else if offset < end {
-            let (key, rest) = line.split_once('=')?;
-            let key = key.trim().trim_matches('"');
-            if key.is_empty() || key.starts_with('#') {
-                return None;
-            }
-            let mut path = if table.is_empty() {
-                key.to_string()
-            } else {
-                format!("{table}.{key}")
-            };
-            // Inside `{ a = 1, b = 2 }`: the last inner key before the offset.
-            let within = offset.saturating_sub(line_start + key.len() + 1);
-            let before = rest.get(..within.min(rest.len())).unwrap_or(rest);
-            if let Some(k) = before.rfind('{').and_then(|i| {
-                before[i + 1..]
-                    .rsplit([',', '{'])
-                    .find_map(|part| part.split_once('=').map(|(k, _)| k.trim()))
-                    .filter(|k| !k.is_empty())
-            }) {
-                path = format!("{path}.{}", k.trim_matches('"'));
-            }
-            return Some(path);
+            return key_on_line(line, offset - line_start, &table);
         }
         line_start = end;
     }
     None
+}
+
+/// The dotted path of the key at byte `at` of `line`, under `table`: the key
+/// the line sets, and the key inside an inline table when `at` is within one.
+fn key_on_line(line: &str, at: usize, table: &str) -> Option<String> {
+    let (key, rest) = line.split_once('=')?;
+    let key = key.trim().trim_matches('"');
+    if key.is_empty() || key.starts_with('#') {
+        return None;
+    }
+    let mut path = if table.is_empty() {
+        key.to_string()
+    } else {
+        format!("{table}.{key}")
+    };
+    // Inside `{ a = 1, b = 2 }`: the last inner key before the offset.
+    let within = at.saturating_sub(key.len() + 1);
+    let before = rest.get(..within.min(rest.len())).unwrap_or(rest);
+    if let Some(k) = before.rfind('{').and_then(|i| {
+        before[i + 1..]
+            .rsplit([',', '{'])
+            .find_map(|part| part.split_once('=').map(|(k, _)| k.trim()))
+            .filter(|k| !k.is_empty())
+    }) {
+        path = format!("{path}.{}", k.trim_matches('"'));
+    }
+    Some(path)
 }
 
 /// The threads a default worker or password pool gets: one per core.

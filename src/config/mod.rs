@@ -39,14 +39,13 @@ pub(crate) mod routes;
 mod server;
 mod store;
 mod summary;
-mod topology;
 pub(crate) mod users;
 pub(crate) mod values;
 
 use raw::RawConfig;
 
+pub use crate::store::RedisTopology;
 pub use identity::UserClaims;
-pub use topology::RedisTopology;
 
 /// A config error: where it is and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -301,6 +300,26 @@ struct Checked {
     routes: Vec<routes::CheckedRoute>,
     /// `oauth.signing_keys`, read by [`load::open`].
     signing_keys: Option<load::KeyFiles>,
+}
+
+/// A token restored from the state file is held to the config in force.
+impl crate::store::TokenPolicy for Config {
+    fn allowed(&self, user: Option<&str>, client: &str) -> Option<(Arc<str>, ScopeSet)> {
+        let client = self.clients.get(client)?;
+        let scope = match user {
+            Some(name) => self.users.get(name)?.scopes.intersection(&client.scopes),
+            None => client.scopes.clone(),
+        };
+        Some((client.id.clone(), scope))
+    }
+
+    fn access_token_ttl(&self) -> Duration {
+        self.oauth.access_token_ttl
+    }
+
+    fn refresh_token_ttl(&self) -> Duration {
+        self.oauth.refresh_token_ttl
+    }
 }
 
 /// The items of an optional spanned list, each with the list's span.

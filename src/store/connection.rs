@@ -22,8 +22,8 @@ use redis::cluster_routing::{Route, SingleNodeRoutingInfo, Slot, SlotAddr};
 use redis::{Client, Cmd, Pipeline, RedisError, RedisFuture, Value};
 use tokio::sync::watch;
 
+use super::RedisTopology;
 use super::sentinel::SentinelLink;
-use crate::config::RedisTopology;
 
 /// How long `WAIT` gives a replica to confirm a durable write (ms). Short: the
 /// caller is waiting, and a replica that takes longer is as good as absent.

@@ -13,9 +13,8 @@ use serde::{Deserialize, Serialize};
 use super::record::StoredToken;
 use super::{
     CodeRecord, DeviceDecision, DevicePoll, DeviceRecord, Grants, Redeem, StoreFuture, TokenHash,
-    TokenRecord, TokenStore,
+    TokenPolicy, TokenRecord, TokenStore,
 };
-use crate::config::Config;
 use crate::scope::ScopeSet;
 
 /// Takes the `u64` that [`TokenHash`] writes as the hash: its bytes are uniformly
@@ -309,7 +308,13 @@ enum Restored {
 /// issue time may not be in the future and the expiry not beyond issue time +
 /// the configured lifetime. The file is only as trustworthy as the config that
 /// would issue the same token today.
-fn restored(t: SavedToken, kind: Kind, config: &Config, grants: &Grants, now: u64) -> Restored {
+fn restored(
+    t: SavedToken,
+    kind: Kind,
+    config: &impl TokenPolicy,
+    grants: &Grants,
+    now: u64,
+) -> Restored {
     let Some(key) = super::unhex(&t.key) else {
         return Restored::Dropped;
     };
@@ -319,29 +324,22 @@ fn restored(t: SavedToken, kind: Kind, config: &Config, grants: &Grants, now: u6
         expires_at: saved_expires_at,
         cnf,
     } = t.token;
-    let Some(client) = config.clients.get(g.client.as_str()) else {
+    let Some((client, allowed)) = config.allowed(g.user.as_deref(), g.client.as_str()) else {
         return Restored::Dropped;
-    };
-    let allowed = match &g.user {
-        Some(name) => match config.users.get(name.as_str()) {
-            Some(user) => user.scopes.intersection(&client.scopes),
-            None => return Restored::Dropped,
-        },
-        None => client.scopes.clone(),
     };
     let Some(saved_scope) = ScopeSet::parse(&g.scope) else {
         return Restored::Dropped;
     };
     let scope = saved_scope.intersection(&allowed);
     let ttl = match kind {
-        Kind::Access => config.oauth.access_token_ttl,
-        Kind::Refresh => config.oauth.refresh_token_ttl,
+        Kind::Access => config.access_token_ttl(),
+        Kind::Refresh => config.refresh_token_ttl(),
     };
     let issued_at = saved_issued_at.min(now);
     let expires_at = saved_expires_at.min(issued_at.saturating_add(crate::clock::ttl_secs(ttl)));
     let clamped =
         scope != saved_scope || issued_at != saved_issued_at || expires_at != saved_expires_at;
-    let grant = grants.intern(g.user.map(Arc::from), client.id.clone(), scope);
+    let grant = grants.intern(g.user.map(Arc::from), client, scope);
     let rec = TokenRecord {
         grant,
         family: t.family,
@@ -445,7 +443,12 @@ impl MemoryStore {
     /// that does not parse, is refused, logged and deleted. Each record is held
     /// to `config` (see [`restored`]); expired and revoked ones are skipped.
     /// Returns how many tokens were restored.
-    pub fn load(&self, path: &Path, grants: &Grants, config: &Config) -> io::Result<usize> {
+    pub fn load(
+        &self,
+        path: &Path,
+        grants: &Grants,
+        config: &impl TokenPolicy,
+    ) -> io::Result<usize> {
         use std::io::Read;
         use std::os::unix::fs::MetadataExt;
         let meta = match std::fs::symlink_metadata(path) {
@@ -552,6 +555,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::config::Config;
     use crate::scope::ScopeSet;
     use crate::store::{Grant, new_token, now_secs};
 

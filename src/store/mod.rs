@@ -25,13 +25,26 @@ pub(crate) mod memory;
 mod record;
 pub(crate) mod redis;
 mod sentinel;
+mod topology;
 
-/// The Redis deployment a store connects to; a config type (see
-/// [`crate::config::RedisTopology`]).
-pub use crate::config::RedisTopology;
+/// The config in force, as far as a token restored from the state file is
+/// held to it (see [`MemoryStore::load`]); [`crate::config::Config`] is one.
+pub trait TokenPolicy {
+    /// The client's id and the scope a token of `user` (if any) through
+    /// `client` may have now: what both may have. `None` when the user or the
+    /// client is no longer configured.
+    fn allowed(&self, user: Option<&str>, client: &str) -> Option<(Arc<str>, ScopeSet)>;
+    /// The configured lifetime of an access token.
+    fn access_token_ttl(&self) -> std::time::Duration;
+    /// The configured lifetime of a refresh token.
+    fn refresh_token_ttl(&self) -> std::time::Duration;
+}
+
 pub use connection::RedisConn;
 pub use memory::MemoryStore;
 pub use redis::RedisStore;
+/// The Redis deployment a store connects to (`[store]` in the config).
+pub use topology::RedisTopology;
 
 /// Random bytes in a token: 256 bits (RFC 6749 section 10.10 asks for at least 128).
 pub const TOKEN_BYTES: usize = 32;

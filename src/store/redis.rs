@@ -40,6 +40,7 @@ use redis::aio::{PubSubSink, PubSubStream};
 use redis::{AsyncCommands, Script};
 use serde::Serialize;
 
+use super::RedisTopology;
 use super::connection::{DurableError, RedisConn};
 use super::memory::PassThroughHasher;
 use super::record::{StoredCode, StoredToken};
@@ -47,7 +48,6 @@ use super::{
     CodeRecord, DeviceDecision, DevicePoll, DeviceRecord, Grants, Redeem, StoreError, StoreFuture,
     TokenHash, TokenRecord, TokenStore, hex, now_secs, unhex,
 };
-use crate::config::RedisTopology;
 
 mod device;
 

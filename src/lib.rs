@@ -29,14 +29,14 @@
 //! | `oauth/endpoints.rs`, `oauth/limiter.rs` | revocation, introspection, userinfo, metadata; brute-force limits |
 //! | `jose/` | signing keys, JWS signing and verification, JWKs and their thumbprints |
 //! | `assertion.rs` | `X-Auth-Assertion` for upstreams |
-//! | `store/` | the [`store::TokenStore`] trait, the memory and Redis stores, record serialisation (`record.rs`), Redis connections |
-//! | `config/` | gateway.toml: raw serde types (`raw.rs`), one validator per section, loading TLS and CA files (`load.rs`), the Redis topology (`topology.rs`), the check-config summary and listings |
+//! | `store/` | the [`store::TokenStore`] trait, the memory and Redis stores, record serialisation (`record.rs`), Redis connections and the Redis topology (`topology.rs`) |
+//! | `config/` | gateway.toml: raw serde types (`raw.rs`), one validator per section, loading TLS and CA files (`load.rs`), the check-config summary and listings |
 //! | `cli/` | `user`, `client` and `route test` commands, in-place config edits (`edit.rs`) |
 //! | `error.rs` | every rejection's side, cause and HTTP answer; the JSON / no-store answer helpers |
 //! | `metrics.rs` | Prometheus counters and their rendering |
 //! | `audit.rs` | request ids and audit lines |
 //! | `ratelimit.rs`, `cors.rs`, `shadowing.rs` | per-route rate limits, CORS, overlapping-route warnings |
-//! | `password.rs`, `scope.rs` | argon2 hashing and its pool; scope sets |
+//! | `password.rs`, `scope.rs`, `grant.rs` | argon2 hashing and its pool; scope sets; grant types |
 //! | `clock.rs`, `fsutil.rs`, `config/listing.rs` | the one wall clock (and lifetimes in seconds), the one atomic file write, the one user and client listing |
 
 pub mod assertion;
@@ -51,6 +51,7 @@ pub mod error;
 mod framing;
 mod fsutil;
 pub mod gateway;
+mod grant;
 pub mod jose;
 pub mod metrics;
 pub mod oauth;

@@ -23,9 +23,19 @@ use std::fmt::{self, Write as _};
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use crate::config::{Config, GrantType};
 use crate::endpoint::Endpoint;
 use crate::error::{ErrorCode, GatewayError, Side, UpstreamFault};
+use crate::grant::GrantType;
+
+/// What labels the request series of [`Metrics::render`], from the config in
+/// force: the routes with counters of their own, `(prefix, counters)` in table
+/// order; the counters the routes past [`MAX_ROUTES`] share; and the token
+/// endpoint's path, which the other endpoints' paths follow.
+pub struct Labels<'a> {
+    pub routes: Vec<(&'a str, &'a RouteStats)>,
+    pub other: &'a RouteStats,
+    pub token_path: &'a str,
+}
 
 /// The `Content-Type` of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -176,23 +186,23 @@ impl Metrics {
     }
 
     /// The exposition in the Prometheus text format 0.0.4 ([`CONTENT_TYPE`]):
-    /// the routes of `config` (the one in force) and its endpoints' paths
-    /// label the request series; the live token counts are given
-    /// (`TokenStore::token_counts`).
-    pub fn render(&self, config: &Config, live_access: usize, live_refresh: usize) -> String {
+    /// the routes of the config in force and its endpoints' paths label the
+    /// request series (`labels`, from `RouteTable::labels`); the live token
+    /// counts are given (`TokenStore::token_counts`).
+    pub fn render(&self, labels: Labels<'_>, live_access: usize, live_refresh: usize) -> String {
         let mut out = String::with_capacity(2048);
-        let mut series: Vec<(&str, &RouteStats)> = config.routes.series().collect();
+        let mut series = labels.routes;
         series.extend(
             Endpoint::ALL
                 .iter()
-                .map(|&e| (e.path(&config.oauth.token_path), self.endpoint(e))),
+                .map(|&e| (e.path(labels.token_path), self.endpoint(e))),
         );
         series.push(("-", &self.unmatched));
         // Only what has answered a request; a series being recorded right now
         // may have its status counted but no observation yet.
         series.retain(|(_, r)| r.latency.count() > 0);
         series.sort_unstable_by_key(|(label, _)| *label);
-        let other = config.routes.other_stats();
+        let other = labels.other;
         if other.latency.count() > 0 {
             series.push((OTHER, other));
         }
@@ -492,6 +502,7 @@ impl Histogram {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
     use crate::error::{GatewayCode, OAuthCode};
     use std::cell::Cell;
     use std::collections::{HashMap, HashSet};
@@ -673,6 +684,10 @@ mod tests {
     }
 
     /// The counters of the route with exactly this prefix.
+    fn labels(config: &Config) -> Labels<'_> {
+        config.routes.labels(&config.oauth.token_path)
+    }
+
     fn stats<'c>(config: &'c Config, prefix: &str) -> &'c RouteStats {
         let route = config.routes.routes().iter().find(|r| r.prefix == prefix);
         &route.expect("a configured route").stats
@@ -703,7 +718,7 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
-        let text = m.render(&config, 12, 3);
+        let text = m.render(labels(&config), 12, 3);
         let samples = parse(&text);
         let got = lines(&text);
         for want in [
@@ -771,7 +786,7 @@ mod tests {
         let config = config_with_routes::<&str>(&[]);
         m.endpoint(Endpoint::Token).record(200, MS);
         m.endpoint(Endpoint::Metadata).record(200, MS);
-        let text = m.render(&config, 0, 0);
+        let text = m.render(labels(&config), 0, 0);
         let samples = parse(&text);
         let token = format!(
             "whosthat_requests_total{{route=\"{}\",status=\"200\"}}",
@@ -805,7 +820,7 @@ mod tests {
         ] {
             stats(&config, "/r").record(200, d);
         }
-        let text = m.render(&config, 0, 0);
+        let text = m.render(labels(&config), 0, 0);
         parse(&text);
         let buckets: Vec<&str> = text
             .lines()
@@ -837,7 +852,7 @@ mod tests {
 
     #[test]
     fn an_empty_registry_is_valid_and_complete() {
-        let text = Metrics::new().render(&config_with_routes(&["/a", "/b"]), 0, 0);
+        let text = Metrics::new().render(labels(&config_with_routes(&["/a", "/b"])), 0, 0);
         let samples = parse(&text);
         // Only the pre-registered counters and the gauges.
         assert_eq!(samples.len(), 4 + 2 + 1 + 2, "{text}");
@@ -854,7 +869,7 @@ mod tests {
             route.stats.record(200, MS);
         }
         stats(&config, "/r0").record(200, MS); // known routes keep their own series
-        let text = m.render(&config, 0, 0);
+        let text = m.render(labels(&config), 0, 0);
         let samples = parse(&text);
         let routes: HashSet<&str> = text
             .lines()
@@ -896,7 +911,7 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
-        let samples = parse(&Metrics::new().render(&config, 0, 0));
+        let samples = parse(&Metrics::new().render(labels(&config), 0, 0));
         let counts: Vec<f64> = samples
             .iter()
             .filter(|(k, _)| k.starts_with("whosthat_request_duration_seconds_count"))
@@ -920,7 +935,7 @@ mod tests {
         }
         r.record(100, MS);
         r.record(0, MS);
-        let samples = parse(&Metrics::new().render(&config, 0, 0));
+        let samples = parse(&Metrics::new().render(labels(&config), 0, 0));
         assert_eq!(
             samples["whosthat_requests_total{route=\"/r\",status=\"100\"}"],
             2.0
@@ -936,7 +951,7 @@ mod tests {
         // Configured prefixes cannot hold these; the format is kept regardless.
         let config = config_with_routes(&["/a\"b\\c\nd"]);
         stats(&config, "/a\"b\\c\nd").record(200, MS);
-        let text = Metrics::new().render(&config, 0, 0);
+        let text = Metrics::new().render(labels(&config), 0, 0);
         parse(&text);
         assert!(
             text.contains("whosthat_requests_total{route=\"/a\\\"b\\\\c\\nd\",status=\"200\"} 1\n"),
@@ -963,7 +978,7 @@ mod tests {
         ] {
             m.rejected(&e);
         }
-        let samples = parse(&m.render(&config_with_routes::<&str>(&[]), 0, 0));
+        let samples = parse(&m.render(labels(&config_with_routes::<&str>(&[])), 0, 0));
         let failures: HashMap<&str, f64> = samples
             .iter()
             .filter_map(|(k, v)| {
@@ -1016,7 +1031,7 @@ mod tests {
         }
         assert_eq!(allocations(), before, "the recording path allocated");
         // The check itself works.
-        let _ = m.render(&config, 0, 0);
+        let _ = m.render(labels(&config), 0, 0);
         assert!(allocations() > before);
     }
 }

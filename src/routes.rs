@@ -19,7 +19,7 @@ use http::Method;
 use http::uri::{Authority, Scheme};
 
 use crate::clock::now_ms;
-use crate::metrics::{MAX_ROUTES, RouteStats};
+use crate::metrics::{Labels, MAX_ROUTES, RouteStats};
 use crate::scope::ScopeSet;
 
 /// Why a path was refused (shown to the client in a 400).
@@ -406,18 +406,20 @@ impl RouteTable {
         }
     }
 
-    /// `(prefix, counters)` of the routes with counters of their own, in
-    /// table order (the metrics' request series).
-    pub fn series(&self) -> impl Iterator<Item = (&str, &RouteStats)> {
-        self.routes
-            .iter()
-            .take(MAX_ROUTES)
-            .map(|r| (r.prefix.as_str(), &*r.stats))
-    }
-
-    /// The counters the routes past [`MAX_ROUTES`] share (`route="other"`).
-    pub fn other_stats(&self) -> &RouteStats {
-        &self.other
+    /// What labels the metrics' request series: `(prefix, counters)` of the
+    /// routes with counters of their own, in table order; the counters the
+    /// routes past [`MAX_ROUTES`] share (`route="other"`); the token path.
+    pub fn labels<'a>(&'a self, token_path: &'a str) -> Labels<'a> {
+        Labels {
+            routes: self
+                .routes
+                .iter()
+                .take(MAX_ROUTES)
+                .map(|r| (r.prefix.as_str(), &*r.stats))
+                .collect(),
+            other: &self.other,
+            token_path,
+        }
     }
 
     pub fn routes(&self) -> &[Route] {
@@ -621,7 +623,7 @@ mod tests {
         let mut upper = RouteTable::new(vec![route("/B", false)]);
         upper.keep_stats_of(&old);
         assert!(!Arc::ptr_eq(&upper.routes()[0].stats, &b));
-        let series: Vec<&str> = new.series().map(|(p, _)| p).collect();
+        let series: Vec<&str> = new.labels("").routes.iter().map(|(p, _)| *p).collect();
         assert_eq!(series, ["/b", "/c"]);
     }
 
@@ -635,7 +637,7 @@ mod tests {
         let last = &t.routes()[MAX_ROUTES + 1].stats;
         assert!(Arc::ptr_eq(last, &t.other));
         assert!(!Arc::ptr_eq(&t.routes()[MAX_ROUTES - 1].stats, &t.other));
-        assert_eq!(t.series().count(), MAX_ROUTES);
+        assert_eq!(t.labels("").routes.len(), MAX_ROUTES);
     }
 
     #[test]

@@ -68,11 +68,10 @@ async fn serve_admin_connection(
 fn answer(state: &AppState, path: &str) -> hyper::Response<crate::error::Body> {
     if path == "/metrics" {
         let (access, refresh) = state.store.token_counts();
-        let mut resp = hyper::Response::new(crate::error::full(state.metrics.render(
-            &state.config(),
-            access,
-            refresh,
-        )));
+        let config = state.config();
+        let labels = config.routes.labels(&config.oauth.token_path);
+        let text = state.metrics.render(labels, access, refresh);
+        let mut resp = hyper::Response::new(crate::error::full(text));
         resp.headers_mut().insert(
             http::header::CONTENT_TYPE,
             http::HeaderValue::from_static(crate::metrics::CONTENT_TYPE),

@@ -42,7 +42,9 @@ use whosthat::error::GatewayError;
 use whosthat::metrics::Metrics;
 use whosthat::password::hash_password;
 use whosthat::proxy::{ForwardInfo, upstream_request_headers};
-use whosthat::ratelimit::{RateKey, RateKeyKind, RateLimitSpec, RateLimiter, SharedBuckets};
+use whosthat::ratelimit::{
+    BucketTake, RateKey, RateKeyKind, RateLimitSpec, RateLimiter, SharedBuckets,
+};
 use whosthat::routes::{Route, RouteTable, Upstream, normalize_path, normalize_prefix};
 use whosthat::scope::ScopeSet;
 use whosthat::store::{
@@ -248,12 +250,9 @@ struct InstantBuckets;
 impl SharedBuckets for InstantBuckets {
     fn take(
         &self,
-        _name: String,
-        _interval_ns: u64,
-        _tolerance_ns: u64,
-        want: u32,
+        take: BucketTake,
     ) -> std::pin::Pin<Box<dyn Future<Output = Result<(u32, u64), String>> + Send + '_>> {
-        Box::pin(std::future::ready(Ok((want, 0))))
+        Box::pin(std::future::ready(Ok((take.want, 0))))
     }
 }
 

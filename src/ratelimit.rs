@@ -244,17 +244,21 @@ impl Local {
 
 type Fut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// One take from a shared bucket: up to `want` units from bucket `name`,
+/// which refills one unit per `interval_ns` and lets its clock run up to
+/// `tolerance_ns` ahead (GCRA).
+pub struct BucketTake {
+    pub name: String,
+    pub interval_ns: u64,
+    pub tolerance_ns: u64,
+    pub want: u32,
+}
+
 /// A bucket shared by every instance (Redis).
 pub trait SharedBuckets: Send + Sync + 'static {
-    /// Takes up to `want` units from bucket `name`; answers the units taken and
-    /// how far (ns) the bucket's clock now runs ahead of now.
-    fn take(
-        &self,
-        name: String,
-        interval_ns: u64,
-        tolerance_ns: u64,
-        want: u32,
-    ) -> Fut<'_, Result<(u32, u64), String>>;
+    /// Takes what `take` asks for; answers the units taken and how far (ns)
+    /// the bucket's clock now runs ahead of now.
+    fn take(&self, take: BucketTake) -> Fut<'_, Result<(u32, u64), String>>;
 }
 
 /// A route's limiter: the spec and this instance's state per key.
@@ -411,12 +415,12 @@ impl RateLimiter {
         batch: u32,
     ) -> Result<(), String> {
         let result = shared
-            .take(
-                self.bucket_name(key),
-                self.spec.interval_ns(),
-                self.spec.tolerance_ns(),
-                batch,
-            )
+            .take(BucketTake {
+                name: self.bucket_name(key),
+                interval_ns: self.spec.interval_ns(),
+                tolerance_ns: self.spec.tolerance_ns(),
+                want: batch,
+            })
             .await;
         let now = self.now_ns();
         if let Some(mut e) = self.keys.get_mut(key) {
@@ -495,13 +499,13 @@ impl RedisBuckets {
 }
 
 impl SharedBuckets for RedisBuckets {
-    fn take(
-        &self,
-        name: String,
-        interval_ns: u64,
-        tolerance_ns: u64,
-        want: u32,
-    ) -> Fut<'_, Result<(u32, u64), String>> {
+    fn take(&self, take: BucketTake) -> Fut<'_, Result<(u32, u64), String>> {
+        let BucketTake {
+            name,
+            interval_ns,
+            tolerance_ns,
+            want,
+        } = take;
         Box::pin(async move {
             let mut conn = self.conn.clone();
             // Microseconds on Redis's side; at least one per request.
@@ -613,13 +617,8 @@ mod tests {
     }
 
     impl SharedBuckets for FakeShared {
-        fn take(
-            &self,
-            _name: String,
-            t: u64,
-            tau: u64,
-            want: u32,
-        ) -> Fut<'_, Result<(u32, u64), String>> {
+        fn take(&self, take: BucketTake) -> Fut<'_, Result<(u32, u64), String>> {
+            let (t, tau, want) = (take.interval_ns, take.tolerance_ns, take.want);
             self.calls.fetch_add(1, Ordering::Relaxed);
             let now = self.epoch.elapsed().as_nanos() as u64 + 1_000 * S;
             let mut tat = self.tat.lock().unwrap();

@@ -109,7 +109,11 @@ async fn a_connection_the_upstream_closes_is_not_reused() {
 #[tokio::test]
 async fn a_hundred_requests_at_once_are_all_answered_then_pooled() {
     let up = spawn_counted_upstream().await;
-    let gw = spawn_gateway_with(&config_text(up.addr)).await;
+    // One worker: each worker has its own pool, and one that happened to accept
+    // none of the hundred would rightly open a connection of its own below.
+    let text = config_text(up.addr).replacen("[server]\n", "[server]\nworkers = 1\n", 1);
+    assert!(text.contains("workers = 1"));
+    let gw = spawn_gateway_with(&text).await;
     // Raw connections, one request each, all sent before any is answered.
     let mut clients = Vec::new();
     for _ in 0..100 {

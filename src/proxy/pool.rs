@@ -474,28 +474,35 @@ mod tests {
         })
     }
 
-    #[tokio::test]
-    async fn idle_connections_are_closed_after_three_sweeps() {
+    /// A real client connection to `upstream` over an in-memory pipe, given
+    /// back to this thread's pool: its route, target, key, and the
+    /// connection's task with the pipe's other end (dropping them closes it).
+    async fn pooled(upstream: &str) -> (Route, Upstream, ClientKey, impl Drop) {
         let route = Route {
             prefix: "/".into(),
             connect_timeout: Duration::from_secs(5),
             ..Default::default()
         };
-        let up = Upstream::parse("http://127.0.0.1:9").unwrap();
+        let up = Upstream::parse(upstream).unwrap();
         let key = client_key(&route, &up);
-        // A real client connection over an in-memory pipe; its other end is kept open.
-        let (near, _far) = tokio::io::duplex(64);
+        let (near, far) = tokio::io::duplex(64);
         let (sender, conn) = hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(near))
             .await
             .unwrap();
-        POOLS.with(|p| {
+        let host = POOLS.with(|p| {
             p.borrow_mut()
                 .client(key, &route, &up)
                 .host(&up)
                 .name
                 .clone()
         });
-        give_back(key, "127.0.0.1:9", sender);
+        give_back(key, &host, sender);
+        (route, up, key, Box::new((conn, far)))
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_closed_after_three_sweeps() {
+        let (_route, _up, key, conn) = pooled("http://127.0.0.1:9").await;
         assert_eq!(count_idle(key, "127.0.0.1:9"), Some(1));
         POOLS.with(|p| p.borrow_mut().sweep());
         POOLS.with(|p| p.borrow_mut().sweep());
@@ -512,25 +519,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_closed_connection_is_not_checked_out() {
-        let route = Route {
-            prefix: "/".into(),
-            connect_timeout: Duration::from_secs(5),
-            ..Default::default()
-        };
-        let up = Upstream::parse("http://127.0.0.1:10").unwrap();
-        let key = client_key(&route, &up);
-        let (near, _far) = tokio::io::duplex(64);
-        let (sender, conn) = hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(near))
-            .await
-            .unwrap();
-        POOLS.with(|p| {
-            p.borrow_mut()
-                .client(key, &route, &up)
-                .host(&up)
-                .name
-                .clone()
-        });
-        give_back(key, "127.0.0.1:10", sender);
+        let (route, up, key, conn) = pooled("http://127.0.0.1:10").await;
         // The connection's task is gone: its sender is closed.
         drop(conn);
         let (taken, host) = checkout(&route, &up);

@@ -352,6 +352,47 @@ async fn revocation_on_one_instance_reaches_the_others_cache() {
     assert_eq!(get_with_token(&url_a, &at).await.status, 401);
 }
 
+/// A revocation Redis refuses to write (here `min-replicas-to-write` with no
+/// replica: NOREPLICAS on every write, reads still answered) is never
+/// acknowledged: 503 with Retry-After, and the other instance, which reads the
+/// record from Redis, still has it. Once writes are taken again the retry
+/// revokes it everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_redis_refuses_to_write_is_not_acknowledged() {
+    let redis = Redis::start().await;
+    let up = spawn_upstream().await;
+    let a = instance(&up, &redis).await;
+    let b = instance(&up, &redis).await;
+    let at = access_token(&a.gw, "alice", ALICE_PW).await;
+    let url_a = a.gw.url("/api/x");
+    assert_eq!(get_with_token(&url_a, &at).await.status, 200);
+
+    let mut c = RespConn::connect(redis.port);
+    let set = |v: &'static [u8]| [b"CONFIG".as_slice(), b"SET", b"min-replicas-to-write", v];
+    assert!(matches!(c.cmd(&set(b"1")), Resp::Simple(_)));
+    let r = revoke(&b.gw, &at).await;
+    assert_unavailable_with_retry_after(&r, "a revocation Redis refused to write");
+    // The DEL really was refused: A, reading the record from Redis, still
+    // accepts the token (the 503 told the caller so).
+    assert_eq!(get_with_token(&url_a, &at).await.status, 200);
+
+    assert!(matches!(c.cmd(&set(b"0")), Resp::Simple(_)));
+    // Retried as a client would, until B finds Redis usable again.
+    let started = Instant::now();
+    loop {
+        let r = revoke(&b.gw, &at).await;
+        if r.status == 200 {
+            break;
+        }
+        assert_unavailable_with_retry_after(&r, "the retry");
+        assert!(started.elapsed() < HANG_GUARD, "the retry never succeeded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let delay = poll_until_401(&url_a, &at, Instant::now()).await;
+    assert!(delay.is_some(), "A still accepts the token revoked on B");
+    assert_eq!(get_with_token(&b.gw.url("/api/x"), &at).await.status, 401);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_race_between_instances_has_exactly_one_winner() {
     let redis = Redis::start().await;

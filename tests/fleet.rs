@@ -393,13 +393,13 @@ async fn sign_in_across(f: &Fleet) {
 /// Sentinel: a forced failover and a killed primary while three instances
 /// serve a load; no restart, no revocation lost.
 ///
-/// Ignored because it finds a real, open defect (issue 13): on a busy machine,
-/// in about one run in three, a revocation acknowledged (after `WAIT`) on the
-/// primary that a `SENTINEL FAILOVER` made comes back when that primary is
-/// killed and the old one is promoted again: the promoted node still holds the
-/// token's record (5 records there, 4 on the restarted replica). Run it with
-/// `cargo test --test fleet -- --ignored sentinel` beside two busy loops.
-#[ignore = "open defect: a revocation can be lost across two quick Sentinel failovers (see the comment)"]
+/// It found a real defect (issue 13), in about one run in three on a busy
+/// machine: a revocation whose first attempt got 503 (the replica did not
+/// confirm the `WAIT` in time) was retried, the retry found nothing live
+/// (the first attempt's `DEL` had reached the primary) and answered 200; the
+/// primary was killed before the replica had it, and the token came back.
+/// Revocations now write a marker and a retry confirms it again, see
+/// `tests/redis_store.rs a_retried_revocation_is_acknowledged_only_once_a_replica_has_it`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sentinel_failovers_lose_no_revocation_and_need_no_restart() {
     let mut set = SentinelSet::start().await;

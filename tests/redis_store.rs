@@ -393,6 +393,95 @@ async fn a_revocation_redis_refuses_to_write_is_not_acknowledged() {
     assert_eq!(get_with_token(&b.gw.url("/api/x"), &at).await.status, 401);
 }
 
+/// Issue 13, found by the Sentinel failover test: a revocation whose first
+/// attempt wrote to the primary but got 503 (no replica confirmed it in time)
+/// was retried, the retry found nothing live and answered 200, though no
+/// replica had the revocation; a failover then brought the token back. Now
+/// the retry confirms it again, and answers 200 only once a replica has it.
+/// Access token, refresh token (its family) and a refresh with the revoked
+/// refresh token, each while the only replica is frozen (SIGSTOP: connected,
+/// never acknowledging), then after it thaws.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_revocation_is_acknowledged_only_once_a_replica_has_it() {
+    let primary = Redis::start().await;
+    let replica = Redis::start().await;
+    let port = primary.port.to_string();
+    let mut rc = RespConn::connect(replica.port);
+    // The snapshot goes from socket to memory, never to a file in our directory.
+    let r = rc.cmd(&[b"CONFIG", b"SET", b"repl-diskless-load", b"on-empty-db"]);
+    assert!(
+        matches!(r, Resp::Simple(_)),
+        "CONFIG SET repl-diskless-load: {r:?}"
+    );
+    let r = rc.cmd(&[b"REPLICAOF", b"127.0.0.1", port.as_bytes()]);
+    assert!(matches!(r, Resp::Simple(_)), "REPLICAOF: {r:?}");
+    let mut pc = RespConn::connect(primary.port);
+    let started = Instant::now();
+    loop {
+        let Resp::Bulk(Some(info)) = pc.cmd(&[b"INFO", b"replication"]) else {
+            panic!("INFO replication")
+        };
+        if String::from_utf8_lossy(&info).contains("state=online") {
+            break;
+        }
+        assert!(
+            started.elapsed() < HANG_GUARD,
+            "the replica never came online"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let up = spawn_upstream().await;
+    let a = instance(&up, &primary).await;
+    let b = instance(&up, &primary).await;
+    let j = login(&a.gw, "alice", ALICE_PW, "read").await;
+    let (at, rt) = (str_of(&j, "access_token"), str_of(&j, "refresh_token"));
+    let url_a = a.gw.url("/api/x");
+    assert_eq!(get_with_token(&url_a, at).await.status, 200);
+
+    replica.freeze();
+    for attempt in ["the first attempt", "its retry"] {
+        let r = revoke(&b.gw, at).await;
+        assert_unavailable_with_retry_after(&r, &format!("access token, {attempt}"));
+    }
+    for attempt in ["the first attempt", "its retry"] {
+        let r = revoke(&b.gw, rt).await;
+        assert_unavailable_with_retry_after(&r, &format!("refresh token, {attempt}"));
+    }
+    // Using the revoked refresh token confirms its family's revocation too.
+    let r = refresh(&b.gw, rt).await;
+    assert_unavailable_with_retry_after(&r, "a refresh of the revoked family");
+    // Whatever the acknowledgements, the primary has both revocations.
+    assert_eq!(get_with_token(&url_a, at).await.status, 401);
+
+    replica.thaw();
+    for token in [at, rt] {
+        let started = Instant::now();
+        loop {
+            let r = revoke(&b.gw, token).await;
+            if r.status == 200 {
+                break;
+            }
+            assert_unavailable_with_retry_after(&r, "a retry once the replica thawed");
+            assert!(started.elapsed() < HANG_GUARD, "the retry never succeeded");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert_invalid_grant(&refresh(&b.gw, rt).await);
+    // The replica holds the access token's revoked marker, and the family's key.
+    let digest: [u8; 32] = Sha256::digest(at.as_bytes()).into();
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let key = format!("whosthat:at:{hex}");
+    let got = rc.cmd(&[b"GET", key.as_bytes()]);
+    assert!(
+        matches!(&got, Resp::Bulk(Some(v)) if v.as_slice() == b"-"),
+        "the replica's copy of the revoked access token: {got:?}"
+    );
+    let Resp::Array(Some(families)) = rc.cmd(&[b"KEYS", b"whosthat:fam:*"]) else {
+        panic!("KEYS")
+    };
+    assert_eq!(families.len(), 1, "the replica has the family's revocation");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_race_between_instances_has_exactly_one_winner() {
     let redis = Redis::start().await;

@@ -34,6 +34,8 @@ async fn authenticated_form(
 enum Found {
     Access(TokenRecord),
     Refresh(TokenRecord),
+    /// A refresh token of a family revoked before.
+    RevokedFamily(u64),
 }
 
 /// Looks the token up as an access token, then as a refresh token (a wrong
@@ -43,8 +45,10 @@ async fn find(ctx: &OAuthContext<'_>, params: &Params) -> Result<Option<Found>, 
     let refresh_first = params.get("token_type_hint") == Some("refresh_token");
     for as_refresh in [refresh_first, !refresh_first] {
         if as_refresh {
-            if let Redeem::Fresh(rec) = ctx.store.get_refresh(key).await? {
-                return Ok(Some(Found::Refresh(rec)));
+            match ctx.store.get_refresh(key).await? {
+                Redeem::Fresh(rec) => return Ok(Some(Found::Refresh(rec))),
+                Redeem::Revoked { family } => return Ok(Some(Found::RevokedFamily(family))),
+                Redeem::Spent { .. } | Redeem::Unknown => {}
             }
         } else if let Some(rec) = ctx.store.get_access(key).await? {
             return Ok(Some(Found::Access(rec)));
@@ -56,6 +60,10 @@ async fn find(ctx: &OAuthContext<'_>, params: &Params) -> Result<Option<Found>, 
 /// `POST /auth/revoke`: the client authenticates as at the token endpoint. An
 /// unknown token, or one of another client, is answered 200 and left alone.
 /// Revoking a refresh token revokes its whole grant (access tokens included).
+///
+/// A token revoked before is revoked again, durably: the earlier request may
+/// have got a 503 (no replica confirmed it), and its retry must not be told
+/// "done" merely because the first attempt's write left nothing live.
 pub async fn revoke(
     ctx: &OAuthContext<'_>,
     req: Request<Incoming>,
@@ -64,14 +72,23 @@ pub async fn revoke(
     let key = TokenHash::of(params.get("token").unwrap_or(""));
     let revoked = match find(ctx, &params).await? {
         Some(Found::Access(rec)) if rec.grant.client == client.client.id => {
-            ctx.store.remove_access(key).await?;
+            ctx.store.remove_access(key, rec.expires_at).await?;
             Some((rec.grant, "access_token"))
         }
         Some(Found::Refresh(rec)) if rec.grant.client == client.client.id => {
             revoke_family(ctx, rec.family).await?;
             Some((rec.grant, "refresh_token"))
         }
-        _ => None,
+        // Already revoked: whoever asks, confirming it changes nothing else.
+        Some(Found::RevokedFamily(family)) => {
+            revoke_family(ctx, family).await?;
+            None
+        }
+        Some(_) => None,
+        None => {
+            ctx.store.confirm_revoked(key).await?;
+            None
+        }
     };
     if let Some((grant, what)) = revoked {
         let user = grant.user.as_deref();

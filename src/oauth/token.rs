@@ -322,6 +322,12 @@ async fn redeemed<T>(
     match looked_up? {
         Redeem::Fresh(rec) => Ok(rec),
         Redeem::Unknown => Err(bad),
+        // Refused as unknown, once the family's revocation is confirmed again
+        // (the replay that revoked it may have got a 503).
+        Redeem::Revoked { family } => {
+            revoke_family(ctx, family).await?;
+            Err(bad)
+        }
         Redeem::Spent { family } => {
             revoke_family(ctx, family).await?;
             ctx.audit(

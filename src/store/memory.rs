@@ -139,8 +139,13 @@ impl TokenStore for MemoryStore {
         ready(r)
     }
 
-    fn remove_access(&self, key: TokenHash) -> StoreFuture<'_, ()> {
+    fn remove_access(&self, key: TokenHash, _expires_at: u64) -> StoreFuture<'_, ()> {
         self.access.remove(&key);
+        ready(())
+    }
+
+    /// Nothing to confirm: a removal here is done when it returns.
+    fn confirm_revoked(&self, _key: TokenHash) -> StoreFuture<'_, ()> {
         ready(())
     }
 

@@ -303,7 +303,13 @@ pub enum Redeem<T> {
     Fresh(T),
     /// Used before: a replay. The caller revokes the family.
     Spent { family: u64 },
-    /// Never issued, expired, or revoked.
+    /// Of a family revoked before. Refused, and the caller revokes the family
+    /// again: the first revocation's acknowledgement may have failed (a
+    /// replica did not confirm it in time), and a retry that found nothing to
+    /// do must not be what tells the caller it is done.
+    Revoked { family: u64 },
+    /// Never issued, expired, or revoked where no retry can matter (the
+    /// memory store).
     Unknown,
 }
 
@@ -422,8 +428,14 @@ pub trait TokenStore: Send + Sync + 'static {
     fn put_access(&self, key: TokenHash, rec: TokenRecord) -> StoreFuture<'_, ()>;
     /// A live access token's record; expired and revoked ones are `None`.
     fn get_access(&self, key: TokenHash) -> StoreFuture<'_, Option<TokenRecord>>;
-    /// Revokes one access token.
-    fn remove_access(&self, key: TokenHash) -> StoreFuture<'_, ()>;
+    /// Revokes one access token, whose record says it expires at `expires_at`
+    /// (unix seconds): a shared store keeps a revoked marker until then.
+    fn remove_access(&self, key: TokenHash, expires_at: u64) -> StoreFuture<'_, ()>;
+    /// If `key` names an access token revoked before, makes that revocation
+    /// durable again (as [`remove_access`](Self::remove_access) does); anything
+    /// else is left alone. A revocation retried after an error finds nothing
+    /// live, and must still not be acknowledged before a replica has it.
+    fn confirm_revoked(&self, key: TokenHash) -> StoreFuture<'_, ()>;
     fn put_refresh(&self, key: TokenHash, rec: TokenRecord) -> StoreFuture<'_, ()>;
     /// A refresh token's state, left as it is.
     fn get_refresh(&self, key: TokenHash) -> StoreFuture<'_, Redeem<TokenRecord>>;

@@ -56,7 +56,8 @@ const CHANNEL: &str = "whosthat:revocations";
 /// for dead and made again (a silently dropped TCP connection never errors).
 const PONG_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// `whosthat:at:{hash}`: an access token's record (one key, any slot).
+/// `whosthat:at:{hash}`: an access token's record (one key, any slot), or
+/// [`REVOKED`] once it is revoked.
 fn access_key(h: &TokenHash) -> String {
     format!("whosthat:at:{}", hex(h))
 }
@@ -92,6 +93,26 @@ if ARGV[1] == '1' then
   redis.call('SET', KEYS[2], '1', 'PX', ttl)
 end
 return '1' .. v
+";
+
+/// What a revoked access token's key holds until the token would have expired.
+///
+/// A revocation overwrites the record rather than deleting it. A `SET` always
+/// reaches the replicas, where a `DEL` of a key the primary lacks does not; and
+/// a revocation retried after an unconfirmed first attempt (503) finds this
+/// marker, so it confirms the revocation again (see
+/// [`TokenStore::confirm_revoked`]) instead of answering "nothing to revoke".
+/// Not a record: it never decodes as one.
+const REVOKED: &str = "-";
+
+/// Rewrites a revoked marker, keeping its expiry, and tells the other
+/// instances again; only where the marker still is (an expired one is gone
+/// everywhere). KEYS[1]: the access key; ARGV: marker, channel, message.
+const CONFIRM_REVOKED: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'XX', 'KEEPTTL')
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 1
 ";
 
 fn down(e: redis::RedisError) -> StoreError {
@@ -310,9 +331,10 @@ impl Inner {
         let Some((family, _)) = Self::split(peeked.1) else {
             return Ok(Redeem::Unknown);
         };
-        // A revoked family's credentials are unknown, used or not.
+        // A revoked family's credentials are refused, used or not; the caller
+        // revokes the family again (see `Redeem::Revoked`).
         if self.family_revoked_in_redis(family).await? {
-            return Ok(Redeem::Unknown);
+            return Ok(Redeem::Revoked { family });
         }
         if take && peeked.0 == "1" {
             answer = run(true).await?;
@@ -534,7 +556,11 @@ impl TokenStore for RedisStore {
                 .get(access_key(&key))
                 .await
                 .map_err(|e| inner.failed(e))?;
-            let Some(rec) = value.as_deref().and_then(|v| inner.decode_token(v)) else {
+            let Some(rec) = value
+                .as_deref()
+                .filter(|v| *v != REVOKED)
+                .and_then(|v| inner.decode_token(v))
+            else {
                 return Ok(None);
             };
             if !rec.is_live(now) || inner.family_revoked_in_redis(rec.family).await? {
@@ -545,21 +571,54 @@ impl TokenStore for RedisStore {
         })
     }
 
-    fn remove_access(&self, key: TokenHash) -> StoreFuture<'_, ()> {
+    fn remove_access(&self, key: TokenHash, expires_at: u64) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             let inner = &self.inner;
             inner.check()?;
             let k = access_key(&key);
             let mut pipe = redis::pipe();
-            pipe.cmd("DEL").arg(&k);
+            // A marker, not a DEL: see `REVOKED`.
+            pipe.cmd("SET")
+                .arg(&k)
+                .arg(REVOKED)
+                .arg("PX")
+                .arg(px_until(expires_at));
             pipe.cmd("PUBLISH")
                 .arg(CHANNEL)
                 .arg(format!("t:{}", hex(&key)));
             let done = inner.durable(&k, pipe).await;
-            // After the DEL (whether or not a replica confirmed it); also bumps
-            // the epoch, so a lookup of ours in flight does not cache it.
+            // After the write (whether or not a replica confirmed it); also
+            // bumps the epoch, so a lookup of ours in flight does not cache it.
             inner.invalidate(&key);
             done
+        })
+    }
+
+    fn confirm_revoked(&self, key: TokenHash) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            inner.check()?;
+            let k = access_key(&key);
+            // A plain read first: an unknown token (the common case, and an
+            // attacker's) costs one GET, never a WAIT.
+            let value: Option<String> = inner
+                .conn
+                .clone()
+                .get(&k)
+                .await
+                .map_err(|e| inner.failed(e))?;
+            if value.as_deref() != Some(REVOKED) {
+                return Ok(());
+            }
+            let mut pipe = redis::pipe();
+            pipe.cmd("EVAL")
+                .arg(CONFIRM_REVOKED)
+                .arg(1)
+                .arg(&k)
+                .arg(REVOKED)
+                .arg(CHANNEL)
+                .arg(format!("t:{}", hex(&key)));
+            inner.durable(&k, pipe).await
         })
     }
 

@@ -533,7 +533,9 @@ async fn serve_connection(
     // connection is served, so that it takes no room in the task meanwhile.
     match server.tls.clone() {
         None => {
-            let h2 = drain::unless_stopped!(is_http2(&stream, limit), stop);
+            // Boxed, for as long as the probe runs: its two timers would
+            // otherwise take room in the task for the connection's whole life.
+            let h2 = drain::unless_stopped!(Box::pin(is_http2(&stream, limit)), stop);
             if let Some(Some(h2)) = h2 {
                 serve_http(stream, h2, ConnInfo::new(peer, false), state, server, stop).await;
             }

@@ -109,23 +109,9 @@ start_instance() { # name store-lines; sets PORT
 listen = "127.0.0.1:$port"
 admin_listen = "127.0.0.1:$admin"
 workers = $WORKERS
-[oauth]
-default_client = "bench-cli"
+$(gateway_common "$HASH" "$UP_PORT")
 [store]
 $store
-[[users]]
-name = "bench"
-password_hash = "$HASH"
-scopes = ["read"]
-[[clients]]
-id = "bench-cli"
-grants = ["password", "refresh_token"]
-scopes = ["read"]
-[[routes]]
-prefix = "/api/"
-upstream = "http://127.0.0.1:$UP_PORT"
-strip_prefix = true
-scopes = ["read"]
 EOF
     RUST_LOG=warn "$BIN" -c "$OUT/$name.toml" > "$OUT/$name.log" 2>&1 9>&- &
     PIDS+=("$!")
@@ -145,15 +131,10 @@ for i in 0 1 2; do
     start_instance "memory-$i" 'backend = "memory"'; M_PORTS+=("$PORT")
 done
 
-token_on() { # port
-    curl -s -X POST "http://127.0.0.1:$1/auth/access_token" \
-        -d "grant_type=password&username=bench&password=$BENCH_PW" |
-        python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])'
-}
 # One token for the whole Redis fleet; one per memory instance (they share nothing).
-R_TOKEN=$(token_on "${R_PORTS[0]}")
+R_TOKEN=$(bench_token "http://127.0.0.1:${R_PORTS[0]}")
 M_TOKENS=()
-for p in "${M_PORTS[@]}"; do M_TOKENS+=("$(token_on "$p")"); done
+for p in "${M_PORTS[@]}"; do M_TOKENS+=("$(bench_token "http://127.0.0.1:$p")"); done
 for p in "${R_PORTS[@]}"; do
     test "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $R_TOKEN" "http://127.0.0.1:$p/api/")" = 200
 done

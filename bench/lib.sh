@@ -1,5 +1,5 @@
-# Shared by bench/run.sh and bench/fleet.sh (sourced, not run). Expects OUT (the
-# output directory) to be set by the caller.
+# Shared by bench/run.sh, bench/side_by_side.sh, bench/fleet.sh and bench/profile.sh
+# (sourced, not run). Expects OUT (the output directory) to be set by the caller.
 
 need() { # command package: install the Debian package when the command is missing
     if ! command -v "$1" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$1" ]; then
@@ -37,6 +37,51 @@ http {
 }
 CONF
     "$nginx" -c "$OUT/nginx-upstream.conf" -p "$OUT" -e "$OUT/nginx-upstream.err" 9>&-
+}
+
+# What every benchmark gateway's config shares, printed after the caller's [server]
+# section: the bench user (password hash $1) and client, and the /api/ route to the
+# upstream on port $2. Callers add sections and routes after it.
+gateway_common() { # hash upstream-port
+    cat <<CONF
+[oauth]
+default_client = "bench-cli"
+[[users]]
+name = "bench"
+password_hash = "$1"
+scopes = ["read"]
+[[clients]]
+id = "bench-cli"
+grants = ["password", "refresh_token"]
+scopes = ["read"]
+[[routes]]
+prefix = "/api/"
+upstream = "http://127.0.0.1:$2"
+strip_prefix = true
+scopes = ["read"]
+CONF
+}
+
+# Until a GET of base URL $1 gets any answer (curl options after it), for up to 5 s.
+wait_answering() { # base-url [curl options...]
+    local base=$1
+    shift
+    for _ in $(seq 50); do
+        curl -s "$@" -o /dev/null "$base/" && return 0
+        sleep 0.1
+    done
+    echo "nothing answers at $base" >&2
+    return 1
+}
+
+# An access token for the bench user (password $BENCH_PW) from the gateway at base
+# URL $1 (curl options after it).
+bench_token() { # base-url [curl options...]
+    local base=$1
+    shift
+    curl -s "$@" -X POST "$base/auth/access_token" \
+        -d "grant_type=password&username=bench&password=$BENCH_PW" |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])'
 }
 
 # wrk output -> "rps p50_ms p99_ms errors"

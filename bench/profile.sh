@@ -18,20 +18,16 @@ mkdir -p "$OUT"
 # Dumps of an earlier run would be read as this one's.
 rm -f "$OUT"/callgrind.out*
 
-for tool in valgrind:valgrind wrk:wrk nginx:nginx-light; do
-    bin=${tool%%:*} pkg=${tool##*:}
-    if ! command -v "$bin" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$bin" ]; then
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" >/dev/null
-    fi
-done
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. "$ROOT/bench/lib.sh"
+need valgrind valgrind
+need wrk wrk
+need nginx nginx-light
 UP_PORT=$(free_port); GW_PORT=$(free_port)
 
 VG_PID=""
 cleanup() {
     [ -n "$VG_PID" ] && kill "$VG_PID" 2>/dev/null || true
-    [ -f "$OUT/nginx.pid" ] && kill "$(cat "$OUT/nginx.pid")" 2>/dev/null || true
+    [ -f "$OUT/nginx-upstream.pid" ] && kill "$(cat "$OUT/nginx-upstream.pid")" 2>/dev/null || true
     wait 2>/dev/null || true
 }
 trap cleanup EXIT
@@ -40,41 +36,20 @@ TARGET=${CARGO_TARGET_DIR:-$ROOT/target/profiling}
 CARGO_PROFILE_RELEASE_DEBUG=line-tables-only CARGO_TARGET_DIR="$TARGET" cargo build --release --quiet --bin whosthat
 BIN="$TARGET/release/whosthat"
 
-cat > "$OUT/nginx.conf" <<EOF
-worker_processes 1;
-pid $OUT/nginx.pid;
-error_log $OUT/nginx.err warn;
-events { worker_connections 1024; }
-http { access_log off; server { listen 127.0.0.1:$UP_PORT; location / { return 200 "hello\n"; } } }
-EOF
-"$NGINX" -c "$OUT/nginx.conf" -p "$OUT" -e "$OUT/nginx.err"
+start_upstream "$UP_PORT"
 
-HASH=$(printf pw | "$BIN" hash-password)
+BENCH_PW="bench-password"
+HASH=$(printf '%s' "$BENCH_PW" | "$BIN" hash-password)
 cat > "$OUT/gateway.toml" <<EOF
 [server]
 listen = "127.0.0.1:$GW_PORT"
-[oauth]
-default_client = "c"
-[[users]]
-name = "u"
-password_hash = "$HASH"
-scopes = ["read"]
-[[clients]]
-id = "c"
-grants = ["password"]
-scopes = ["read"]
-[[routes]]
-prefix = "/api/"
-upstream = "http://127.0.0.1:$UP_PORT"
-strip_prefix = true
-scopes = ["read"]
+$(gateway_common "$HASH" "$UP_PORT")
 EOF
 RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out" \
     --dump-instr=no --collect-atstart=yes "$BIN" -c "$OUT/gateway.toml" > "$OUT/valgrind.log" 2>&1 &
 VG_PID=$!
 for _ in $(seq 300); do curl -s -o /dev/null "http://127.0.0.1:$GW_PORT/" && break; sleep 0.2; done
-TOKEN=$(curl -s -X POST "http://127.0.0.1:$GW_PORT/auth/access_token" -d "grant_type=password&username=u&password=pw" |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+TOKEN=$(bench_token "http://127.0.0.1:$GW_PORT")
 # Reset the counters so start-up and the login are not in the profile.
 callgrind_control -z "$VG_PID" >/dev/null 2>&1 || true
 wrk -t1 -c8 -d"${LOAD}s" -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$GW_PORT/api/" | tee "$OUT/wrk.txt"
@@ -86,9 +61,13 @@ echo "requests profiled: $REQS"
 # The dump taken right after the load (callgrind_control -d), not the one written at
 # exit, which holds only the shutdown: the largest file.
 PROFILE=$(ls -S "$OUT"/callgrind.out* | head -1)
-TOTAL=$(callgrind_annotate "$PROFILE" 2>/dev/null | grep -m1 'PROGRAM TOTALS' | grep -Eo '^[0-9,]+' | tr -d ,)
-echo "instructions per request: $((TOTAL / (REQS > 0 ? REQS : 1)))"
-echo "--- inclusive (top 40)"
-callgrind_annotate --inclusive=yes --threshold=100 "$PROFILE" 2>/dev/null | sed -n '/file:function/,$p' | head -60 | cut -c1-200
-echo "--- exclusive (top 40)"
-callgrind_annotate --threshold=100 "$PROFILE" 2>/dev/null | sed -n '/file:function/,$p' | head -60 | cut -c1-200
+# Into files first: a `head` or `grep -m1` on the pipe would stop callgrind_annotate
+# with SIGPIPE, which pipefail turns into the script's failure.
+callgrind_annotate --inclusive=yes --threshold=100 "$PROFILE" > "$OUT/inclusive.txt" 2>/dev/null || true
+callgrind_annotate --threshold=100 "$PROFILE" > "$OUT/exclusive.txt" 2>/dev/null || true
+TOTAL=$(sed -n 's/^ *\([0-9,]*\) .*PROGRAM TOTALS.*/\1/p' "$OUT/exclusive.txt" | tr -d ,)
+echo "instructions per request: $((${TOTAL:-0} / (REQS > 0 ? REQS : 1)))"
+echo "--- inclusive (top 40; whole list in $OUT/inclusive.txt)"
+sed -n '/file:function/,$p' "$OUT/inclusive.txt" | sed -n 3,42p | cut -c1-200
+echo "--- exclusive (top 40; whole list in $OUT/exclusive.txt)"
+sed -n '/file:function/,$p' "$OUT/exclusive.txt" | sed -n 3,42p | cut -c1-200

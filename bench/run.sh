@@ -137,21 +137,7 @@ listen = "127.0.0.1:$GW_PORT"
 header_read_timeout = "120s"
 # All the idle connections come from one address: above the per-address cap.
 max_connections_per_ip = 1000000
-[oauth]
-default_client = "bench-cli"
-[[users]]
-name = "bench"
-password_hash = "$HASH"
-scopes = ["read"]
-[[clients]]
-id = "bench-cli"
-grants = ["password", "refresh_token"]
-scopes = ["read"]
-[[routes]]
-prefix = "/api/"
-upstream = "http://127.0.0.1:$UP_PORT"
-strip_prefix = true
-scopes = ["read"]
+$(gateway_common "$HASH" "$UP_PORT")
 # The same route under a per-client limit that never refuses: what it costs is the check.
 [[routes]]
 prefix = "/rl/"
@@ -164,14 +150,8 @@ EOF
 RUST_LOG=warn "$BIN" -c "$OUT/gateway.toml" > "$OUT/whosthat.log" 2>&1 9>&- &
 GW_PID=$!
 PIDS+=("$GW_PID")
-for _ in $(seq 50); do
-    curl -s -o /dev/null "http://127.0.0.1:$GW_PORT/" && break
-    sleep 0.1
-done
-
-TOKEN=$(curl -s -X POST "http://127.0.0.1:$GW_PORT/auth/access_token" \
-    -d "grant_type=password&username=bench&password=$BENCH_PW" |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+wait_answering "http://127.0.0.1:$GW_PORT"
+TOKEN=$(bench_token "http://127.0.0.1:$GW_PORT")
 test "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$GW_PORT/api/")" = 200
 test "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$GW_PORT/api/")" = 401
 test "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$NGX_PORT/api/")" = 200
@@ -262,13 +242,8 @@ if [ "${ASSERTIONS:-1}" = 1 ]; then
     RUST_LOG=warn "$BIN" -c "$OUT/gateway-assertion.toml" > "$OUT/whosthat-assertion.log" 2>&1 9>&- &
     AS_PID=$!
     PIDS+=("$AS_PID")
-    for _ in $(seq 50); do
-        curl -s -o /dev/null "http://127.0.0.1:$AS_PORT/" && break
-        sleep 0.1
-    done
-    AS_TOKEN=$(curl -s -X POST "http://127.0.0.1:$AS_PORT/auth/access_token" \
-        -d "grant_type=password&username=bench&password=$BENCH_PW" |
-        python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+    wait_answering "http://127.0.0.1:$AS_PORT"
+    AS_TOKEN=$(bench_token "http://127.0.0.1:$AS_PORT")
     test "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $AS_TOKEN" "http://127.0.0.1:$AS_PORT/as/")" = 200
     test "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$AS_PORT/.well-known/jwks.json")" = 200
     echo "assertions on: $PAIR_ROUNDS rounds x ${DURATION}s, with and without ..." >&2

@@ -78,13 +78,8 @@ EOF
     RUST_LOG=warn "$BIN" -c "$OUT/gateway-tls.toml" > "$OUT/whosthat-tls.log" 2>&1 9>&- &
     GW_TLS_PID=$!
     PIDS+=("$GW_TLS_PID")
-    for _ in $(seq 50); do
-        curl -sk -o /dev/null "https://127.0.0.1:$GW_TLS_PORT/" && break
-        sleep 0.1
-    done
-    TLS_TOKEN=$(curl -sk -X POST "https://127.0.0.1:$GW_TLS_PORT/auth/access_token" \
-        -d "grant_type=password&username=bench&password=$BENCH_PW" |
-        python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+    wait_answering "https://127.0.0.1:$GW_TLS_PORT" -k
+    TLS_TOKEN=$(bench_token "https://127.0.0.1:$GW_TLS_PORT" -k)
     local port code proto
     for port in "$GW_TLS_PORT" "$NGX1_TLS_PORT" "$NGX1_HS_PORT"; do
         code=$(curl -sk -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TLS_TOKEN" "https://127.0.0.1:$port/api/")

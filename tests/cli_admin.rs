@@ -564,7 +564,7 @@ async fn edited_config_serves_the_new_user_and_client() {
     let seen = r.seen();
     assert_eq!(seen.uri(), "/orders");
     assert_eq!(seen.header("x-auth-user").as_deref(), Some("carol"));
-    let r = token_request(
+    let r = token_request_patient(
         &gw,
         "grant_type=password&username=carol&password=wrong",
         &[],
@@ -574,7 +574,7 @@ async fn edited_config_serves_the_new_user_and_client() {
 
     // The client added by the CLI authenticates with the printed secret.
     let auth = basic("robot", &secret);
-    let r = token_request(
+    let r = token_request_patient(
         &gw,
         "grant_type=client_credentials",
         &[("authorization", &auth)],
@@ -582,7 +582,7 @@ async fn edited_config_serves_the_new_user_and_client() {
     .await;
     assert_eq!(r.status, 200, "{}", r.text());
     let bad = basic("robot", "guess");
-    let r = token_request(
+    let r = token_request_patient(
         &gw,
         "grant_type=client_credentials",
         &[("authorization", &bad)],

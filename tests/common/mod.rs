@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use bytes::Bytes;
@@ -520,10 +520,29 @@ pub fn basic(id: &str, secret: &str) -> String {
     )
 }
 
-/// A password-grant token response for `user`, asserting success.
+/// [`token_request`], retried as a client would while the gateway answers 503
+/// `temporarily_unavailable` with `Retry-After` (its password checks run at idle
+/// priority, and on a busy machine one can wait past the pool's bound); up to
+/// the hang guard. For tests of what a login yields, not of the pool's bound.
+pub async fn token_request_patient(gw: &Gateway, form: &str, headers: &[(&str, &str)]) -> Reply {
+    let start = Instant::now();
+    loop {
+        let r = token_request(gw, form, headers).await;
+        let busy = r.status == 503
+            && r.header("retry-after").is_some()
+            && r.text().contains("temporarily_unavailable");
+        if !busy || start.elapsed() > HANG_GUARD {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A password-grant token response for `user`, asserting success (a 503 from a
+/// busy password pool is retried, see [`token_request_patient`]).
 pub async fn login(gw: &Gateway, user: &str, password: &str, scope: &str) -> Value {
     let form = format!("grant_type=password&username={user}&password={password}&scope={scope}");
-    let r = token_request(gw, &form, &[]).await;
+    let r = token_request_patient(gw, &form, &[]).await;
     assert_eq!(r.status, 200, "login failed: {}", r.text());
     r.json()
 }

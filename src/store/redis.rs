@@ -104,6 +104,23 @@ return '1' .. v
 /// [`TokenStore::confirm_revoked`]) instead of answering "nothing to revoke".
 /// Not a record: it never decodes as one.
 const REVOKED: &str = "-";
+/// What the marker becomes once a replica has confirmed it (or at once where
+/// there is no replica to ask): a later revocation of the same token finds it
+/// and is answered after one `GET`, with no write, `PUBLISH` or `WAIT`. Only
+/// ever written over [`REVOKED`] after that confirmation, so a node that holds
+/// it holds a revocation some replica had acknowledged.
+const REVOKED_CONFIRMED: &str = "=";
+
+/// A revoked family's key: [`FAMILY_REVOKED`] as written, then
+/// [`FAMILY_CONFIRMED`] once a replica has confirmed it (as for
+/// [`REVOKED_CONFIRMED`]). Only the key's existence is ever read as "revoked".
+const FAMILY_REVOKED: &str = "1";
+const FAMILY_CONFIRMED: &str = "2";
+
+/// Whether an access token's value is one of the revoked markers.
+fn is_revoked_marker(v: &str) -> bool {
+    v == REVOKED || v == REVOKED_CONFIRMED
+}
 
 /// Rewrites a revoked marker, keeping its expiry, and tells the other
 /// instances again; only where the marker still is (an expired one is gone
@@ -373,6 +390,23 @@ impl Inner {
         }
     }
 
+    /// Marks a revocation `durable` has just confirmed as confirmed (`marker`:
+    /// [`REVOKED_CONFIRMED`] or [`FAMILY_CONFIRMED`]), keeping its expiry; only
+    /// where the key still is. Best effort: left unmarked, the next request
+    /// for the same revocation confirms it again, as it would have before.
+    async fn confirmed(&self, key: &str, marker: &str) {
+        let r: Result<redis::Value, _> = redis::cmd("SET")
+            .arg(key)
+            .arg(marker)
+            .arg("XX")
+            .arg("KEEPTTL")
+            .query_async(&mut self.conn.clone())
+            .await;
+        if let Err(e) = r {
+            tracing::debug!(error = %down(e), "a confirmed revocation was not marked so");
+        }
+    }
+
     async fn set(&self, key: String, value: String, px: u64) -> Result<(), StoreError> {
         self.check()?;
         let mut conn = self.conn.clone();
@@ -558,7 +592,7 @@ impl TokenStore for RedisStore {
                 .map_err(|e| inner.failed(e))?;
             let Some(rec) = value
                 .as_deref()
-                .filter(|v| *v != REVOKED)
+                .filter(|v| !is_revoked_marker(v))
                 .and_then(|v| inner.decode_token(v))
             else {
                 return Ok(None);
@@ -590,7 +624,9 @@ impl TokenStore for RedisStore {
             // After the write (whether or not a replica confirmed it); also
             // bumps the epoch, so a lookup of ours in flight does not cache it.
             inner.invalidate(&key);
-            done
+            done?;
+            inner.confirmed(&k, REVOKED_CONFIRMED).await;
+            Ok(())
         })
     }
 
@@ -600,7 +636,8 @@ impl TokenStore for RedisStore {
             inner.check()?;
             let k = access_key(&key);
             // A plain read first: an unknown token (the common case, and an
-            // attacker's) costs one GET, never a WAIT.
+            // attacker's) and a revocation already confirmed (however often it
+            // is asked for again) cost one GET, never a write or a WAIT.
             let value: Option<String> = inner
                 .conn
                 .clone()
@@ -618,7 +655,9 @@ impl TokenStore for RedisStore {
                 .arg(REVOKED)
                 .arg(CHANNEL)
                 .arg(format!("t:{}", hex(&key)));
-            inner.durable(&k, pipe).await
+            inner.durable(&k, pipe).await?;
+            inner.confirmed(&k, REVOKED_CONFIRMED).await;
+            Ok(())
         })
     }
 
@@ -679,16 +718,31 @@ impl TokenStore for RedisStore {
             // Refused here from now on, whatever Redis answers.
             inner.revoked.insert(family, until);
             let k = family_key(family);
+            // Revoked and confirmed before (a replayed refresh token, a
+            // revocation asked for again): one GET, and nothing to write. The
+            // key's expiry, set by the first revocation, already outlives
+            // every token the family had.
+            let value: Option<String> = inner
+                .conn
+                .clone()
+                .get(&k)
+                .await
+                .map_err(|e| inner.failed(e))?;
+            if value.as_deref() == Some(FAMILY_CONFIRMED) {
+                return Ok(());
+            }
             let mut pipe = redis::pipe();
             pipe.cmd("SET")
                 .arg(&k)
-                .arg("1")
+                .arg(FAMILY_REVOKED)
                 .arg("PX")
                 .arg(px_until(until));
             pipe.cmd("PUBLISH")
                 .arg(CHANNEL)
                 .arg(format!("f:{family}:{until}"));
-            inner.durable(&k, pipe).await
+            inner.durable(&k, pipe).await?;
+            inner.confirmed(&k, FAMILY_CONFIRMED).await;
+            Ok(())
         })
     }
 

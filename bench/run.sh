@@ -177,21 +177,24 @@ children_of() { # pid file of an nginx master -> its workers' pids
 
 # One line in results.txt: name rps p50_ms p99_ms errors, and the CPU time the
 # server under test (front_pids) spent per request, in microseconds.
+# Then the same CPU split: user space, then kernel.
 run_wrk() { # name url [extra wrk args...]
     local name=$1 url=$2; shift 2
-    local pids before after reqs
+    local pids ub sb ua sa reqs
     pids=$(front_pids "$name")
     # shellcheck disable=SC2086
-    before=$(cpu_ticks $pids)
+    read -r ub sb < <(cpu_split $pids)
     wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$@" "$url" > "$OUT/wrk-$name.txt" 2>&1
     # shellcheck disable=SC2086
-    after=$(cpu_ticks $pids)
+    read -r ua sa < <(cpu_split $pids)
     reqs=$(grep -Eo '^ +[0-9]+ requests in' "$OUT/wrk-$name.txt" | grep -Eo '[0-9]+' || echo 0)
-    echo "$name $(parse_wrk < "$OUT/wrk-$name.txt") $(us_per "$before" "$after" "$reqs")" >> "$OUT/results.txt"
+    echo "$name $(parse_wrk < "$OUT/wrk-$name.txt") $(us_per $((ub + sb)) $((ua + sa)) "$reqs")" \
+        "$(us_per "$ub" "$ua" "$reqs") $(us_per "$sb" "$sa" "$reqs")" >> "$OUT/results.txt"
 }
 
 side_setup
 test "$(curl -s -o /dev/null -w '%{size_download}' -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$GW_PORT/api/16k")" = 16384
+test "$(curl -s -o /dev/null -w '%{size_download}' -H "Authorization: Bearer $GW1_TOKEN" "http://127.0.0.1:$GW1_PORT/api/16k")" = 16384
 
 : > "$OUT/results.txt"
 echo "proxied GETs: $ROUNDS rounds x ${DURATION}s per contender, $CONNS connections, interleaved ..." >&2
@@ -207,14 +210,17 @@ for r in $(seq "$ROUNDS"); do
         run_wrk whosthat_rl "http://127.0.0.1:$GW_PORT/rl/" -H "Authorization: Bearer $TOKEN"
         run_wrk whosthat "http://127.0.0.1:$GW_PORT/api/" -H "Authorization: Bearer $TOKEN"
     fi
-    # nginx with one worker, and 16 KiB answers, against whosthat (the order alternates).
+    # nginx with one worker against whosthat with one worker, small and 16 KiB answers
+    # (the order alternates); whosthat with its default workers ran just before.
     if [ $((r % 2)) = 1 ]; then
         run_wrk nginx_1w "http://127.0.0.1:$NGX1_PORT/api/"
-        run_wrk whosthat_16k "http://127.0.0.1:$GW_PORT/api/16k" -H "Authorization: Bearer $TOKEN"
+        run_wrk whosthat_1w "http://127.0.0.1:$GW1_PORT/api/" -H "Authorization: Bearer $GW1_TOKEN"
+        run_wrk whosthat_1w_16k "http://127.0.0.1:$GW1_PORT/api/16k" -H "Authorization: Bearer $GW1_TOKEN"
         run_wrk nginx_1w_16k "http://127.0.0.1:$NGX1_PORT/api/16k"
     else
         run_wrk nginx_1w_16k "http://127.0.0.1:$NGX1_PORT/api/16k"
-        run_wrk whosthat_16k "http://127.0.0.1:$GW_PORT/api/16k" -H "Authorization: Bearer $TOKEN"
+        run_wrk whosthat_1w_16k "http://127.0.0.1:$GW1_PORT/api/16k" -H "Authorization: Bearer $GW1_TOKEN"
+        run_wrk whosthat_1w "http://127.0.0.1:$GW1_PORT/api/" -H "Authorization: Bearer $GW1_TOKEN"
         run_wrk nginx_1w "http://127.0.0.1:$NGX1_PORT/api/"
     fi
     echo "  round $r done" >&2

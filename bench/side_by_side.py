@@ -4,7 +4,8 @@
     python3 bench/side_by_side.py OUT_DIR
 
 Reads what run.sh and bench/side_by_side.sh wrote into OUT_DIR: results.txt and
-side.txt (one line per load run: name rps p50_ms p99_ms errors cpu_us_per_request),
+side.txt (one line per load run: name rps p50_ms p99_ms errors cpu_us_per_request, and
+for wrk's runs user_us kernel_us: the same CPU split),
 handshakes.txt (name full_handshakes resumed client_successes cpu_us_per_handshake)
 and idle.txt (name open failed seconds rss_before_kib rss_after_kib established).
 Every ratio is whosthat / nginx, per round (the two ran back to back), given as the
@@ -42,8 +43,9 @@ load.update(read("side.txt"))
 shakes = read("handshakes.txt")
 idle = {k: v[-1] for k, v in read("idle.txt").items()}
 
-# Column of each figure in a load line (after the name).
-RPS, P99, CPU = 0, 2, 4
+# Column of each figure in a load line (after the name); wrk's lines also split the
+# CPU into user space and kernel.
+RPS, P99, CPU, USER, SYS = 0, 2, 4, 5, 6
 
 
 def series(rows, name, col):
@@ -110,16 +112,22 @@ def idle_row(label, wname, nname, limit_kib):
 header = f"| {'':<38} | {'whosthat':>11} | {'nginx 1w':>11} | {'ratio (range)':>17} | goal         |"
 rule = f"|{'-' * 40}|{'-' * 13}|{'-' * 13}|{'-' * 19}|{'-' * 14}|"
 rounds = len(load.get("nginx_1w", []))
-print(f"\nside by side with nginx (1 worker), {rounds} interleaved rounds; ratio = whosthat / nginx per round, median (min-max)\n")
+print(f"\nside by side with nginx (1 worker), {rounds} interleaved rounds; whosthat with 1 worker unless the row says 'N w' (a worker per core); ratio = whosthat / nginx per round, median (min-max)\n")
 print("HTTP/1.1 cleartext (wrk -t1), front server's CPU per request from /proc")
 print(header)
 print(rule)
-row("small GET, req/s", "whosthat", "nginx_1w", load, RPS, "req/s", ">=")
-row("small GET, p99", "whosthat", "nginx_1w", load, P99, "ms", "<=")
-row("small GET, front CPU per request", "whosthat", "nginx_1w", load, CPU, "us", "<=")
-row("16 KiB GET, req/s", "whosthat_16k", "nginx_1w_16k", load, RPS, "req/s", ">=")
-row("16 KiB GET, p99", "whosthat_16k", "nginx_1w_16k", load, P99, "ms", "<=")
-row("16 KiB GET, front CPU per request", "whosthat_16k", "nginx_1w_16k", load, CPU, "us", "<=")
+row("small GET, req/s", "whosthat_1w", "nginx_1w", load, RPS, "req/s", ">=")
+row("small GET, p99", "whosthat_1w", "nginx_1w", load, P99, "ms", "<=")
+row("small GET, front CPU per request", "whosthat_1w", "nginx_1w", load, CPU, "us", "<=")
+row("  of which user space", "whosthat_1w", "nginx_1w", load, USER, "us", "<=")
+row("  of which kernel", "whosthat_1w", "nginx_1w", load, SYS, "us", "<=")
+row("16 KiB GET, req/s", "whosthat_1w_16k", "nginx_1w_16k", load, RPS, "req/s", ">=")
+row("16 KiB GET, p99", "whosthat_1w_16k", "nginx_1w_16k", load, P99, "ms", "<=")
+row("16 KiB GET, front CPU per request", "whosthat_1w_16k", "nginx_1w_16k", load, CPU, "us", "<=")
+# The gateway of the main table (a worker per core) against the same nginx runs.
+row("small GET, req/s (whosthat: N w)", "whosthat", "nginx_1w", load, RPS, "req/s", ">=")
+row("small GET, p99 (whosthat: N w)", "whosthat", "nginx_1w", load, P99, "ms", "<=")
+row("small GET, CPU/request (whosthat: N w)", "whosthat", "nginx_1w", load, CPU, "us", "<=")
 # nginx's idle keep-alive figure is from the proxy with THREADS workers: the same cost per connection.
 notes = [idle_row("idle keep-alive connection (nginx: N w)", "whosthat", "nginx", 18)]
 print()
@@ -129,6 +137,8 @@ print(rule)
 row("TLS keep-alive, req/s", "whosthat_tls", "nginx_1w_tls", load, RPS, "req/s", ">=")
 row("TLS keep-alive, p99", "whosthat_tls", "nginx_1w_tls", load, P99, "ms", "<=")
 row("TLS keep-alive, front CPU per request", "whosthat_tls", "nginx_1w_tls", load, CPU, "us", "<=")
+row("  of which user space", "whosthat_tls", "nginx_1w_tls", load, USER, "us", "<=")
+row("  of which kernel", "whosthat_tls", "nginx_1w_tls", load, SYS, "us", "<=")
 # handshakes.txt: full resumed client cpu
 row("server CPU per full TLS handshake", "whosthat_tls_handshake", "nginx_1w_handshake", shakes, 3, "us", "<=")
 row("HTTP/2 over TLS, req/s", "whosthat_tls_h2", "nginx_1w_tls_h2", load, RPS, "req/s", ">=")

@@ -3,8 +3,9 @@
 #
 #   side_setup    the certificate, nginx with one worker (cleartext HTTP/1.1, h2c prior
 #                 knowledge, TLS with ALPN h2 and http/1.1, and a TLS port that logs
-#                 every request to count handshakes), and a second whosthat terminating
-#                 TLS with the same routes; call before the first load run
+#                 every request to count handshakes), whosthat with one worker, and
+#                 whosthat with one worker terminating TLS, both with the same routes;
+#                 call before the first load run
 #   side_rounds   ROUNDS interleaved rounds of: TLS keep-alive (wrk), server CPU per
 #                 full handshake (h2load --h1, one request per new connection, no
 #                 session resumption), HTTP/2 over TLS and h2c (h2load -c8 -m32)
@@ -71,9 +72,20 @@ http {
 EOF
     "$NGINX" -c "$OUT/nginx-1w.conf" -p "$OUT" -e "$OUT/nginx-1w.err" 9>&-
 
-    # whosthat terminating TLS: the cleartext gateway's config with tls and an admin
-    # listener (its request counter counts the handshakes).
-    sed -e "s|^listen = .*|listen = \"127.0.0.1:$GW_TLS_PORT\"\ntls = { cert = \"cert.pem\", key = \"key.pem\" }\nadmin_listen = \"127.0.0.1:$GW_TLS_ADMIN\"|" \
+    # Against nginx with one worker, whosthat with one worker (`workers = 1`): the same
+    # share of the machine, where wrk and the upstream take the rest. The cleartext
+    # gateway of run.sh keeps its default (a worker per core) and is measured too.
+    GW1_PORT=$(free_port)
+    sed -e "s|^listen = .*|listen = \"127.0.0.1:$GW1_PORT\"\nworkers = 1|" \
+        "$OUT/gateway.toml" > "$OUT/gateway-1w.toml"
+    RUST_LOG=warn "$BIN" -c "$OUT/gateway-1w.toml" > "$OUT/whosthat-1w.log" 2>&1 9>&- &
+    GW1_PID=$!
+    PIDS+=("$GW1_PID")
+    wait_answering "http://127.0.0.1:$GW1_PORT"
+    GW1_TOKEN=$(bench_token "http://127.0.0.1:$GW1_PORT")
+    # whosthat terminating TLS, one worker: the cleartext gateway's config with tls and
+    # an admin listener (its request counter counts the handshakes).
+    sed -e "s|^listen = .*|listen = \"127.0.0.1:$GW_TLS_PORT\"\nworkers = 1\ntls = { cert = \"cert.pem\", key = \"key.pem\" }\nadmin_listen = \"127.0.0.1:$GW_TLS_ADMIN\"|" \
         "$OUT/gateway.toml" > "$OUT/gateway-tls.toml"
     RUST_LOG=warn "$BIN" -c "$OUT/gateway-tls.toml" > "$OUT/whosthat-tls.log" 2>&1 9>&- &
     GW_TLS_PID=$!
@@ -92,6 +104,7 @@ EOF
     test "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$NGX1_PORT/api/")" = 200
     test "$(curl -s -o /dev/null -w '%{http_code}' --http2-prior-knowledge "http://127.0.0.1:$NGX1_H2C_PORT/api/")" = 200
     test "$(curl -s -o /dev/null -w '%{http_code}' --http2-prior-knowledge -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$GW_PORT/api/")" = 200
+    test "$(curl -s -o /dev/null -w '%{http_code}' --http2-prior-knowledge -H "Authorization: Bearer $GW1_TOKEN" "http://127.0.0.1:$GW1_PORT/api/")" = 200
 }
 
 cpu_ticks() { # pids... -> their user + system CPU time, summed, in clock ticks
@@ -104,6 +117,16 @@ cpu_ticks() { # pids... -> their user + system CPU time, summed, in clock ticks
     echo "$total"
 }
 
+cpu_split() { # pids... -> "user system": their CPU time in clock ticks, each summed
+    local user=0 sys=0 p u s
+    for p in "$@"; do
+        read -r u s < <(sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12, $13}') || true
+        user=$((user + ${u:-0}))
+        sys=$((sys + ${s:-0}))
+    done
+    echo "$user $sys"
+}
+
 us_per() { # ticks_before ticks_after count -> CPU microseconds per unit ("-" if count is 0)
     python3 -c 'import sys; b, a, n = map(int, sys.argv[1:4]); print(f"{(a - b) * 1e6 / int(sys.argv[4]) / n:.2f}" if n else "-")' \
         "$1" "$2" "$3" "$CLK_TCK"
@@ -112,6 +135,7 @@ us_per() { # ticks_before ticks_after count -> CPU microseconds per unit ("-" if
 front_pids() { # contender -> the pids of the server under test
     case $1 in
         whosthat_tls*) echo "$GW_TLS_PID" ;;
+        whosthat_1w* | whosthat_h2c) echo "$GW1_PID" ;;
         whosthat*) echo "$GW_PID" ;;
         nginx_1w*) children_of "$OUT/nginx-1w.pid" ;;
         nginx*) children_of "$OUT/nginx-proxy.pid" ;;
@@ -211,7 +235,7 @@ side_rounds() {
         for who in $order; do
             if [ "$who" = whosthat ]; then
                 run_h2load whosthat_tls_h2 "https://127.0.0.1:$GW_TLS_PORT/api/" -H "Authorization: Bearer $TLS_TOKEN"
-                run_h2load whosthat_h2c "http://127.0.0.1:$GW_PORT/api/" -H "Authorization: Bearer $TOKEN"
+                run_h2load whosthat_h2c "http://127.0.0.1:$GW1_PORT/api/" -H "Authorization: Bearer $GW1_TOKEN"
             else
                 run_h2load nginx_1w_tls_h2 "https://127.0.0.1:$NGX1_TLS_PORT/api/"
                 run_h2load nginx_1w_h2c "http://127.0.0.1:$NGX1_H2C_PORT/api/"

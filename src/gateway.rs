@@ -249,7 +249,15 @@ async fn handle_inner<'s>(
     let path = NormalizedPath::new(req.uri().path()).map_err(GatewayError::BadPath)?;
     match classify(config, req.method(), &path) {
         Decision::Endpoint(endpoint) => {
-            answer_endpoint(state, config, endpoint, req, (client, scheme), log).await
+            Box::pin(answer_endpoint(
+                state,
+                config,
+                endpoint,
+                req,
+                (client, scheme),
+                log,
+            ))
+            .await
         }
         Decision::NoRoute => Err(GatewayError::NoRoute),
         Decision::Route(matched) => {

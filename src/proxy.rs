@@ -498,7 +498,9 @@ pub async fn forward(
         Ok(resp) => resp,
         Err(Failure::Connect) if retry.is_some() => {
             let retry = retry.expect("checked");
-            retry.send(route, upstream, path).await?
+            // Boxed: rare, and it would double the room `send` takes in
+            // every request's future.
+            Box::pin(retry.send(route, upstream, path)).await?
         }
         // The client's body, not the upstream, is what failed.
         Err(_) if body_fault.load(Ordering::Relaxed) == BODY_TOO_LARGE => {

@@ -349,7 +349,11 @@ async fn lease(route: &Route, upstream: &Upstream) -> Result<(Lease, HeaderValue
             }
             Err(how) => {
                 let (key, host) = (how.key, how.host.clone());
-                let sender = dial(upstream, how).await.map_err(SendError::Connect)?;
+                // Boxed: a connect (TCP, TLS handshake) is rare next to reuse,
+                // and its future would otherwise make every request's bigger.
+                let sender = Box::pin(dial(upstream, how))
+                    .await
+                    .map_err(SendError::Connect)?;
                 let lease = Lease {
                     sender,
                     key,

@@ -145,6 +145,8 @@ row("HTTP/2 over TLS, req/s", "whosthat_tls_h2", "nginx_1w_tls_h2", load, RPS, "
 row("HTTP/2 over TLS, p99", "whosthat_tls_h2", "nginx_1w_tls_h2", load, P99, "ms", "<=")
 row("HTTP/2 cleartext, req/s", "whosthat_h2c", "nginx_1w_h2c", load, RPS, "req/s", ">=")
 row("HTTP/2 cleartext, p99", "whosthat_h2c", "nginx_1w_h2c", load, P99, "ms", "<=")
+row("HTTP/2 cleartext, req/s (N w)", "whosthat_h2c_nw", "nginx_1w_h2c", load, RPS, "req/s", ">=")
+row("HTTP/2 cleartext, p99 (N w)", "whosthat_h2c_nw", "nginx_1w_h2c", load, P99, "ms", "<=")
 notes.append(idle_row("idle HTTP/2 cleartext connection", "whosthat_h2c", "nginx_1w_h2c", 16))
 notes.append(idle_row("idle HTTP/2 TLS connection", "whosthat_tls_h2", "nginx_1w_tls_h2", 16))
 notes.append(idle_row("idle HTTP/1.1 TLS connection", "whosthat_tls_h1", "nginx_1w_tls_h1", 18))

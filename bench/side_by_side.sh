@@ -236,6 +236,9 @@ side_rounds() {
             if [ "$who" = whosthat ]; then
                 run_h2load whosthat_tls_h2 "https://127.0.0.1:$GW_TLS_PORT/api/" -H "Authorization: Bearer $TLS_TOKEN"
                 run_h2load whosthat_h2c "http://127.0.0.1:$GW1_PORT/api/" -H "Authorization: Bearer $GW1_TOKEN"
+                # The same with a worker per core: what more connections than one
+                # worker can serve get from the second core.
+                run_h2load whosthat_h2c_nw "http://127.0.0.1:$GW_PORT/api/" -H "Authorization: Bearer $TOKEN"
             else
                 run_h2load nginx_1w_tls_h2 "https://127.0.0.1:$NGX1_TLS_PORT/api/"
                 run_h2load nginx_1w_h2c "http://127.0.0.1:$NGX1_H2C_PORT/api/"

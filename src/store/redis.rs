@@ -390,6 +390,11 @@ impl Inner {
         }
     }
 
+    /// A plain `GET`.
+    async fn value(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.conn.clone().get(key).await.map_err(|e| self.failed(e))
+    }
+
     /// Marks a revocation `durable` has just confirmed as confirmed (`marker`:
     /// [`REVOKED_CONFIRMED`] or [`FAMILY_CONFIRMED`]), keeping its expiry; only
     /// where the key still is. Best effort: left unmarked, the next request
@@ -584,12 +589,7 @@ impl TokenStore for RedisStore {
                 return Ok((rec.is_live(now) && !inner.family_revoked(rec.family)).then_some(rec));
             }
             let epoch = inner.epoch.load(Ordering::SeqCst);
-            let value: Option<String> = inner
-                .conn
-                .clone()
-                .get(access_key(&key))
-                .await
-                .map_err(|e| inner.failed(e))?;
+            let value = inner.value(&access_key(&key)).await?;
             let Some(rec) = value
                 .as_deref()
                 .filter(|v| !is_revoked_marker(v))
@@ -638,12 +638,7 @@ impl TokenStore for RedisStore {
             // A plain read first: an unknown token (the common case, and an
             // attacker's) and a revocation already confirmed (however often it
             // is asked for again) cost one GET, never a write or a WAIT.
-            let value: Option<String> = inner
-                .conn
-                .clone()
-                .get(&k)
-                .await
-                .map_err(|e| inner.failed(e))?;
+            let value = inner.value(&k).await?;
             if value.as_deref() != Some(REVOKED) {
                 return Ok(());
             }
@@ -722,12 +717,7 @@ impl TokenStore for RedisStore {
             // revocation asked for again): one GET, and nothing to write. The
             // key's expiry, set by the first revocation, already outlives
             // every token the family had.
-            let value: Option<String> = inner
-                .conn
-                .clone()
-                .get(&k)
-                .await
-                .map_err(|e| inner.failed(e))?;
+            let value = inner.value(&k).await?;
             if value.as_deref() == Some(FAMILY_CONFIRMED) {
                 return Ok(());
             }

@@ -521,8 +521,8 @@ async fn a_revocation_asked_for_again_costs_no_write_once_confirmed() {
         after_repeats, after_first,
         "SET, PUBLISH, WAIT, EVAL and DEL calls after the first revocations, then after 240 repeats"
     );
-    // Still revoked everywhere; the other token of the same grant too (the
-    // refresh token's revocation took its family); the store still writes.
+    // Still refused everywhere; a token of another login still works, and
+    // revoking it still writes and waits for the replica.
     for gw in [&a.gw, &b.gw] {
         assert_eq!(get_with_token(&gw.url("/api/x"), at).await.status, 401);
         assert_eq!(get_with_token(&gw.url("/api/x"), at2).await.status, 200);

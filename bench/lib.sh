@@ -62,11 +62,12 @@ scopes = ["read"]
 CONF
 }
 
-# Until a GET of base URL $1 gets any answer (curl options after it), for up to 5 s.
+# Until a GET of base URL $1 gets any answer (curl options after it), for up to 5 s
+# (WAIT_TRIES tenths of a second: a gateway under valgrind takes longer).
 wait_answering() { # base-url [curl options...]
     local base=$1
     shift
-    for _ in $(seq 50); do
+    for _ in $(seq "${WAIT_TRIES:-50}"); do
         curl -s "$@" -o /dev/null "$base/" && return 0
         sleep 0.1
     done

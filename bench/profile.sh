@@ -48,7 +48,7 @@ EOF
 RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out" \
     --dump-instr=no --collect-atstart=yes "$BIN" -c "$OUT/gateway.toml" > "$OUT/valgrind.log" 2>&1 &
 VG_PID=$!
-for _ in $(seq 300); do curl -s -o /dev/null "http://127.0.0.1:$GW_PORT/" && break; sleep 0.2; done
+WAIT_TRIES=600 wait_answering "http://127.0.0.1:$GW_PORT"
 TOKEN=$(bench_token "http://127.0.0.1:$GW_PORT")
 # Reset the counters so start-up and the login are not in the profile.
 callgrind_control -z "$VG_PID" >/dev/null 2>&1 || true

@@ -78,8 +78,7 @@ pub async fn require_token(
         }
         Credential::Dpop(token) => {
             let record = found.map(|(r, _)| r);
-            // Boxed: a bearer token's check need not carry room for a proof's.
-            Box::pin(super::dpop::check_request(store, head, token, record)).await
+            super::dpop::check_request(store, head, token, record).await
         }
     }
 }

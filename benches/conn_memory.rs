@@ -2,7 +2,7 @@
 //!
 //! The gateway runs in this process (`whosthat::serve`, plain and TLS listeners
 //! with ECDSA P-256, before a small upstream) behind a counting allocator over
-//! mimalloc; `bench/idle_conns.py` (another process, so its memory is not
+//! the gateway's allocator (`whosthat::alloc`); `bench/idle_conns.py` (another process, so its memory is not
 //! counted) opens CONNS connections of each kind, makes one request on each and
 //! leaves them idle. What is still allocated then, minus what was before, per
 //! connection, is printed with its breakdown by allocation size, and the
@@ -54,24 +54,24 @@ fn count(size: usize, sign: i64) {
     }
 }
 
-// SAFETY: every call is passed on to mimalloc unchanged; the counters only observe.
+// SAFETY: every call is passed on to the gateway's allocator unchanged; the counters only observe.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         count(layout.size(), 1);
-        unsafe { mimalloc::MiMalloc.alloc(layout) }
+        unsafe { whosthat::alloc::Allocator.alloc(layout) }
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         count(layout.size(), 1);
-        unsafe { mimalloc::MiMalloc.alloc_zeroed(layout) }
+        unsafe { whosthat::alloc::Allocator.alloc_zeroed(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         count(layout.size(), -1);
-        unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
+        unsafe { whosthat::alloc::Allocator.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         count(layout.size(), -1);
         count(new_size, 1);
-        unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) }
+        unsafe { whosthat::alloc::Allocator.realloc(ptr, layout, new_size) }
     }
 }
 

@@ -41,7 +41,7 @@ use whosthat::store::{
 };
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: whosthat::alloc::Allocator = whosthat::alloc::Allocator;
 
 /// Resolves a future that is ready on its first poll (the memory store's are).
 fn ready<F: Future>(fut: F) -> F::Output {

@@ -53,7 +53,7 @@ use whosthat::store::{
 
 // The gateway's allocator (src/main.rs), so allocation costs and RSS are the ones it has.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: whosthat::alloc::Allocator = whosthat::alloc::Allocator;
 
 /// Resolves a future that is ready on its first poll (the memory store's are:
 /// `std::future::ready` behind a box). Panics otherwise, so a store that starts

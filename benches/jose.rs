@@ -23,7 +23,7 @@ use whosthat::store::{Grant, now_secs};
 
 // The gateway's allocator (src/main.rs).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: whosthat::alloc::Allocator = whosthat::alloc::Allocator;
 
 const ISSUER: &str = "https://gw.example";
 

@@ -39,7 +39,7 @@ use whosthat::store::{
 
 // The gateway's allocator (src/main.rs), so allocation costs and RSS are the ones it has.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: whosthat::alloc::Allocator = whosthat::alloc::Allocator;
 
 /// The memory store's futures are ready on their first poll; anything else is a bug here.
 fn ready<F: Future>(fut: F) -> F::Output {

@@ -28,6 +28,7 @@
 //! | `oauth/dpop.rs`, `oauth/oidc.rs` | DPoP proofs at the token endpoint; OpenID Connect (ID tokens, discovery, userinfo, JWKS) |
 //! | `oauth/endpoints.rs`, `oauth/limiter.rs` | revocation, introspection, userinfo, metadata; brute-force limits |
 //! | `jose/` | signing keys, JWS signing and verification, JWKs and their thumbprints |
+//! | `alloc.rs` | the global allocator (mimalloc) for the binary and the benches |
 //! | `assertion.rs` | `X-Auth-Assertion` for upstreams |
 //! | `store/` | the [`store::TokenStore`] trait, the memory and Redis stores, record serialisation (`record.rs`), Redis connections and the Redis topology (`topology.rs`) |
 //! | `config/` | gateway.toml: raw serde types (`raw.rs`), one validator per section, loading TLS and CA files (`load.rs`), the check-config summary and listings |
@@ -39,6 +40,7 @@
 //! | `password.rs`, `scope.rs`, `grant.rs` | argon2 hashing and its pool; scope sets; grant types |
 //! | `clock.rs`, `fsutil.rs`, `config/listing.rs` | the one wall clock (and lifetimes in seconds), the one atomic file write, the one user and client listing |
 
+pub mod alloc;
 pub mod assertion;
 pub mod audit;
 pub mod cli;

@@ -377,7 +377,9 @@ pub fn upstream_request_headers(headers: &mut HeaderMap, version: Version, info:
                 kept_authorization.extend(values.iter().filter(|v| !is_bearer(v)).cloned());
             }
         } else if is_hop_by_hop(name)
-            || *name == header::HOST
+            // `Host` stays: `pool::send` sets the upstream's over it in place,
+            // which costs one lookup where a removal and an insertion cost two
+            // and a shift of the map's entries.
             // The DPoP proof is for the gateway alone (RFC 9449 section 7.1).
             || *name == DPOP
             || is_spoofable(name.as_str())

@@ -360,7 +360,7 @@ async fn narrowed_scope_is_what_upstream_sees() {
 
 #[tokio::test]
 async fn forwarding_headers_are_set() {
-    let (gw, _up) = setup().await;
+    let (gw, up) = setup().await;
     let t = access_token(&gw, "alice", ALICE_PW).await;
     // The Host the client sent (here the real one).
     let seen = get_with_token(&gw.url("/api/x"), &t).await.seen();
@@ -380,6 +380,9 @@ async fn forwarding_headers_are_set() {
     .seen();
     assert_eq!(seen.header_all("x-forwarded-host"), vec!["gw.example:8443"]);
     assert_eq!(seen.header_all("x-forwarded-for"), vec!["127.0.0.1"]);
+    // The upstream is told its own name, once; the client's Host reaches it only
+    // as X-Forwarded-Host.
+    assert_eq!(seen.header_all("host"), vec![up.addr.to_string()]);
 }
 
 #[tokio::test]

@@ -2,13 +2,13 @@
 //!
 //! The gateway runs in this process (`whosthat::serve`, plain and TLS listeners
 //! with ECDSA P-256, before a small upstream) behind a counting allocator over
-//! the gateway's allocator (`whosthat::alloc`); `bench/idle_conns.py` (another process, so its memory is not
-//! counted) opens CONNS connections of each kind, makes one request on each and
-//! leaves them idle. What is still allocated then, minus what was before, per
-//! connection, is printed with its breakdown by allocation size, and the
-//! process's RSS growth per connection beside it. Heap bytes are exact and do
-//! not depend on what else the machine runs; RSS also counts the pages the
-//! allocator keeps.
+//! the gateway's own (`whosthat::alloc`); `bench/idle_conns.py` (another
+//! process, so its memory is not counted) opens CONNS connections of each kind,
+//! makes one request on each and leaves them idle. What is still allocated
+//! then, minus what was before, per connection, is printed with its breakdown
+//! by allocation size, and the process's RSS growth per connection beside it.
+//! Heap bytes are exact and do not depend on what else the machine runs; RSS
+//! also counts the pages the allocator keeps.
 //!
 //! cargo bench --bench conn_memory               # 2,000 connections of each kind
 //! CONNS=500 cargo bench --bench conn_memory     # fewer
@@ -54,7 +54,8 @@ fn count(size: usize, sign: i64) {
     }
 }
 
-// SAFETY: every call is passed on to the gateway's allocator unchanged; the counters only observe.
+// SAFETY: every call is passed on to the gateway's allocator unchanged; the
+// counters only observe.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         count(layout.size(), 1);

@@ -344,7 +344,8 @@ impl Doomed {
 
 /// Rewrites request headers for the upstream in place: what must not reach it
 /// is removed (each name looked at once), what the gateway says is set. The
-/// client's other headers are neither copied nor rehashed.
+/// client's other headers are neither copied nor rehashed. `Host` is left for
+/// the sender to overwrite (`pool::send` sets the upstream's on every attempt).
 pub fn upstream_request_headers(headers: &mut HeaderMap, version: Version, info: &ForwardInfo<'_>) {
     if version == Version::HTTP_2 {
         join_cookies(headers);

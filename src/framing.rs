@@ -11,11 +11,13 @@
 //! - `chunked` applied twice, and codings the gateway does not implement;
 //! - a missing, repeated or invalid `Host`; and CONNECT.
 
+use std::any::Any;
 use std::io;
+use std::mem::ManuallyDrop;
 use std::net::Ipv6Addr;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use http::header::{HOST, TRANSFER_ENCODING};
@@ -201,8 +203,11 @@ fn valid_ip_literal(lit: &[u8]) -> bool {
 
 // ------------------------------------------------------------------ HeadScan
 
-/// What [`HeadScan`] found, for the connection's service to read.
-#[derive(Debug, Default)]
+/// What [`HeadScan`] found, for the connection's service to read, and what the
+/// connection's task reads to tell a quiet connection it may park (see
+/// `server::park`). One per hyper connection; only that connection's task
+/// writes and reads it, so the counters are plain loads and stores.
+#[derive(Default)]
 pub struct FramingNotes {
     /// The 1-based number of the request whose head carried both
     /// `Content-Length` and `Transfer-Encoding`; 0: none. hyper closes the
@@ -210,14 +215,91 @@ pub struct FramingNotes {
     conflict_at: AtomicU64,
     /// Requests handed to the service so far (hyper hands them over in order).
     served: AtomicU64,
+    /// The service's answers given so far (its futures that completed).
+    answered: AtomicU64,
+    /// Request heads the scan has read to their end.
+    heads: AtomicU64,
+    /// The bytes read so far do not end where a message ends (a head or a
+    /// body is half read), or the scan is off (a tunnel, input hyper refuses):
+    /// what hyper holds cannot be handed on, so the connection must not park.
+    mid_message: AtomicBool,
+    /// Reads and writes that moved bytes (or met the end of the stream).
+    activity: AtomicU64,
+    /// Set when the connection parks: [`HeadScan`] then does not shut the
+    /// transport down when hyper closes, and leaves it in `parked` when dropped.
+    parking: AtomicBool,
+    parked: Mutex<Option<Box<dyn Any + Send>>>,
+}
+
+impl std::fmt::Debug for FramingNotes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FramingNotes")
+            .field("conflict_at", &self.conflict_at)
+            .field("served", &self.served)
+            .field("answered", &self.answered)
+            .field("heads", &self.heads)
+            .field("mid_message", &self.mid_message)
+            .field("activity", &self.activity)
+            .field("parking", &self.parking)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `n += 1` for a counter with one writer: a load and a store, no locked
+/// read-modify-write on the request path.
+fn bump(n: &AtomicU64) {
+    n.store(n.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
 }
 
 impl FramingNotes {
     /// Called once per request, in the connection's order: whether this one
     /// carried both framing headers.
     pub fn next_request_conflicts(&self) -> bool {
-        let n = self.served.fetch_add(1, Ordering::Relaxed) + 1;
-        self.conflict_at.load(Ordering::Acquire) == n
+        bump(&self.served);
+        self.conflict_at.load(Ordering::Acquire) == self.served.load(Ordering::Relaxed)
+    }
+
+    /// The service has answered a request (its response head is ready).
+    pub fn answered(&self) {
+        bump(&self.answered);
+    }
+
+    /// Request heads read to their end so far.
+    pub fn heads(&self) -> u64 {
+        self.heads.load(Ordering::Relaxed)
+    }
+
+    /// Reads and writes so far, to compare with a later count: unchanged, the
+    /// connection moved no byte in between.
+    pub fn activity(&self) -> u64 {
+        self.activity.load(Ordering::Relaxed)
+    }
+
+    /// Whether everything read so far is whole requests that have been handed
+    /// to the service and answered: then hyper, once its writes are flushed,
+    /// holds nothing of the client's that a new connection state would miss.
+    pub fn between_requests(&self) -> bool {
+        let heads = self.heads.load(Ordering::Relaxed);
+        !self.mid_message.load(Ordering::Relaxed)
+            && heads == self.served.load(Ordering::Relaxed)
+            && heads == self.answered.load(Ordering::Relaxed)
+    }
+
+    /// From now on, hyper closing the connection leaves the transport here
+    /// (see [`FramingNotes::take_parked`]) instead of shutting it down; or, with
+    /// `false`, no longer.
+    pub fn set_parking(&self, parking: bool) {
+        self.parking.store(parking, Ordering::Relaxed);
+    }
+
+    /// The transport a parking connection's [`HeadScan`] left when dropped.
+    pub fn take_parked<I: 'static>(&self) -> Option<Box<I>> {
+        let parked = self
+            .parked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()?;
+        parked.downcast::<I>().ok()
     }
 }
 
@@ -306,6 +388,9 @@ impl Scanner {
         if self.state == State::Off {
             self.partial = Vec::new();
         }
+        let mid = self.state != State::Head || !self.partial.is_empty();
+        self.notes.mid_message.store(mid, Ordering::Relaxed);
+        self.notes.heads.store(self.heads, Ordering::Relaxed);
     }
 
     /// Consumes the head at the start of `data` (completing one begun in an
@@ -479,13 +564,17 @@ fn chunk_step(c: Chunk, b: u8) -> State {
     next.map_or(State::Off, State::Chunked)
 }
 
-/// An HTTP/1 connection's transport, with a [`Scanner`] reading along.
-pub struct HeadScan<I> {
-    inner: I,
+/// An HTTP/1 connection's transport, with a [`Scanner`] reading along. It
+/// counts the reads and writes that move bytes, and when the connection
+/// parks (see [`FramingNotes::set_parking`]) it hands the transport back,
+/// open, when hyper drops it.
+pub struct HeadScan<I: Unpin + Send + 'static> {
+    /// Taken only in `drop`.
+    inner: ManuallyDrop<I>,
     scanner: Scanner,
 }
 
-impl<I> HeadScan<I> {
+impl<I: Unpin + Send + 'static> HeadScan<I> {
     /// `max_head`: the longest request head hyper accepts on the connection;
     /// what the scan finds goes to `notes`.
     pub fn new(inner: I, max_head: usize, notes: Arc<FramingNotes>) -> HeadScan<I> {
@@ -497,11 +586,32 @@ impl<I> HeadScan<I> {
             max_head,
             notes,
         };
-        HeadScan { inner, scanner }
+        HeadScan {
+            inner: ManuallyDrop::new(inner),
+            scanner,
+        }
+    }
+
+    fn moved<T>(&self, result: &Poll<io::Result<T>>) {
+        if let Poll::Ready(Ok(_)) = result {
+            bump(&self.scanner.notes.activity);
+        }
     }
 }
 
-impl<I: AsyncRead + Unpin> AsyncRead for HeadScan<I> {
+impl<I: Unpin + Send + 'static> Drop for HeadScan<I> {
+    fn drop(&mut self) {
+        // SAFETY: `inner` is not used again: this is `drop`.
+        let inner = unsafe { ManuallyDrop::take(&mut self.inner) };
+        let notes = &self.scanner.notes;
+        if notes.parking.load(Ordering::Relaxed) {
+            let mut parked = notes.parked.lock().unwrap_or_else(|e| e.into_inner());
+            *parked = Some(Box::new(inner));
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin + Send + 'static> AsyncRead for HeadScan<I> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -509,7 +619,8 @@ impl<I: AsyncRead + Unpin> AsyncRead for HeadScan<I> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let this = &mut *self;
-        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let result = Pin::new(&mut *this.inner).poll_read(cx, buf);
+        this.moved(&result);
         if let Poll::Ready(Ok(())) = result
             && this.scanner.state != State::Off
         {
@@ -519,13 +630,15 @@ impl<I: AsyncRead + Unpin> AsyncRead for HeadScan<I> {
     }
 }
 
-impl<I: AsyncWrite + Unpin> AsyncWrite for HeadScan<I> {
+impl<I: AsyncWrite + Unpin + Send + 'static> AsyncWrite for HeadScan<I> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let result = Pin::new(&mut *self.inner).poll_write(cx, buf);
+        self.moved(&result);
+        result
     }
 
     fn poll_write_vectored(
@@ -533,7 +646,9 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for HeadScan<I> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let result = Pin::new(&mut *self.inner).poll_write_vectored(cx, bufs);
+        self.moved(&result);
+        result
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -541,11 +656,15 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for HeadScan<I> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        Pin::new(&mut *self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        if self.scanner.notes.parking.load(Ordering::Relaxed) {
+            // Parking: the transport stays open for the connection's next state.
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut *self.inner).poll_shutdown(cx)
     }
 }
 

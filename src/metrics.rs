@@ -113,6 +113,7 @@ pub struct Metrics {
     upstream_errors: [AtomicU64; UpstreamFault::ALL.len()],
     /// argon2 checks run (passwords and client secrets), whatever their result.
     password_checks: AtomicU64,
+    connections_parked: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -138,6 +139,7 @@ impl Metrics {
             auth_failures: Default::default(),
             upstream_errors: Default::default(),
             password_checks: AtomicU64::new(0),
+            connections_parked: AtomicU64::new(0),
         }
     }
 
@@ -159,6 +161,11 @@ impl Metrics {
     /// One argon2 check of a password or client secret has run.
     pub fn password_checked(&self) {
         self.password_checks.fetch_add(1, Relaxed);
+    }
+
+    /// A quiet HTTP/1 connection gave back its buffers (`server::park`).
+    pub fn connection_parked(&self) {
+        self.connections_parked.fetch_add(1, Relaxed);
     }
 
     /// A request refused for its credentials or permissions, by the `error`
@@ -258,6 +265,18 @@ impl Metrics {
             out,
             "whosthat_password_checks_total {}",
             self.password_checks.load(Relaxed)
+        );
+
+        family(
+            &mut out,
+            "whosthat_connections_parked_total",
+            "counter",
+            "Times a quiet HTTP/1 keep-alive connection gave back its buffers until its next request.",
+        );
+        let _ = writeln!(
+            out,
+            "whosthat_connections_parked_total {}",
+            self.connections_parked.load(Relaxed)
         );
 
         family(
@@ -712,6 +731,7 @@ mod tests {
                         m.upstream_error(UpstreamFault::Timeout);
                         m.auth_failure(OAuthCode::InvalidClient);
                     }
+                    m.connection_parked();
                 })
             })
             .collect();
@@ -750,6 +770,8 @@ mod tests {
             "# TYPE whosthat_upstream_errors_total counter",
             "whosthat_upstream_errors_total{kind=\"timeout\"} 1",
             "whosthat_upstream_errors_total{kind=\"unreachable\"} 0",
+            "# TYPE whosthat_connections_parked_total counter",
+            "whosthat_connections_parked_total 8",
             "# HELP whosthat_live_tokens Tokens held by the token store, including expired ones not yet swept.",
             "# TYPE whosthat_live_tokens gauge",
             "whosthat_live_tokens{kind=\"access\"} 12",
@@ -764,13 +786,15 @@ mod tests {
             "whosthat_tokens_issued_total",
             "whosthat_auth_failures_total",
             "whosthat_upstream_errors_total",
+            "whosthat_password_checks_total",
+            "whosthat_connections_parked_total",
             "whosthat_live_tokens",
         ] {
             assert!(text.contains(&format!("# HELP {name} ")), "{name}");
             assert!(text.contains(&format!("# TYPE {name} ")), "{name}");
         }
-        // 3 request series, 3 routes x 17 histogram lines, 4 + 2 + 2 + 1 counters, 2 gauges.
-        assert_eq!(samples.len(), 3 + 3 * 17 + 4 + 2 + 2 + 1 + 2, "{text}");
+        // 3 request series, 3 routes x 17 histogram lines, 4 + 2 + 2 + 1 + 1 counters, 2 gauges.
+        assert_eq!(samples.len(), 3 + 3 * 17 + 4 + 2 + 2 + 1 + 1 + 2, "{text}");
         // Series are sorted by label, as are counters.
         let order: Vec<&str> = text
             .lines()
@@ -855,9 +879,9 @@ mod tests {
         let text = Metrics::new().render(labels(&config_with_routes(&["/a", "/b"])), 0, 0);
         let samples = parse(&text);
         // Only the pre-registered counters and the gauges.
-        assert_eq!(samples.len(), 4 + 2 + 1 + 2, "{text}");
-        assert_eq!(text.matches("# HELP ").count(), 7);
-        assert_eq!(text.matches("# TYPE ").count(), 7);
+        assert_eq!(samples.len(), 4 + 2 + 1 + 1 + 2, "{text}");
+        assert_eq!(text.matches("# HELP ").count(), 8);
+        assert_eq!(text.matches("# TYPE ").count(), 8);
     }
 
     #[test]

@@ -4,10 +4,10 @@
 
 mod admin;
 mod drain;
+mod park;
 
 pub use admin::ADMIN_MAX_CONNECTIONS;
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -18,14 +18,12 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
 use crate::config::{Config, ServerConfig};
-use crate::framing::{self, FramingNotes, HeadScan, LengthWithTransferEncoding};
-use crate::gateway::{AppState, ConnInfo, handle};
+use crate::gateway::{AppState, ConnInfo};
 use crate::store::now_secs;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -566,75 +564,47 @@ async fn serve_connection(
     }
 }
 
-/// A connection being served: HTTP/1.1 or HTTP/2, each boxed (an idle
-/// connection's task holds a pointer, not the protocol's state machine).
-enum Served<H1, H2> {
-    H1(Pin<Box<H1>>),
-    H2(Pin<Box<H2>>),
-}
-
-/// Serves HTTP/1.1 (with upgrades) or HTTP/2 on an established connection.
+/// Serves HTTP/1.1 (with upgrades, parking while quiet: see [`park`]) or
+/// HTTP/2 on an established connection.
 ///
 /// Not an `async fn`: its arguments (the transport, the builders) would stay
 /// in the future for the connection's whole life. The connection is built
 /// here and moved into a box; the future returned holds that box, the stop
-/// flag and the peer.
-fn serve_http<I>(
+/// flag and what the connection's next states are made from.
+fn serve_http<I: park::Transport>(
     io: I,
     h2: bool,
     conn: ConnInfo,
     state: Arc<AppState>,
     server: &ServerConfig,
     mut stop: watch::Receiver<bool>,
-) -> impl Future<Output = ()> + Send + use<I>
-where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
+) -> Pin<Box<dyn Future<Output = ()> + Send>> {
     let peer = conn.peer;
     let conn = Arc::new(conn);
-    // HTTP/1: the byte stream is read along to catch what hyper hides (see
-    // `framing`); requests are numbered to match what it found.
-    let notes = (!h2).then(|| Arc::new(FramingNotes::default()));
-    let scan_notes = notes.clone();
-    let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-        let state = state.clone();
-        let conn = conn.clone();
-        if notes.as_ref().is_some_and(|n| n.next_request_conflicts()) {
-            req.extensions_mut().insert(LengthWithTransferEncoding);
-        }
-        // Boxed: the connection holds a slot for this future even while idle, and
-        // the request pipeline's future is several KiB; boxed, an idle
-        // keep-alive connection holds a pointer instead. The box is allocated
-        // before the future is made, so that the future is made in it: made
-        // first and then moved, every request copied all its KiB (`memcpy`
-        // was 3% of the CPU of a proxied request).
-        let slot = Box::new_uninit();
-        let fut = Box::into_pin(Box::write(slot, handle(state, req, conn)));
-        async move { Ok::<_, Infallible>(fut.await) }
-    });
-    let served = if h2 {
-        Served::H2(Box::pin(
-            http2_builder(server).serve_connection(TokioIo::new(io), service),
-        ))
-    } else {
-        // with_upgrades: WebSocket and other upgraded connections are tunnelled.
-        let max_head = server.max_header_bytes.max(8192);
-        let io = TokioIo::new(HeadScan::new(io, max_head, scan_notes.unwrap_or_default()));
-        Served::H1(Box::pin(
-            http1_builder(server)
-                .serve_connection(io, service)
-                .with_upgrades(),
-        ))
-    };
-    // On stop: finish the request in flight, then close (graceful_shutdown).
-    async move {
-        let result = match served {
-            Served::H1(conn) => drain::until_stopped!(conn, stop),
-            Served::H2(conn) => drain::until_stopped!(conn, stop),
+    if h2 {
+        let service = park::Public {
+            state,
+            conn,
+            notes: None,
         };
-        if let Err(e) = result {
-            tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
-        }
+        let served = Box::pin(http2_builder(server).serve_connection(TokioIo::new(io), service));
+        // On stop: finish the requests in flight, then close (GOAWAY).
+        Box::pin(async move {
+            if let Err(e) = drain::until_stopped!(served, stop) {
+                tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+            }
+        })
+    } else {
+        // The byte stream is read along to catch what hyper hides (see
+        // `framing`) and to tell when the connection may park.
+        let setup = park::H1Setup {
+            state,
+            conn,
+            header_read_timeout: server.header_read_timeout,
+            max_header_bytes: server.max_header_bytes,
+        };
+        let (served, notes) = setup.connection(io);
+        Box::pin(park::serve_h1(setup, served, notes, stop))
     }
 }
 
@@ -646,15 +616,6 @@ fn http2_builder(server: &ServerConfig) -> hyper::server::conn::http2::Builder<T
         .max_concurrent_streams(256)
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
-    b
-}
-
-fn http1_builder(server: &ServerConfig) -> hyper::server::conn::http1::Builder {
-    let mut b = hyper::server::conn::http1::Builder::new();
-    b.timer(TokioTimer::new())
-        .header_read_timeout(server.header_read_timeout)
-        .max_buf_size(server.max_header_bytes.max(8192))
-        .max_headers(framing::MAX_HEADERS);
     b
 }
 

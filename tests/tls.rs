@@ -14,6 +14,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
 use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::TlsConnector;
@@ -58,6 +59,11 @@ struct TlsGateway {
 }
 
 async fn start_tls(ca: &Ca, upstream: SocketAddr) -> TlsGateway {
+    start_tls_with(ca, upstream, "").await
+}
+
+/// [`start_tls`] with `extra` lines in `[server]`.
+async fn start_tls_with(ca: &Ca, upstream: SocketAddr, extra: &str) -> TlsGateway {
     let dir = tempfile::tempdir().unwrap();
     write_server_cert(ca, dir.path(), "first");
     // The handshake must finish within the header timeout: a long one here, as a
@@ -65,7 +71,9 @@ async fn start_tls(ca: &Ca, upstream: SocketAddr) -> TlsGateway {
     let text = config_text(upstream)
         .replace(
             "listen = \"127.0.0.1:0\"",
-            "listen = \"127.0.0.1:0\"\ntls = { cert = \"cert.pem\", key = \"key.pem\" }",
+            &format!(
+                "listen = \"127.0.0.1:0\"\ntls = {{ cert = \"cert.pem\", key = \"key.pem\" }}\n{extra}"
+            ),
         )
         .replace(
             "header_read_timeout = \"2s\"",
@@ -282,4 +290,41 @@ fn missing_certificate_file_is_refused_with_file_line_and_key() {
     assert_eq!(e.line, Some(3));
     assert_eq!(e.key.as_deref(), Some("server.tls.cert"));
     assert!(e.to_string().contains("nope.pem"), "{e}");
+}
+
+/// A keep-alive HTTP/1.1 connection over TLS parks while quiet (its buffers
+/// given back, the TLS session kept) and serves what comes next: one request,
+/// then a pipelined pair.
+#[tokio::test]
+async fn a_parked_tls_connection_serves_what_comes_next() {
+    let ca = new_ca();
+    let up = spawn_upstream().await;
+    let admin = SocketAddr::from(([127, 0, 0, 1], closed_port()));
+    let g = start_tls_with(&ca, up.addr, &format!("admin_listen = \"{admin}\"")).await;
+    wait_for_admin(admin).await;
+    let (mut s, alpn, _) = tls_connect(
+        g.addr,
+        client_config(&ca, &[b"http/1.1"], &[&rustls::version::TLS13]),
+    )
+    .await;
+    assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]));
+    let mut buf = Vec::new();
+    let req = |p: &str| format!("GET /public{p} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    let uri = |r: RawResponse| {
+        assert_eq!(r.status, 200, "{}", r.head);
+        Seen(serde_json::from_slice(&r.body).unwrap())
+            .uri()
+            .to_string()
+    };
+    s.write_all(req("/one").as_bytes()).await.unwrap();
+    assert_eq!(uri(read_response(&mut s, &mut buf).await), "/one");
+    wait_parked(admin, 1).await;
+    s.write_all(req("/two").as_bytes()).await.unwrap();
+    assert_eq!(uri(read_response(&mut s, &mut buf).await), "/two");
+    wait_parked(admin, 2).await;
+    s.write_all((req("/three") + &req("/four")).as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(uri(read_response(&mut s, &mut buf).await), "/three");
+    assert_eq!(uri(read_response(&mut s, &mut buf).await), "/four");
 }

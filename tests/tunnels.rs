@@ -120,6 +120,12 @@ async fn answer(
 /// public with `upgrades = []`, `/foo-up/` public with `upgrades = ["foo"]`.
 /// A long header_read_timeout: connections wait between requests on a busy machine.
 async fn gateway() -> (Gateway, Shared) {
+    let (text, log) = tunnel_config().await;
+    (spawn_gateway_with(&text).await, log)
+}
+
+/// The config of [`gateway`], and what its upgrade-happy upstream records.
+async fn tunnel_config() -> (String, Shared) {
     let up = spawn_upstream().await;
     let (up_addr, log) = spawn_upgrade_upstream().await;
     let text = format!(
@@ -157,92 +163,7 @@ upgrades = ["foo"]
     );
     // The plain upstream must outlive the test: leak its handle (its task runs on).
     std::mem::forget(up);
-    (spawn_gateway_with(&text).await, log)
-}
-
-/// One HTTP/1.1 response read off a raw connection: status, head, body.
-struct RawResponse {
-    status: u16,
-    head: String,
-    body: Vec<u8>,
-}
-
-impl RawResponse {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.head.lines().skip(1).find_map(|l| {
-            let (n, v) = l.split_once(':')?;
-            n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-        })
-    }
-}
-
-/// Reads exactly one response (Content-Length, chunked, or none for a 101),
-/// leaving anything after it in `buf`.
-async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> RawResponse {
-    tokio::time::timeout(Duration::from_secs(60), async {
-        let head_end = loop {
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            fill(s, buf).await;
-        };
-        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-        buf.drain(..head_end);
-        let status = raw_status(&head);
-        let mut r = RawResponse {
-            status,
-            head,
-            body: Vec::new(),
-        };
-        if status == 101 {
-            return r;
-        }
-        if let Some(n) = r.header("content-length") {
-            let n: usize = n.parse().unwrap();
-            while buf.len() < n {
-                fill(s, buf).await;
-            }
-            r.body = buf.drain(..n).collect();
-        } else if r
-            .header("transfer-encoding")
-            .is_some_and(|t| t.eq_ignore_ascii_case("chunked"))
-        {
-            loop {
-                let line_end = loop {
-                    if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
-                        break i;
-                    }
-                    fill(s, buf).await;
-                };
-                let size =
-                    usize::from_str_radix(String::from_utf8_lossy(&buf[..line_end]).trim(), 16)
-                        .unwrap();
-                buf.drain(..line_end + 2);
-                while buf.len() < size + 2 {
-                    fill(s, buf).await;
-                }
-                r.body.extend(buf.drain(..size));
-                buf.drain(..2);
-                if size == 0 {
-                    break;
-                }
-            }
-        }
-        r
-    })
-    .await
-    .expect("a response within 60 s")
-}
-
-async fn fill(s: &mut TcpStream, buf: &mut Vec<u8>) {
-    let mut chunk = [0u8; 4096];
-    let n = s.read(&mut chunk).await.unwrap();
-    assert!(
-        n > 0,
-        "connection closed mid-response: {:?}",
-        String::from_utf8_lossy(buf)
-    );
-    buf.extend_from_slice(&chunk[..n]);
+    (text, log)
 }
 
 /// The h2c upgrade request of the smuggling pattern.
@@ -523,4 +444,40 @@ async fn an_upstream_switching_unasked_or_elsewhere_gets_502() {
         "{:?}",
         String::from_utf8_lossy(&l.tunnelled)
     );
+}
+
+/// A keep-alive connection that parked between requests can still become a
+/// tunnel, and a tunnel quiet for many park ticks is never parked: it carries
+/// bytes both ways after the pause.
+#[tokio::test]
+async fn a_parked_connection_upgrades_and_a_quiet_tunnel_stays_up() {
+    let (text, log) = tunnel_config().await;
+    let (gw, admin) = spawn_gateway_with_admin(&text).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let mut buf = Vec::new();
+    s.write_all(b"GET /pub-up/plain HTTP/1.1\r\nHost: gw.example\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut s, &mut buf).await.status, 200);
+    wait_parked(admin, 1).await;
+    s.write_all(
+        b"GET /pub-up/ws HTTP/1.1\r\nHost: gw.example\r\nConnection: Upgrade\r\n\
+          Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let r = read_response(&mut s, &mut buf).await;
+    assert_eq!(r.status, 101, "{}", r.head);
+    let buf = echo(&mut s, buf, b"first").await;
+    assert_eq!(buf, b"first");
+    let parked = connections_parked(admin).await;
+    // Quiet for several ticks (`server::park::PARK_TICK` is 250 ms).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        echo(&mut s, Vec::new(), b"after a pause").await,
+        b"after a pause"
+    );
+    assert_eq!(connections_parked(admin).await, parked, "the tunnel parked");
+    assert_eq!(log.lock().unwrap().tunnelled, b"firstafter a pause");
 }

@@ -23,7 +23,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
@@ -598,4 +598,148 @@ pub fn raw_status(answer: &str) -> u16 {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no HTTP status in {answer:?}"))
+}
+
+/// One HTTP/1.1 response read off a raw connection: status, head, body.
+pub struct RawResponse {
+    pub status: u16,
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+/// Reads exactly one response (Content-Length, chunked, or none for a 101),
+/// leaving anything after it in `buf`.
+pub async fn read_response<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> RawResponse {
+    tokio::time::timeout(HANG_GUARD, async {
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            fill(s, buf).await;
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+        buf.drain(..head_end);
+        let status = raw_status(&head);
+        let mut r = RawResponse {
+            status,
+            head,
+            body: Vec::new(),
+        };
+        if status == 101 {
+            return r;
+        }
+        if let Some(n) = r.header("content-length") {
+            let n: usize = n.parse().unwrap();
+            while buf.len() < n {
+                fill(s, buf).await;
+            }
+            r.body = buf.drain(..n).collect();
+        } else if r
+            .header("transfer-encoding")
+            .is_some_and(|t| t.eq_ignore_ascii_case("chunked"))
+        {
+            loop {
+                let line_end = loop {
+                    if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+                        break i;
+                    }
+                    fill(s, buf).await;
+                };
+                let size =
+                    usize::from_str_radix(String::from_utf8_lossy(&buf[..line_end]).trim(), 16)
+                        .unwrap();
+                buf.drain(..line_end + 2);
+                while buf.len() < size + 2 {
+                    fill(s, buf).await;
+                }
+                r.body.extend(buf.drain(..size));
+                buf.drain(..2);
+                if size == 0 {
+                    break;
+                }
+            }
+        }
+        r
+    })
+    .await
+    .expect("a response within the hang guard")
+}
+
+pub async fn fill<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) {
+    let mut chunk = [0u8; 4096];
+    let n = s.read(&mut chunk).await.unwrap();
+    assert!(
+        n > 0,
+        "connection closed mid-response: {:?}",
+        String::from_utf8_lossy(buf)
+    );
+    buf.extend_from_slice(&chunk[..n]);
+}
+
+// ------------------------------------------------------------ admin listener
+
+/// A gateway with `text` plus an admin listener, and the admin listener's
+/// address once it accepts connections (however long that takes).
+pub async fn spawn_gateway_with_admin(text: &str) -> (Gateway, SocketAddr) {
+    let admin = SocketAddr::from(([127, 0, 0, 1], closed_port()));
+    let listen = "listen = \"127.0.0.1:0\"";
+    assert!(text.contains(listen), "no public listener to add to");
+    let text = text.replacen(listen, &format!("{listen}\nadmin_listen = \"{admin}\""), 1);
+    let gw = spawn_gateway_with(&text).await;
+    wait_for_admin(admin).await;
+    (gw, admin)
+}
+
+/// Waits until the admin listener at `admin` answers `/readyz`.
+pub async fn wait_for_admin(admin: SocketAddr) {
+    let deadline = Instant::now() + HANG_GUARD;
+    loop {
+        if TcpStream::connect(admin).await.is_ok()
+            && get(&format!("http://{admin}/readyz"), &[]).await.status == 200
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the admin listener never came up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `whosthat_connections_parked_total` on the admin listener at `admin`.
+pub async fn connections_parked(admin: SocketAddr) -> u64 {
+    let m = get(&format!("http://{admin}/metrics"), &[]).await.text();
+    m.lines()
+        .find_map(|l| l.strip_prefix("whosthat_connections_parked_total "))
+        .unwrap_or_else(|| panic!("no parked-connection counter in:\n{m}"))
+        .parse()
+        .unwrap()
+}
+
+/// Waits (up to the hang guard) until at least `n` connections have parked:
+/// a quiet HTTP/1 connection parks a fraction of a second after its last
+/// byte, or much later on a busy machine.
+pub async fn wait_parked(admin: SocketAddr, n: u64) {
+    let deadline = Instant::now() + HANG_GUARD;
+    loop {
+        let parked = connections_parked(admin).await;
+        if parked >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{parked} connections parked within {HANG_GUARD:?}, expected {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

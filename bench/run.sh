@@ -408,7 +408,9 @@ idle_test() { # name port pid-lister [extra client args...]
         kill -0 "$client" 2>/dev/null || break
         sleep 0.1
     done
-    sleep 1
+    # Settled: whosthat parks a quiet HTTP/1 connection (gives its buffers back) a
+    # fraction of a second after its last byte.
+    sleep 3
     # shellcheck disable=SC2046
     after=$(rss_kib $($lister))
     est=$(established "$port")

@@ -696,6 +696,63 @@ mod tests {
         bytes.chunks(1).collect()
     }
 
+    /// As the connection's service does: each head read is handed over, then
+    /// answered.
+    fn serve_all(notes: &FramingNotes) {
+        while notes.served.load(Ordering::Relaxed) < notes.heads() {
+            notes.next_request_conflicts();
+            notes.answered();
+        }
+    }
+
+    #[test]
+    fn between_requests_only_at_message_ends_once_all_are_answered() {
+        // Nothing read yet: between requests.
+        let (_, notes) = scan(&[]);
+        assert!(notes.between_requests());
+        // Half a head, half a body, inside a chunked body: never.
+        let get = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        let post = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nab";
+        let chunked =
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n";
+        for bytes in [&get[..10], &post[..], &chunked[..]] {
+            let (_, notes) = scan(&[bytes]);
+            serve_all(&notes);
+            assert!(
+                !notes.between_requests(),
+                "{:?}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+        // A whole request: only once it has been handed over and answered.
+        let (mut s, notes) = scan(&[get]);
+        assert!(!notes.between_requests());
+        notes.next_request_conflicts();
+        assert!(!notes.between_requests(), "handed over, not answered");
+        notes.answered();
+        assert!(notes.between_requests());
+        // A pipelined pair split after the first: the second's start is pending.
+        s.feed(&get[..]);
+        s.feed(&get[..5]);
+        serve_all(&notes);
+        assert!(!notes.between_requests());
+        s.feed(&get[5..]);
+        assert!(!notes.between_requests(), "read, not yet handed over");
+        serve_all(&notes);
+        assert!(notes.between_requests());
+        assert_eq!(notes.heads(), 3);
+        // A whole Content-Length body ends the message.
+        let (mut s, notes) = scan(&[post]);
+        s.feed(b"cd");
+        serve_all(&notes);
+        assert!(notes.between_requests());
+        // A scan that stopped (refused input, a tunnel) never is.
+        let (s, notes) = scan(&[b"\x00\x01 not http\r\n\r\n"]);
+        assert_eq!(s.state, State::Off);
+        serve_all(&notes);
+        assert!(!notes.between_requests());
+    }
+
     const CL_TE: &[u8] =
         b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n";
     const TE_CL: &[u8] =
